@@ -1,0 +1,43 @@
+# fedkit: `make demo` and `make test` do all the set-up on a fresh clone.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip -q --disable-pip-version-check
+# The CPU build of torch goes in first so nothing resolves a multi-GB CUDA build.
+TORCH  ?= torch==2.13.0
+PYTEST_ARGS ?=
+
+.PHONY: demo test lint proto bench bench-grpc bench-codecs clean
+
+$(VENV)/.base:
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --upgrade pip
+	$(PIP) install $(TORCH)
+	touch $@
+
+$(VENV)/.installed: $(VENV)/.base pyproject.toml
+	$(PIP) install -e .
+	touch $@
+
+$(VENV)/.dev: $(VENV)/.base pyproject.toml
+	$(PIP) install -e '.[dev]'
+	touch $@ $(VENV)/.installed
+
+demo: $(VENV)/.installed
+	$(VENV)/bin/fedkit run scenarios/quickstart.yaml --out runs/quickstart
+
+# pytest exits 5 when it collected no test: that is not a failure of the set-up.
+test: $(VENV)/.dev
+	$(VENV)/bin/pytest $(PYTEST_ARGS); rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; exit 0; fi; exit $$rc
+
+lint: $(VENV)/.dev
+	$(VENV)/bin/ruff check fedkit tests benchmarks clients server
+
+proto: $(VENV)/.dev
+	$(PY) -m fedkit.transport.protogen
+
+bench: $(VENV)/.installed
+	$(PY) benchmarks/bench_training.py
+
+clean:
+	rm -rf $(VENV) runs

@@ -1,0 +1,33 @@
+"""Identity codec: raw float tensors. The oracle every lossy codec is measured against."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from fedkit.compression.base import register
+from fedkit.compression.frame import pack_arrays, unpack_arrays
+from fedkit.types import DecodeError, Encoded, Params
+
+
+@register("identity")
+@dataclass(frozen=True)
+class Identity:
+    """Sends arrays unchanged. Use it when bandwidth is not the bottleneck, or as a baseline."""
+
+    @property
+    def spec(self) -> str:
+        return "identity"
+
+    def init(self, like: Params) -> Any:
+        return None
+
+    def encode(self, state: Any, x: Params, rng: np.random.Generator | None = None) -> tuple[Any, Encoded]:
+        return state, Encoded(self.spec, pack_arrays(x))
+
+    def decode(self, enc: Encoded) -> Params:
+        if enc.codec != self.spec:
+            raise DecodeError(f"identity codec cannot decode a {enc.codec!r} payload")
+        return unpack_arrays(enc.data)

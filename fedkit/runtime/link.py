@@ -1,0 +1,31 @@
+"""The one seam between the round engine and the network.
+
+In-process simulation, gRPC processes and real devices differ only in their Link: it moves
+tasks to clients and replies back; it decides nothing about the algorithm.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Protocol
+
+from fedkit.types import ClientId, Reply, Task
+
+ClientFn = Callable[[Task], Reply]
+"""A client as the engine sees it: one task in, one reply out."""
+
+
+class Link(Protocol):
+    def clients(self) -> Sequence[ClientId]:
+        """Clients currently reachable, in a stable order."""
+        ...
+
+    def exchange(self, tasks: Mapping[ClientId, Task], deadline_s: float | None) -> list[Reply]:
+        """Deliver every task and return the replies that arrived by the deadline.
+
+        A client that failed, dropped out or missed the deadline is simply absent from the
+        result (or present with ``error`` set); the engine decides what that means.
+        """
+        ...
+
+    def close(self) -> None: ...
