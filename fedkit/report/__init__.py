@@ -1,1 +1,1 @@
-"""report."""
+"""Reporting: run directories, metrics, summaries and plots."""

@@ -1,0 +1,69 @@
+"""Plots: accuracy and loss per round for one run; accuracy against rounds and bytes across runs."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+Rows = Sequence[Mapping[str, Any]]
+
+
+def _plt() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _series(rows: Rows, key: str) -> tuple[list[float], list[float]]:
+    pts = [(r["round"], r[key]) for r in rows if r.get(key) is not None]
+    return [p[0] for p in pts], [p[1] for p in pts]
+
+
+def curves(rows: Rows, path: str | Path, title: str = "") -> None:
+    plt = _plt()
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    for key, label in (("test_acc", "test (centralized)"), ("fed_acc", "federated")):
+        x, y = _series(rows, key)
+        if x:
+            ax1.plot(x, y, marker=".", label=label)
+    for key, label in (("train_loss", "train"), ("test_loss", "test"), ("fed_loss", "federated")):
+        x, y = _series(rows, key)
+        if x:
+            ax2.plot(x, y, marker=".", label=label)
+    ax1.set(xlabel="round", ylabel="accuracy", title="accuracy")
+    ax2.set(xlabel="round", ylabel="loss", title="loss")
+    for ax in (ax1, ax2):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def compare(runs: Mapping[str, Rows], path: str | Path) -> None:
+    """Accuracy against rounds and against cumulative bytes (up + down) for several runs."""
+    plt = _plt()
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    for name, rows in runs.items():
+        x, y = _series(rows, "test_acc")
+        if not x:
+            continue
+        ax1.plot(x, y, marker=".", label=name)
+        total, cum = 0, {}
+        for r in rows:
+            total += r.get("bytes_up", 0) + r.get("bytes_down", 0)
+            cum[r["round"]] = total
+        ax2.plot([cum[i] / 1e6 for i in x], y, marker=".", label=name)
+    ax1.set(xlabel="round", ylabel="test accuracy")
+    ax2.set(xlabel="cumulative MB (up + down)", ylabel="test accuracy", xscale="log")
+    for ax in (ax1, ax2):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

@@ -1,0 +1,238 @@
+"""The scenario schema: every key of a scenario file, its type and what is allowed.
+
+Unknown keys are errors everywhere. Sections backed by a registry (dataset, partition, model,
+strategy) are written ``{name: ..., <param>: ...}``; the allowed params come from the
+registered function's signature, so a new registry entry needs no schema change. Later
+sections (devices, split, privacy) slot in as new optional fields.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+from collections.abc import Callable, Mapping
+from typing import Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def did_you_mean(word: str, options: list[str]) -> str:
+    close = difflib.get_close_matches(word, options, n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def check_named(
+    section: Mapping[str, Any],
+    what: str,
+    lookup: Callable[[str], Callable[..., Any]],
+    known: list[str],
+    skip: int,
+    reserved: tuple[str, ...] = (),
+) -> dict[str, Any]:
+    """Validate ``{name, **params}`` against the registered function's signature.
+
+    ``skip`` leading positional parameters and the ``reserved`` names are supplied by fedkit,
+    not by the user.
+    """
+    if not isinstance(section, Mapping) or "name" not in section:
+        raise ValueError(f"{what} needs a 'name'; known: {', '.join(known)}")
+    name = str(section["name"])
+    try:
+        fn = lookup(name)
+    except (KeyError, ValueError):
+        raise ValueError(
+            f"unknown {what} {name!r}{did_you_mean(name, known)}; known: {', '.join(known)}"
+        ) from None
+    params = list(inspect.signature(fn, eval_str=True).parameters.values())[skip:]
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        return dict(section)
+    allowed = {
+        p.name: p for p in params if p.kind is not p.VAR_POSITIONAL and p.name not in reserved
+    }
+    out: dict[str, Any] = {"name": name}
+    for key, value in section.items():
+        if key == "name":
+            continue
+        if key not in allowed:
+            opts = sorted(allowed)
+            raise ValueError(
+                f"unknown parameter {key!r} for {what} {name!r}{did_you_mean(key, opts)}; "
+                f"allowed: {', '.join(opts) or '(none)'}"
+            )
+        ann = allowed[key].annotation
+        if ann is not inspect.Parameter.empty and not isinstance(ann, str):
+            try:
+                value = TypeAdapter(ann).validate_python(value)
+            except ValidationError as e:
+                msg = e.errors()[0]["msg"]
+                raise ValueError(f"{what} {name!r} parameter {key!r}: {msg}") from None
+        out[key] = value
+    missing = [
+        p.name for p in allowed.values() if p.default is inspect.Parameter.empty and p.name not in out
+    ]
+    if missing:
+        raise ValueError(f"{what} {name!r} needs parameter(s): {', '.join(missing)}")
+    return out
+
+
+def dataset_section(v: Any) -> dict[str, Any]:
+    from fedkit.data import DATASETS
+
+    return check_named(v, "dataset", DATASETS.__getitem__, sorted(DATASETS), skip=1)
+
+
+def partition_section(v: Any) -> dict[str, Any]:
+    from fedkit.data import PARTITIONERS
+
+    return check_named(
+        v, "partition", PARTITIONERS.__getitem__, sorted(PARTITIONERS), skip=3, reserved=("groups",)
+    )
+
+
+def model_section(v: Any) -> dict[str, Any]:
+    from fedkit.models.registry import MODELS, _resolve
+
+    return check_named(v, "model", _resolve, sorted(MODELS), skip=2)
+
+
+def strategy_section(v: Any) -> dict[str, Any]:
+    from fedkit.aggregation import make_aggregator
+
+    if not isinstance(v, Mapping) or "name" not in v:
+        raise ValueError("strategy needs a 'name', e.g. {name: fedavg}")
+    params = {k: x for k, x in v.items() if k != "name"}
+    make_aggregator(str(v["name"]), **params)  # raises ValueError naming what is allowed
+    return dict(v)
+
+
+class Sampling(Strict):
+    """How many clients a round samples: a fraction of the population or a count."""
+
+    fraction: float | None = Field(default=None, gt=0, le=1)
+    count: int | None = Field(default=None, ge=1)
+    min: int = Field(default=1, ge=1)
+
+    @model_validator(mode="after")
+    def _one(self) -> Sampling:
+        if self.fraction is not None and self.count is not None:
+            raise ValueError("give either 'fraction' or 'count', not both")
+        return self
+
+
+class Clients(Strict):
+    count: int = Field(ge=1, le=1_000_000)
+    per_round: Sampling = Sampling(fraction=1.0)
+
+
+class Data(Strict):
+    dataset: dict[str, Any]
+    partition: dict[str, Any] = Field(default_factory=lambda: {"name": "iid"})
+
+    @field_validator("dataset", mode="before")
+    @classmethod
+    def _dataset(cls, v: Any) -> dict[str, Any]:
+        return dataset_section(v)
+
+    @field_validator("partition", mode="before")
+    @classmethod
+    def _partition(cls, v: Any) -> dict[str, Any]:
+        return partition_section(v)
+
+
+
+class Train(Strict):
+    """Local training on each client."""
+
+    epochs: int = Field(default=1, ge=1)
+    steps: int | None = Field(default=None, ge=1, description="fixed number of local steps; overrides epochs")
+    batch_size: int = Field(default=32, ge=1)
+    optimizer: Literal["sgd", "adam"] = "sgd"
+    lr: float = Field(default=0.05, gt=0)
+    momentum: float = Field(default=0.0, ge=0, lt=1)
+    weight_decay: float = Field(default=0.0, ge=0)
+
+
+class Evaluation(Strict):
+    centralized: bool = True
+    federated: bool = False
+    every: int = Field(default=1, ge=1)
+
+
+class Server(Strict):
+    """How the server runs a round when clients are slow or gone."""
+
+    deadline_s: float | None = Field(default=None, gt=0)
+    min_replies: int = Field(default=1, ge=1)
+    on_too_few: Literal["skip", "retry"] = "skip"
+    max_retries: int = Field(default=2, ge=0)
+
+
+class Compression(Strict):
+    uplink: str = "identity"
+    downlink: str = "identity"
+
+    @model_validator(mode="after")
+    def _codecs(self) -> Compression:
+        from fedkit.compression import make
+
+        for field in ("uplink", "downlink"):
+            try:
+                make(getattr(self, field))
+            except (ValueError, TypeError) as e:
+                raise ValueError(f"{field}: {e}") from None
+        return self
+
+
+class Output(Strict):
+    dir: str = "runs"
+    plot: bool = True
+    checkpoint: bool = True
+
+
+class Scenario(Strict):
+    name: str = Field(min_length=1)
+    seed: int = 0
+    rounds: int = Field(ge=1, le=1_000_000)
+    clients: Clients
+    data: Data
+    model: dict[str, Any]
+    train: Train = Train()
+    strategy: dict[str, Any] = Field(default_factory=lambda: {"name": "fedavg"})
+    evaluation: Evaluation = Evaluation()
+    server: Server = Server()
+    compression: Compression = Field(default_factory=Compression)
+    output: Output = Output()
+
+    @field_validator("model", mode="before")
+    @classmethod
+    def _model(cls, v: Any) -> dict[str, Any]:
+        return model_section(v)
+
+    @field_validator("strategy", mode="before")
+    @classmethod
+    def _strategy(cls, v: Any) -> dict[str, Any]:
+        return strategy_section(v)
+
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Scenario:
+        s = self.clients.per_round
+        if s.count is not None and s.count > self.clients.count:
+            raise ValueError(
+                f"clients.per_round.count={s.count} exceeds clients.count={self.clients.count}"
+            )
+        if s.min > self.clients.count:
+            raise ValueError(f"clients.per_round.min={s.min} exceeds clients.count={self.clients.count}")
+        return self

@@ -1,0 +1,60 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from fedkit.cli import main
+from tests.conftest import tiny_raw
+
+
+def _write(tmp_path: Path, raw: dict, name: str = "s.yaml") -> str:
+    f = tmp_path / name
+    f.write_text(yaml.safe_dump(raw))
+    return str(f)
+
+
+def test_validate_ok_and_bad_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    good = _write(tmp_path, tiny_raw())
+    raw = tiny_raw()
+    raw["clients"]["cuont"] = raw["clients"].pop("count")
+    bad = _write(tmp_path, raw, "bad.yaml")
+    assert main(["validate", good]) == 0
+    assert main(["validate", good, bad]) == 2
+    err = capsys.readouterr().err
+    assert "bad.yaml: clients.cuont: unknown key 'cuont' (did you mean 'count'?)" in err
+
+
+def test_run_with_bad_file_exits_2(tmp_path: Path) -> None:
+    assert main(["run", str(tmp_path / "missing.yaml")]) == 2
+
+
+def test_describe_shows_per_client_counts(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["describe", _write(tmp_path, tiny_raw())]) == 0
+    text = capsys.readouterr().out
+    assert "client-0" in text and "client-5" in text and "label_skew" in text
+
+
+def test_compare_two_runs(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    s = _write(tmp_path, tiny_raw())
+    assert main(["run", s, "--out", str(tmp_path / "a"), "-q"]) == 0
+    assert main(["run", s, "--out", str(tmp_path / "b"), "-q", "--set", "strategy.name=fedavgm"]) == 0
+    plot = tmp_path / "cmp.png"
+    assert main(["compare", str(tmp_path / "a"), str(tmp_path / "b"), "--plot", str(plot)]) == 0
+    assert plot.stat().st_size > 0
+    out = capsys.readouterr().out
+    assert "final acc" in out and str(tmp_path / "b") in out
+    summary = json.loads((tmp_path / "b" / "summary.json").read_text())
+    assert len(summary["params_sha256"]) == 64
+
+
+def test_resume_continues_to_the_same_params(tmp_path: Path) -> None:
+    s = _write(tmp_path, tiny_raw(rounds=4, strategy={"name": "fedadam"}))
+    assert main(["run", s, "--out", str(tmp_path / "full"), "-q"]) == 0
+    assert main(["run", s, "--out", str(tmp_path / "part"), "-q", "--set", "rounds=2"]) == 0
+    assert main(["run", s, "--out", str(tmp_path / "part"), "-q", "--resume"]) == 0
+    full = json.loads((tmp_path / "full" / "summary.json").read_text())
+    part = json.loads((tmp_path / "part" / "summary.json").read_text())
+    assert part["params_sha256"] == full["params_sha256"] and part["rounds"] == 4
