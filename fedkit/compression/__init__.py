@@ -1,6 +1,40 @@
-"""Codecs for update exchange: real bytes, exact accounting."""
+"""Codecs for update exchange: real bytes, exact accounting.
 
-from fedkit.compression import identity as _identity  # noqa: F401  (registers "identity")
-from fedkit.compression.base import REGISTRY, Codec, decode, make, register
+Build codecs from spec strings, e.g. ``make("ef:topk(ratio=0.01)|quant(bits=8)|zstd")``; the
+grammar and how stages compose are documented in :mod:`fedkit.compression.base`.
+"""
 
-__all__ = ["REGISTRY", "Codec", "decode", "make", "register"]
+from fedkit.compression import (  # noqa: F401  (importing a module registers its codecs)
+    cast,
+    identity,
+    kmeans,
+    powersgd,
+    qsgd,
+    quant,
+    randk,
+    sign,
+    topk,
+    zstd,
+)
+from fedkit.compression.base import (
+    REGISTRY,
+    Codec,
+    decode,
+    make,
+    parse_spec,
+    register,
+    spec_string,
+)
+from fedkit.compression.ef import ErrorFeedback, with_error_feedback
+
+__all__ = [
+    "REGISTRY",
+    "Codec",
+    "ErrorFeedback",
+    "decode",
+    "make",
+    "parse_spec",
+    "register",
+    "spec_string",
+    "with_error_feedback",
+]

@@ -7,6 +7,7 @@ truncated payload raises :class:`DecodeError` instead of reading out of bounds.
 
 from __future__ import annotations
 
+import math
 import struct
 
 import numpy as np
@@ -63,7 +64,7 @@ def unpack_arrays(buf: bytes | memoryview, copy: bool = False) -> Params:
         raise DecodeError(f"tensor header truncated: {e}") from None
     out: Params = []
     for i, (dtype, shape) in enumerate(specs):
-        n = int(np.prod(shape, dtype=np.uint64)) if shape else 1
+        n = math.prod(shape)  # exact Python int: no uint64 wrap-around on hostile dims
         size = n * dtype.itemsize
         if off + size > len(mv):
             raise DecodeError(

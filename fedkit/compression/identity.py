@@ -24,10 +24,12 @@ class Identity:
     def init(self, like: Params) -> Any:
         return None
 
-    def encode(self, state: Any, x: Params, rng: np.random.Generator | None = None) -> tuple[Any, Encoded]:
+    def encode(
+        self, state: Any, x: Params, rng: np.random.Generator | None = None
+    ) -> tuple[Any, Encoded]:
         return state, Encoded(self.spec, pack_arrays(x))
 
     def decode(self, enc: Encoded) -> Params:
         if enc.codec != self.spec:
             raise DecodeError(f"identity codec cannot decode a {enc.codec!r} payload")
-        return unpack_arrays(enc.data)
+        return unpack_arrays(enc.data, copy=True)
