@@ -7,7 +7,7 @@ PIP    := $(PY) -m pip -q --disable-pip-version-check
 TORCH  ?= torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint proto bench bench-grpc bench-codecs clean
+.PHONY: demo test lint proto bench bench-training bench-codecs bench-grpc clean
 
 $(VENV)/.base:
 	$(PYTHON) -m venv $(VENV)
@@ -36,8 +36,17 @@ lint: $(VENV)/.dev
 proto: $(VENV)/.dev
 	$(PY) -m fedkit.transport.protogen
 
-bench: $(VENV)/.installed
+# Each benchmark writes a table to benchmarks/results/.
+bench: bench-training bench-codecs bench-grpc
+
+bench-training: $(VENV)/.installed
 	$(PY) benchmarks/bench_training.py
+
+bench-codecs: $(VENV)/.installed
+	$(PY) benchmarks/bench_codecs.py
+
+bench-grpc: $(VENV)/.installed
+	$(PY) benchmarks/bench_grpc.py
 
 clean:
 	rm -rf $(VENV) runs

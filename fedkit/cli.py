@@ -62,7 +62,14 @@ def cmd_run(args: argparse.Namespace) -> int:
             )
             progress.update(task, completed=row["round"], info=info)
 
-        summary = run_scenario(scenario, run_dir, mode=args.mode, on_round=on_round, resume=args.resume)
+        if args.mode == "processes":
+            from fedkit.launch import run_processes
+
+            summary = run_processes(
+                scenario, run_dir, workers=args.workers, on_round=on_round, resume=args.resume
+            )
+        else:
+            summary = run_scenario(scenario, run_dir, on_round=on_round, resume=args.resume)
     acc = summary["final_accuracy"]
     out.print(
         f"{scenario.name}: final accuracy {acc if acc is None else f'{acc:.4f}'}, "
@@ -137,6 +144,89 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _pairs(items: Sequence[str], what: str) -> dict[str, str]:
+    out = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"fedkit: {what} {item!r}: expected NAME=VALUE")
+        out[name] = value
+    return out
+
+
+def cmd_server(args: argparse.Namespace) -> int:
+    from fedkit.deploy import ServerOptions, serve
+    from fedkit.transport.security import ServerTls, TokenAuth
+
+    scenario = load(args.scenario, args.set)
+    if args.insecure == bool(args.tls_cert):
+        raise SystemExit("fedkit server: give --tls-cert/--tls-key, or --insecure for plaintext")
+    tls = ServerTls.from_files(args.tls_cert, args.tls_key, args.client_ca) if args.tls_cert else None
+    opts = ServerOptions(
+        listen=args.listen,
+        tls=tls,
+        auth=TokenAuth.from_file(args.tokens) if args.tokens else None,
+        insecure=args.insecure,
+        min_clients=args.min_clients,
+        wait_timeout_s=args.wait_timeout,
+        port_file=args.port_file,
+    )
+    out_dir = args.resume or args.out or str(Path(scenario.output.dir) / scenario.name)
+
+    def on_round(row: dict[str, Any]) -> None:
+        if not args.quiet:
+            acc = row.get("test_acc")
+            out.print(
+                f"round {row['round']}/{scenario.rounds} {row['status']} "
+                f"clients {row['clients_finished']}/{row['clients_sampled']}"
+                + (f" acc {acc:.4f}" if acc is not None else "")
+            )
+
+    summary = serve(scenario, out_dir, opts, on_round, resume=bool(args.resume))
+    out.print(f"done: final accuracy {summary['final_accuracy']}, params {summary['params_sha256'][:16]} -> {out_dir}")
+    return 0
+
+
+def cmd_client(args: argparse.Namespace) -> int:
+    from fedkit.deploy import LocalClient, join
+    from fedkit.transport.security import ClientTls
+
+    if args.insecure == bool(args.ca):
+        raise SystemExit("fedkit client: give --ca (the server's CA certificate), or --insecure")
+    tls = ClientTls.from_files(args.ca, args.cert, args.key, args.server_name) if args.ca else None
+    token = Path(args.token_file).read_text().strip() if args.token_file else None
+    tokens = _pairs([t for t in args.token if "=" in t], "--token")
+    plain = [t for t in args.token if "=" not in t]
+    token = plain[0] if plain else token
+    clients = []
+    for item in args.data:
+        name, sep, path = item.partition("=")
+        if not sep:
+            name, path = args.name or Path(item).stem, item
+        clients.append(LocalClient(name, path, tokens.get(name, token)))
+    join(args.server, clients, tls=tls, insecure=args.insecure)
+    return 0
+
+
+def cmd_certs(args: argparse.Namespace) -> int:
+    from fedkit.transport.certs import make_certs
+    from fedkit.transport.security import hash_token, new_token
+
+    hosts = args.host or ["localhost", "127.0.0.1"]
+    paths = make_certs(args.out, hosts=hosts, clients=args.client, days=args.days)
+    if args.client:
+        tokens = {c: new_token() for c in args.client}
+        for c, t in tokens.items():
+            f = Path(args.out) / f"{c}.token"
+            f.write_text(t + "\n")
+            f.chmod(0o600)
+        hashes = {c: hash_token(t) for c, t in tokens.items()}
+        (Path(args.out) / "tokens.json").write_text(json.dumps(hashes, indent=2) + "\n")
+    for key, path in sorted(paths.items()):
+        out.print(f"{key}: {path}")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fedkit", description="Federated and split learning from one scenario file.")
     p.add_argument("-v", "--verbose", action="store_true", help="log what the server decides")
@@ -153,6 +243,7 @@ def parser() -> argparse.ArgumentParser:
     with_set(r)
     r.add_argument("--out", help="run directory (default: <output.dir>/<name>)")
     r.add_argument("--mode", default="inprocess", choices=["inprocess", "processes"])
+    r.add_argument("--workers", type=int, help="client processes in --mode processes")
     r.add_argument("--resume", action="store_true", help="continue from the run directory's checkpoint")
     r.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     r.set_defaults(fn=cmd_run)
@@ -166,6 +257,44 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument("scenario")
     with_set(d)
     d.set_defaults(fn=cmd_describe)
+
+    sv = sub.add_parser("server", help="run a scenario's server role over gRPC")
+    sv.add_argument("--scenario", required=True)
+    with_set(sv)
+    sv.add_argument("--listen", default="127.0.0.1:50051", metavar="HOST:PORT")
+    sv.add_argument("--out", help="run directory (default: <output.dir>/<name>)")
+    sv.add_argument("--resume", metavar="RUN_DIR", help="continue from RUN_DIR's last checkpoint")
+    sv.add_argument("--tls-cert", help="server certificate (PEM)")
+    sv.add_argument("--tls-key", help="server private key (PEM)")
+    sv.add_argument("--client-ca", help="require client certificates signed by this CA (mutual TLS)")
+    sv.add_argument("--tokens", help="JSON file: client name -> sha256 of its token")
+    sv.add_argument("--insecure", action="store_true", help="plaintext, no TLS (the server warns)")
+    sv.add_argument("--min-clients", type=int, help="clients to wait for before round 1 (default: all)")
+    sv.add_argument("--wait-timeout", type=float, help="seconds to wait for them")
+    sv.add_argument("--port-file", help="write the bound port here (for --listen HOST:0)")
+    sv.add_argument("-q", "--quiet", action="store_true")
+    sv.set_defaults(fn=cmd_server)
+
+    cl = sub.add_parser("client", help="serve tasks from local data to a fedkit server")
+    cl.add_argument("--server", required=True, metavar="HOST:PORT")
+    cl.add_argument("--data", action="append", required=True, metavar="[NAME=]FILE.npz",
+                    help="the client's data (x_train, y_train[, x_test, y_test]); repeat for a pool")
+    cl.add_argument("--name", help="client name (default: the data file's stem)")
+    cl.add_argument("--token", action="append", default=[], metavar="[NAME=]TOKEN")
+    cl.add_argument("--token-file", help="read the token from this file")
+    cl.add_argument("--ca", help="CA certificate that signed the server's certificate")
+    cl.add_argument("--cert", help="client certificate for mutual TLS")
+    cl.add_argument("--key", help="client private key for mutual TLS")
+    cl.add_argument("--server-name", help="name to check in the server certificate")
+    cl.add_argument("--insecure", action="store_true", help="plaintext, no TLS")
+    cl.set_defaults(fn=cmd_client)
+
+    ce = sub.add_parser("certs", help="create a CA, server and client certificates, client tokens")
+    ce.add_argument("out")
+    ce.add_argument("--host", action="append", default=None, help="server host name or IP (repeat)")
+    ce.add_argument("--client", action="append", default=[], help="client name (repeat)")
+    ce.add_argument("--days", type=int, default=365)
+    ce.set_defaults(fn=cmd_certs)
 
     c = sub.add_parser("compare", help="compare finished runs: a table and one plot")
     c.add_argument("runs", nargs="+")

@@ -39,8 +39,12 @@ def pack_arrays(arrays: Params) -> bytes:
         if a.ndim > MAX_NDIM:
             raise ValueError(f"array with {a.ndim} dims exceeds the {MAX_NDIM}-dim limit")
         head.append(struct.pack(f"<BB{a.ndim}Q", dtype_code(a.dtype), a.ndim, *a.shape))
-    body = [np.ascontiguousarray(a, dtype=a.dtype.newbyteorder("<")).tobytes() for a in arrays]
-    return b"".join(head + body)
+    # memoryviews, not .tobytes(): the join is the only copy of the tensor data
+    body = [
+        memoryview(np.ascontiguousarray(a, dtype=a.dtype.newbyteorder("<")).reshape(-1).view(np.uint8))
+        for a in arrays
+    ]
+    return b"".join([*head, *body])
 
 
 def unpack_arrays(buf: bytes | memoryview, copy: bool = False) -> Params:

@@ -104,19 +104,32 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
 
 
+def _ratio(rows: list[dict[str, Any]], ratio: str, nbytes: str) -> float | None:
+    """Total dense bytes over total sent bytes (each row's dense = its ratio x its bytes)."""
+    sent = sum(r.get(nbytes, 0) for r in rows if r.get(ratio) is not None)
+    dense = sum(r[ratio] * r[nbytes] for r in rows if r.get(ratio) is not None)
+    return dense / sent if sent else None
+
+
 def summarize(
-    rows: Iterable[Mapping[str, Any]], params: Params, seed: int, name: str
+    rows: Iterable[dict[str, Any]], params: Params, seed: int, name: str
 ) -> dict[str, Any]:
     rows = list(rows)
     accs = [r["test_acc"] for r in rows if r.get("test_acc") is not None]
+    down = sum(r.get("bytes_down", 0) for r in rows)
+    up = sum(r.get("bytes_up", 0) for r in rows)
     return {
         "name": name,
         "rounds": len(rows),
         "final_accuracy": accs[-1] if accs else None,
         "best_accuracy": max(accs) if accs else None,
         "final_loss": next((r["test_loss"] for r in reversed(rows) if r.get("test_loss") is not None), None),
-        "total_bytes_down": sum(r.get("bytes_down", 0) for r in rows),
-        "total_bytes_up": sum(r.get("bytes_up", 0) for r in rows),
+        "total_bytes_down": down,
+        "total_bytes_up": up,
+        "ratio_down": _ratio(rows, "ratio_down", "bytes_down"),
+        "ratio_up": _ratio(rows, "ratio_up", "bytes_up"),
+        "total_encode_s": sum(r.get("encode_s", 0.0) for r in rows),
+        "total_decode_s": sum(r.get("decode_s", 0.0) for r in rows),
         "total_wall_s": sum(r.get("wall_s", 0.0) for r in rows),
         "skipped_rounds": sum(1 for r in rows if r.get("status", "ok") != "ok"),
         "params_sha256": params_hash(params),

@@ -126,9 +126,11 @@ def _handle(task: Task, client: ClientState, models: ModelCache) -> Reply:
     state = client.codec_state.get(codec.spec)
     if state is None:
         state = codec.init(delta)
+    t1 = time.perf_counter()
     state, enc = codec.encode(state, delta, frng.rng(seed, "uplink", task.round, client.id))
     client.codec_state[codec.spec] = state
-    metrics = {"train_loss": loss, "steps": float(steps), "compute_s": time.perf_counter() - t0}
+    t2 = time.perf_counter()
+    metrics = {"train_loss": loss, "steps": float(steps), "compute_s": t1 - t0, "encode_s": t2 - t1}
     return Reply(task.task_id, client.id, task.round, client.num_train, update=enc, metrics=metrics)
 
 

@@ -18,8 +18,9 @@ import numpy as np
 
 from fedkit import rng as frng
 from fedkit.compression import decode, make
+from fedkit.compression.frame import pack_arrays
 from fedkit.runtime.link import Link
-from fedkit.types import ClientId, DecodeError, Params, Reply, Task, TaskKind, Update
+from fedkit.types import ClientId, DecodeError, Encoded, Params, Reply, Task, TaskKind, Update
 
 log = logging.getLogger("fedkit.server")
 
@@ -60,6 +61,10 @@ class RoundRecord:
     clients_finished: int = 0
     bytes_down: int = 0
     bytes_up: int = 0
+    dense_down: int = 0  # what the same messages would cost as uncompressed float32 frames
+    dense_up: int = 0
+    encode_s: float = 0.0  # downlink encode on the server + uplink encodes on the clients
+    decode_s: float = 0.0  # uplink decodes on the server
     metrics: dict[str, float] = field(default_factory=dict)
     wall_s: float = 0.0
 
@@ -72,8 +77,17 @@ class RoundRecord:
             "clients_finished": self.clients_finished,
             "bytes_down": self.bytes_down,
             "bytes_up": self.bytes_up,
+            "ratio_down": self.dense_down / self.bytes_down if self.bytes_down else None,
+            "ratio_up": self.dense_up / self.bytes_up if self.bytes_up else None,
+            "encode_s": self.encode_s,
+            "decode_s": self.decode_s,
             "wall_s": self.wall_s,
         }
+
+
+def dense_nbytes(params: Params) -> int:
+    """Size of the uncompressed float32 frame of ``params``: the baseline of every ratio."""
+    return Encoded("identity", pack_arrays([a.astype(np.float32, copy=False) for a in params])).nbytes
 
 
 def sample_clients(plan: Plan, clients: Sequence[ClientId], rnd: int, attempt: int = 0) -> list[ClientId]:
@@ -110,10 +124,17 @@ def check_update(params: Params, reply: Reply) -> Params:
 
 
 def _tasks(
-    plan: Plan, state: ServerState, clients: Sequence[ClientId], kind: TaskKind, attempt: int
+    plan: Plan,
+    state: ServerState,
+    clients: Sequence[ClientId],
+    kind: TaskKind,
+    attempt: int,
+    rec: RoundRecord,
 ) -> dict[ClientId, Task]:
     rnd = state.round + 1
+    t0 = time.perf_counter()
     _, payload = make(plan.downlink).encode(None, state.params, frng.rng(plan.seed, "downlink", rnd))
+    rec.encode_s += time.perf_counter() - t0
     config = {**plan.client_config, "seed": plan.seed}
     return {
         c: Task(rnd, c, kind, payload, config, task_id=f"r{rnd}.{attempt}.{kind}.{c}") for c in clients
@@ -130,13 +151,15 @@ def run_round(plan: Plan, link: Link, state: ServerState) -> tuple[ServerState, 
     t0 = time.perf_counter()
     rnd = state.round + 1
     rec = RoundRecord(rnd)
+    dense = dense_nbytes(state.params)
     updates: list[Update] = []
     ok: list[Reply] = []
     for attempt in range(plan.max_retries + 1 if plan.on_too_few == "retry" else 1):
         sampled = sample_clients(plan, link.clients(), rnd, attempt)
-        tasks = _tasks(plan, state, sampled, "train", attempt)
+        tasks = _tasks(plan, state, sampled, "train", attempt, rec)
         rec.clients_sampled += len(sampled)
         rec.bytes_down += sum(t.params.nbytes for t in tasks.values())
+        rec.dense_down += dense * len(tasks)
         replies = {r.client: r for r in link.exchange(tasks, plan.deadline_s)}
         updates, ok = [], []
         for c in sampled:  # population order: aggregation sums in the same order in every mode
@@ -145,14 +168,19 @@ def run_round(plan: Plan, link: Link, state: ServerState) -> tuple[ServerState, 
                 continue
             if r.update is not None:
                 rec.bytes_up += r.update.nbytes
+                rec.dense_up += dense
             if r.error is not None:
                 log.warning("round %d: client %s failed: %s", rnd, c, r.error)
                 continue
+            rec.encode_s += float(r.metrics.get("encode_s", 0.0))
+            t_dec = time.perf_counter()
             try:
                 delta = check_update(state.params, r)
             except ValueError as e:
                 log.warning("round %d: rejected update from %s: %s", rnd, c, e)
                 continue
+            finally:
+                rec.decode_s += time.perf_counter() - t_dec
             updates.append(Update(c, delta, r.num_examples, r.metrics))
             ok.append(r)
         rec.clients_finished = len(updates)
@@ -183,7 +211,7 @@ def _evaluate(plan: Plan, link: Link, state: ServerState, rec: RoundRecord) -> d
     if plan.federated_eval:
         prev = replace(state, round=state.round - 1)  # tasks carry the round just finished
         sampled = sample_clients(plan, link.clients(), state.round, attempt=1000)
-        tasks = _tasks(plan, prev, sampled, "evaluate", 0)
+        tasks = _tasks(plan, prev, sampled, "evaluate", 0, rec)
         rec.bytes_down += sum(t.params.nbytes for t in tasks.values())
         replies = [r for r in link.exchange(tasks, plan.deadline_s) if r.ok and r.num_examples > 0]
         out |= {"fed_loss": _weighted(replies, "loss"), "fed_acc": _weighted(replies, "accuracy")}

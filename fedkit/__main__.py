@@ -1,0 +1,5 @@
+import sys
+
+from fedkit.cli import main
+
+sys.exit(main())

@@ -1,0 +1,118 @@
+"""The two deployable roles: a gRPC server that runs a scenario's rounds, and a client that
+serves tasks from its own data. ``clients/`` and ``server/`` are thin wrappers around these.
+
+The server uses the very round engine of the in-process simulation; only the Link differs.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fedkit.experiment import RoundCallback, run_with_link
+from fedkit.runtime.client import ModelCache, load_client_data, make_client_fn
+from fedkit.runtime.server import check_update
+from fedkit.scenario import Scenario
+from fedkit.scenario.build import build
+from fedkit.transport.client import run_client
+from fedkit.transport.security import Authenticator, ClientTls, ServerTls
+from fedkit.transport.server import GrpcServer
+from fedkit.types import Reply, Task
+
+log = logging.getLogger("fedkit.deploy")
+
+
+@dataclass(frozen=True)
+class ServerOptions:
+    listen: str = "127.0.0.1:0"
+    tls: ServerTls | None = None
+    auth: Authenticator | None = None
+    insecure: bool = False
+    min_clients: int | None = None  # connected clients needed before round 1 (default: all)
+    wait_timeout_s: float | None = None
+    max_message_bytes: int | None = None
+    port_file: str | None = None
+
+
+def serve(
+    scenario: Scenario,
+    out: str | Path,
+    opts: ServerOptions,
+    on_round: RoundCallback | None = None,
+    resume: bool = False,
+) -> dict[str, Any]:
+    """Run the scenario's rounds with clients that connect over gRPC; returns the summary."""
+    exp = build(scenario)
+    like = exp.init_params
+
+    def validate(task: Task, reply: Reply) -> None:
+        if task.kind == "train" and reply.ok:
+            check_update(like, reply)
+
+    extra = {} if opts.max_message_bytes is None else {"max_message_bytes": opts.max_message_bytes}
+    server = GrpcServer(
+        opts.listen, tls=opts.tls, auth=opts.auth, validate=validate, insecure=opts.insecure, **extra
+    )
+    port = server.start()
+    log.info("listening on port %d", port)
+    if opts.port_file:
+        tmp = Path(opts.port_file + ".tmp")
+        tmp.write_text(str(port))
+        tmp.replace(opts.port_file)
+    try:
+        need = opts.min_clients or scenario.clients.count
+        names = server.wait_for_clients(need, opts.wait_timeout_s or 7 * 24 * 3600.0)
+        if len(names) < need:
+            raise TimeoutError(f"only {len(names)} of {need} clients connected in time")
+        log.info("%d clients connected; starting", len(names))
+        return run_with_link(exp, server.link, out, on_round, resume)
+    finally:
+        server.shutdown_clients()
+        server.stop()
+
+
+@dataclass(frozen=True)
+class LocalClient:
+    """One client a device process serves: its name, its data file and its token."""
+
+    name: str
+    data: str | Path
+    token: str | None = None
+
+
+def join(
+    address: str,
+    clients: Sequence[LocalClient],
+    *,
+    tls: ClientTls | None = None,
+    insecure: bool = False,
+    stop: threading.Event | None = None,
+) -> None:
+    """Serve tasks for one or more local clients until the server is done.
+
+    Several clients in one process each get a thread and their own model instance.
+    """
+    torch.set_num_threads(1)  # the same kernels as the in-process simulation
+    states = [(load_client_data(c.data, c.name), c.token) for c in clients]
+    errors: list[BaseException] = []
+
+    def one(state: Any, token: str | None) -> None:
+        try:
+            fn = make_client_fn(state, ModelCache())
+            run_client(address, fn, name=state.id, token=token, tls=tls, insecure=insecure, stop=stop)
+        except BaseException as e:  # reported after every thread has finished
+            errors.append(e)
+
+    threads = [threading.Thread(target=one, args=st, daemon=True) for st in states]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]

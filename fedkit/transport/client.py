@@ -1,0 +1,271 @@
+"""The device side: join, receive tasks, answer them, survive server restarts.
+
+Why client-initiated: devices sit behind NAT, so they dial out and keep one stream open on which
+the server pushes tasks. When the connection drops (server restart, network change) the client
+rejoins under the same name with exponential backoff and jitter, so a fleet does not stampede a
+restarting server. It returns when the server says the experiment is done or ``stop`` is set;
+credentials the server refuses are fatal (retrying cannot fix them).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+import grpc
+
+from fedkit.transport._proto import fedkit_pb2 as pb
+from fedkit.transport._proto import fedkit_pb2_grpc as pb_grpc
+from fedkit.transport.security import ClientTls, client_metadata
+from fedkit.transport.serde import (
+    DEFAULT_CHUNK_BYTES,
+    DEFAULT_MAX_MESSAGE_BYTES,
+    DEFAULT_MAX_PAYLOAD_BYTES,
+    Reassembler,
+    TransportError,
+    reply_chunks,
+    task_from_proto,
+)
+from fedkit.types import Encoded, Reply, Task
+
+log = logging.getLogger("fedkit.transport")
+
+PROTOCOL = "fedkit.v1"
+_FATAL = (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)
+_REJECTED = (
+    grpc.StatusCode.INVALID_ARGUMENT,
+    grpc.StatusCode.FAILED_PRECONDITION,
+    grpc.StatusCode.NOT_FOUND,
+    grpc.StatusCode.ALREADY_EXISTS,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+)
+
+
+class _Reconnect(Exception):
+    """The session is unusable (protocol error); drop it and join again."""
+
+
+def channel_options(
+    max_message_bytes: int, server_name: str | None = None
+) -> list[tuple[str, Any]]:
+    """Message limits, keepalive (dead-server detection behind NAT), own connection per client."""
+    opts: list[tuple[str, Any]] = [
+        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.keepalive_time_ms", 20_000),
+        ("grpc.keepalive_timeout_ms", 10_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.max_pings_without_data", 0),
+        ("grpc.use_local_subchannel_pool", 1),
+    ]
+    if server_name:
+        opts.append(("grpc.ssl_target_name_override", server_name))
+    return opts
+
+
+def make_channel(
+    address: str,
+    *,
+    tls: ClientTls | None = None,
+    insecure: bool = False,
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+) -> grpc.Channel:
+    """A channel to the server: TLS unless ``insecure=True`` was asked for explicitly."""
+    if tls is None and not insecure:
+        raise ValueError("pass tls=ClientTls(...) or, for plaintext, insecure=True")
+    if tls is not None and insecure:
+        raise ValueError("tls and insecure=True contradict each other")
+    if tls is None:
+        return grpc.insecure_channel(address, options=channel_options(max_message_bytes))
+    return grpc.secure_channel(
+        address, tls.credentials(), options=channel_options(max_message_bytes, tls.server_name)
+    )
+
+
+def run_client(
+    address: str,
+    client_fn: Callable[[Task], Reply],
+    *,
+    name: str,
+    token: str | None = None,
+    tls: ClientTls | None = None,
+    insecure: bool = False,
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+    capabilities: Mapping[str, str] | None = None,
+    stop: threading.Event | None = None,
+    backoff: tuple[float, float] = (0.2, 5.0),
+    max_attempts: int | None = None,
+) -> None:
+    """Serve tasks from the server at ``address`` until it says done or ``stop`` is set.
+
+    ``client_fn`` runs each task; an exception becomes a reply with ``error`` set. After a lost
+    connection the client waits ``min(backoff[1], backoff[0] * 2**k)`` scaled by a random factor
+    in [0.5, 1] and rejoins; ``max_attempts`` consecutive failed joins raise ConnectionError
+    (None: retry until ``stop``). UNAUTHENTICATED / PERMISSION_DENIED raise ``grpc.RpcError``;
+    being replaced by another process joining under the same name (ABORTED) returns.
+    """
+    if tls is None and not insecure:
+        raise ValueError("pass tls=ClientTls(...) or, for plaintext, insecure=True")
+    stop = stop or threading.Event()
+    md = client_metadata(name, token)
+    failures = 0
+    while not stop.is_set():
+        joined: list[bool] = []
+        channel = make_channel(
+            address, tls=tls, insecure=insecure, max_message_bytes=max_message_bytes
+        )
+        try:
+            if _session(
+                channel, client_fn, name, md, capabilities or {}, max_payload_bytes, chunk_bytes,
+                stop, joined,
+            ):
+                return
+            reason = "stream ended"
+        except grpc.RpcError as e:
+            if stop.is_set():
+                return
+            code = e.code() if hasattr(e, "code") else None
+            if code in _FATAL:
+                log.error("client %s: server refused credentials: %s", name, e.details())
+                raise
+            if code == grpc.StatusCode.ABORTED:
+                # Another process joined under our name; retrying would evict it in turn.
+                log.warning("client %s: %s; exiting", name, e.details())
+                return
+            reason = f"{code.name if code else 'error'}: {e.details() if hasattr(e, 'details') else e}"
+        except _Reconnect as e:
+            reason = str(e)
+        finally:
+            channel.close()
+        if stop.is_set():
+            return
+        failures = 1 if joined else failures + 1
+        if max_attempts is not None and failures >= max_attempts:
+            raise ConnectionError(f"client {name}: {failures} failed attempts to join {address}")
+        delay = min(backoff[1], backoff[0] * 2 ** (failures - 1)) * random.uniform(0.5, 1.0)
+        log.info("client %s: %s; rejoining in %.2f s", name, reason, delay)
+        stop.wait(delay)
+
+
+def _session(
+    channel: grpc.Channel,
+    client_fn: Callable[[Task], Reply],
+    name: str,
+    md: tuple[tuple[str, str], ...],
+    capabilities: Mapping[str, str],
+    max_payload_bytes: int,
+    chunk_bytes: int,
+    stop: threading.Event,
+    joined: list[bool],
+) -> bool:
+    """One session; True when the server said the experiment is done."""
+    stub = pb_grpc.FedKitStub(channel)
+    call = stub.Join(
+        pb.JoinRequest(name=name, capabilities=dict(capabilities), protocol=PROTOCOL),
+        metadata=md,
+    )
+    ended = threading.Event()
+    watcher = threading.Thread(target=_cancel_on_stop, args=(stop, ended, call), daemon=True)
+    watcher.start()
+    try:
+        messages: Iterator[pb.ServerMessage] = iter(call)
+        first = next(messages, None)
+        if first is None:
+            raise _Reconnect("server closed the stream before welcoming us")
+        if first.WhichOneof("body") == "shutdown":
+            log.info("client %s: server says done (%s)", name, first.shutdown.reason)
+            return True
+        if first.WhichOneof("body") != "welcome":
+            raise _Reconnect(f"expected a welcome, got {first.WhichOneof('body')}")
+        w = first.welcome
+        joined.append(True)
+        chunk = min(chunk_bytes, w.chunk_bytes) if w.chunk_bytes else chunk_bytes
+        log.info("client %s joined (session %s)", name, w.session_id)
+        reasm: Reassembler | None = None
+        for msg in messages:
+            kind = msg.WhichOneof("body")
+            if kind == "heartbeat":
+                continue
+            if kind == "shutdown":
+                log.info("client %s: server says done (%s)", name, msg.shutdown.reason)
+                return True
+            if kind != "task":
+                continue  # newer servers may add messages; ignore what we do not know
+            if reasm is None:
+                reasm = Reassembler(max_payload_bytes, f"task for {name!r}")
+            try:
+                if not reasm.feed(msg.task):
+                    continue
+                header = reasm.header
+            except TransportError as e:
+                raise _Reconnect(f"bad task stream: {e.message}") from None
+            bad: str | None = None
+            payload: Encoded | bytes = b""
+            try:
+                payload = reasm.encoded() or b""
+            except TransportError as e:
+                bad = e.message
+            reasm = None
+            reply = _run_task(client_fn, header, payload, bad, name)
+            del payload
+            _push(stub, reply, w.session_id, md, chunk, name)
+        return False
+    finally:
+        ended.set()
+        call.cancel()
+
+
+def _cancel_on_stop(stop: threading.Event, ended: threading.Event, call: Any) -> None:
+    while not ended.wait(0.1):
+        if stop.is_set():
+            call.cancel()
+            return
+
+
+def _run_task(
+    client_fn: Callable[[Task], Reply],
+    header: pb.TaskHeader,
+    payload: Encoded | bytes,
+    bad: str | None,
+    name: str,
+) -> Reply:
+    """Run one task; a malformed task or a raising client_fn becomes an error reply."""
+    try:
+        if bad is not None:
+            raise TransportError(grpc.StatusCode.INVALID_ARGUMENT, bad)
+        task = task_from_proto(header, payload)
+    except TransportError as e:
+        log.warning("client %s: %s", name, e.message)
+        return Reply(task_id=header.task_id, client=name, round=header.round, error=e.message)
+    try:
+        return client_fn(task)
+    except Exception as e:  # noqa: BLE001  (the server learns the client failed, and why)
+        log.exception("client %s: task %s failed", name, task.task_id)
+        return Reply(
+            task_id=task.task_id, client=name, round=task.round, error=f"{type(e).__name__}: {e}"
+        )
+
+
+def _push(
+    stub: pb_grpc.FedKitStub,
+    reply: Reply,
+    session_id: str,
+    md: tuple[tuple[str, str], ...],
+    chunk_bytes: int,
+    name: str,
+) -> None:
+    try:
+        stub.PushReply(reply_chunks(reply, chunk_bytes, session_id), metadata=md)
+    except grpc.RpcError as e:
+        if e.code() in _REJECTED:
+            log.warning(
+                "client %s: server rejected reply to task %s: %s: %s",
+                name, reply.task_id, e.code().name, e.details(),
+            )
+            return
+        raise

@@ -1,0 +1,583 @@
+"""The gRPC server: sessions, task delivery, reply checks, and the :class:`Link` the engine uses.
+
+Why asyncio: a connected client is one open stream. ``grpc.aio`` keeps each as a coroutine on
+one event loop (in a background thread), so thousands of idle devices cost memory per stream,
+not a thread each. The engine's thread talks to the loop only through ``exchange`` and friends.
+
+The server moves bytes and decides nothing about the algorithm: it delivers each task to its
+client, refuses replies that do not answer an open task (stale round, unknown task, wrong
+client), malformed or oversized payloads and those the engine's ``validate`` hook rejects, and
+returns what arrived by the deadline. One misbehaving client never disturbs the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import dataclasses
+import logging
+import resource
+import secrets
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+
+from fedkit.transport._proto import fedkit_pb2 as pb
+from fedkit.transport._proto import fedkit_pb2_grpc as pb_grpc
+from fedkit.transport.security import (
+    Authenticator,
+    AuthError,
+    ServerTls,
+    parse_metadata,
+    peer_common_name,
+)
+from fedkit.transport.serde import (
+    DEFAULT_CHUNK_BYTES,
+    DEFAULT_MAX_MESSAGE_BYTES,
+    DEFAULT_MAX_PAYLOAD_BYTES,
+    Reassembler,
+    TransportError,
+    _slices,
+    reply_from_proto,
+    task_to_proto,
+)
+from fedkit.types import ClientId, Reply, Task
+
+log = logging.getLogger("fedkit.transport")
+
+Validator = Callable[[Task, Reply], None]
+"""Called on every received reply; raises ValueError (with a message) to reject it."""
+
+PROTOCOL = "fedkit.v1"
+_SHUTDOWN = object()
+_REPLACED = object()
+_HEADER_SLACK = 64 * 1024  # room for a chunk's header inside one message
+_CLOSED_MEMORY = 100_000  # task ids of closed rounds remembered to tell "stale" from "unknown"
+
+
+def chunk_size(max_message_bytes: int, chunk_bytes: int | None = None) -> int:
+    """A chunk size that, with its header, fits one message of ``max_message_bytes``."""
+    limit = max_message_bytes - _HEADER_SLACK
+    if limit < 1024:
+        raise ValueError(f"max_message_bytes={max_message_bytes} is too small")
+    return min(chunk_bytes or DEFAULT_CHUNK_BYTES, limit)
+
+
+def server_options(max_message_bytes: int) -> list[tuple[str, Any]]:
+    """Channel arguments: message limits, keepalive that tolerates idle devices behind NAT."""
+    return [
+        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.keepalive_time_ms", 30_000),
+        ("grpc.keepalive_timeout_ms", 10_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_recv_ping_interval_without_data_ms", 5_000),
+        ("grpc.http2.max_ping_strikes", 0),
+        ("grpc.so_reuseport", 0),  # a second server on a busy port fails instead of sharing it
+    ]
+
+
+@dataclass(eq=False)
+class _Session:
+    name: str
+    session_id: str
+    peer: str
+    outbox: asyncio.Queue[Any] = field(default_factory=asyncio.Queue)
+    pending: set[str] = field(default_factory=set)
+    joined_at: float = field(default_factory=time.monotonic)
+
+
+@dataclass(eq=False)
+class _Outgoing:
+    task: Task
+
+
+@dataclass(eq=False)
+class _Pending:
+    task: Task
+    session: _Session
+    future: asyncio.Future[Reply | None]
+
+
+class _Hub:
+    """Session and task bookkeeping. Touched only from the event loop thread."""
+
+    def __init__(self) -> None:
+        self.sessions: dict[str, _Session] = {}
+        self.by_id: dict[str, _Session] = {}
+        self.pending: dict[str, _Pending] = {}
+        self.closed: OrderedDict[str, int] = OrderedDict()
+        self.done = False
+
+    def open(self, name: str, peer: str) -> _Session:
+        old = self.sessions.get(name)
+        if old is not None:
+            log.info("client %s rejoined from %s; replacing session %s", name, peer, old.session_id)
+            self.close(old)
+            old.outbox.put_nowait(_REPLACED)
+        s = _Session(name, secrets.token_hex(16), peer)
+        self.sessions[name] = s
+        self.by_id[s.session_id] = s
+        return s
+
+    def close(self, s: _Session) -> None:
+        if self.sessions.get(s.name) is s:
+            del self.sessions[s.name]
+        self.by_id.pop(s.session_id, None)
+        for tid in s.pending:
+            p = self.pending.get(tid)
+            if p is not None and not p.future.done():
+                log.info("client %s disconnected with task %s open", s.name, tid)
+                p.future.set_result(None)
+        s.pending.clear()
+
+    def remember_closed(self, tid: str, rnd: int) -> None:
+        self.closed[tid] = rnd
+        while len(self.closed) > _CLOSED_MEMORY:
+            self.closed.popitem(last=False)
+
+    def check_header(self, name: str, h: pb.ReplyHeader) -> _Pending:
+        """The open task a reply header answers, or the status explaining why not."""
+        if h.client != name:
+            raise TransportError(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"reply names client {h.client!r} but the caller is {name!r}",
+            )
+        s = self.by_id.get(h.session_id)
+        if s is None or s.name != name:
+            raise TransportError(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"session {h.session_id!r} of client {name!r} is not current; rejoin",
+            )
+        p = self.pending.get(h.task_id)
+        if p is None:
+            if h.task_id in self.closed:
+                raise TransportError(
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    f"task {h.task_id!r} of round {self.closed[h.task_id]} is closed "
+                    f"(stale reply for round {h.round})",
+                )
+            raise TransportError(
+                grpc.StatusCode.NOT_FOUND, f"unknown task {h.task_id!r} (round {h.round})"
+            )
+        if p.task.client != name:
+            raise TransportError(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"task {h.task_id!r} was sent to {p.task.client!r}, not {name!r}",
+            )
+        if h.round != p.task.round:
+            raise TransportError(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"reply to task {h.task_id!r} is for round {h.round}, "
+                f"but the task belongs to round {p.task.round}",
+            )
+        if p.future.done():
+            raise TransportError(
+                grpc.StatusCode.ALREADY_EXISTS, f"task {h.task_id!r} was already answered"
+            )
+        return p
+
+
+class _Servicer(pb_grpc.FedKitServicer):
+    def __init__(self, srv: GrpcServer) -> None:
+        self.srv = srv
+        self.hub = srv._hub
+
+    async def _authenticate(self, context: grpc.aio.ServicerContext, claimed: str | None) -> str:
+        name, token = parse_metadata(context.invocation_metadata())
+        problem = None
+        if claimed is not None and name is not None and name != claimed:
+            problem = f"metadata names client {name!r} but it joins as {claimed!r}"
+        name = name or claimed
+        if problem is None and (not name or len(name) > 256 or not name.isprintable()):
+            problem = f"missing or invalid client name {name!r}"
+        if problem is None and self.srv.tls is not None and self.srv.tls.mutual:
+            cn = peer_common_name(context.auth_context())
+            if cn != name:
+                problem = f"client certificate CN {cn!r} does not match client name {name!r}"
+        if problem is None and self.srv.auth is not None:
+            try:
+                self.srv.auth.check(name or "", token)
+            except AuthError as e:
+                problem = str(e)
+        if problem is not None:
+            log.warning("UNAUTHENTICATED %s from %s: %s", _method(context), context.peer(), problem)
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, problem)
+        assert name is not None
+        return name
+
+    async def Join(  # noqa: N802  (gRPC method name)
+        self, request: pb.JoinRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.ServerMessage]:
+        name = await self._authenticate(context, request.name)
+        if request.protocol and request.protocol != PROTOCOL:
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"client speaks {request.protocol!r}; this server speaks {PROTOCOL!r}",
+            )
+        if self.hub.done:
+            yield pb.ServerMessage(shutdown=pb.Shutdown(reason="experiment is done"))
+            return
+        s = self.hub.open(name, context.peer())
+        log.info("client %s joined from %s (session %s)", name, s.peer, s.session_id)
+        srv = self.srv
+        getter: asyncio.Future[Any] | None = None
+        try:
+            yield pb.ServerMessage(
+                welcome=pb.Welcome(
+                    session_id=s.session_id,
+                    max_message_bytes=srv.max_message_bytes,
+                    max_payload_bytes=srv.max_payload_bytes,
+                    chunk_bytes=srv.chunk_bytes,
+                    heartbeat_s=srv.heartbeat_s,
+                )
+            )
+            while True:
+                # Keep one pending get across heartbeats: cancelling a get that just completed
+                # (wait_for on Python < 3.12) could silently drop a task.
+                getter = getter or asyncio.ensure_future(s.outbox.get())
+                await asyncio.wait((getter,), timeout=srv.heartbeat_s)
+                if not getter.done():
+                    yield pb.ServerMessage(heartbeat=pb.Heartbeat(server_time=time.time()))
+                    continue
+                item, getter = getter.result(), None
+                if item is _SHUTDOWN:
+                    yield pb.ServerMessage(shutdown=pb.Shutdown(reason="experiment is done"))
+                    return
+                if item is _REPLACED:
+                    await context.abort(
+                        grpc.StatusCode.ABORTED, f"session replaced by a newer join of {name!r}"
+                    )
+                if item.task.task_id not in s.pending:
+                    continue  # its round closed before we got to send it
+                for msg in _task_messages(item.task, srv.chunk_bytes):
+                    yield msg
+        finally:
+            if getter is not None:
+                getter.cancel()
+            self.hub.close(s)
+            log.info("client %s left (session %s)", name, s.session_id)
+
+    async def PushReply(  # noqa: N802
+        self, request_iterator: AsyncIterator[pb.ReplyChunk], context: grpc.aio.ServicerContext
+    ) -> pb.Ack:
+        name = await self._authenticate(context, None)
+        r = Reassembler(self.srv.max_payload_bytes, f"reply from {name!r}")
+        tid = "?"
+        try:
+            async for chunk in request_iterator:
+                first = r.header is None
+                r.feed(chunk)
+                if first:
+                    tid = r.header.task_id
+                    r.what = f"reply from {name!r} to task {tid!r}"
+                    self.hub.check_header(name, r.header)
+                if r.done:
+                    break
+            if r.header is None:
+                raise TransportError(grpc.StatusCode.INVALID_ARGUMENT, "empty reply stream")
+            reply = reply_from_proto(
+                r.header, r.encoded() if r.header.has_update else r.payload()
+            )
+            p = self.hub.check_header(name, r.header)  # the round may have closed meanwhile
+            if self.srv.validate is not None:
+                loop = asyncio.get_running_loop()
+                try:
+                    await loop.run_in_executor(None, self.srv.validate, p.task, reply)
+                except ValueError as e:
+                    raise TransportError(
+                        grpc.StatusCode.INVALID_ARGUMENT, f"reply to task {tid!r} rejected: {e}"
+                    ) from None
+                p = self.hub.check_header(name, r.header)
+            p.future.set_result(reply)
+            return pb.Ack(task_id=tid)
+        except TransportError as e:
+            log.warning("rejected reply from %s (task %s): %s: %s", name, tid, e.code.name, e.message)
+            await context.abort(e.code, e.message)
+            raise  # unreachable: abort raises
+
+    async def Split(  # noqa: N802
+        self, request_iterator: AsyncIterator[pb.SplitMessage], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.SplitMessage]:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "split learning is not served yet")
+        yield pb.SplitMessage()  # pragma: no cover  (makes this an async generator)
+
+
+def _method(context: grpc.aio.ServicerContext) -> str:
+    with contextlib.suppress(Exception):
+        return context._rpc_event.call_details.method.decode()  # type: ignore[attr-defined]
+    return "rpc"
+
+
+def _task_messages(task: Task, chunk_bytes: int) -> Iterator[pb.ServerMessage]:
+    """ServerMessages of one task, built in place (no extra copy of each chunk)."""
+    header = task_to_proto(task, task.params.nbytes)
+    for off, data, last in _slices(task.params, chunk_bytes):
+        msg = pb.ServerMessage()
+        c = msg.task
+        if off == 0:
+            c.header.CopyFrom(header)
+        c.offset = off
+        c.data = data
+        c.last = last
+        yield msg
+
+
+class GrpcLink:
+    """The :class:`fedkit.runtime.link.Link` over a :class:`GrpcServer`."""
+
+    def __init__(self, server: GrpcServer) -> None:
+        self._server = server
+
+    def clients(self) -> Sequence[ClientId]:
+        """Names of clients with an open session, sorted."""
+        return self._server._call(lambda hub: sorted(hub.sessions))
+
+    def exchange(self, tasks: Mapping[ClientId, Task], deadline_s: float | None) -> list[Reply]:
+        """Send each task to its client; return the replies that passed all checks in time.
+
+        Replies come back in the order of ``tasks``. A task without an empty ``task_id`` gets
+        one (``round:client:random``). Clients that are not connected, disconnect, fail a check
+        or miss the deadline are absent; a client's own failure comes back with ``error`` set.
+        """
+        return self._server._exchange(tasks, deadline_s)
+
+    def close(self) -> None:
+        """End the experiment: tell clients they are done, then stop the server."""
+        self._server.shutdown_clients()
+        self._server.stop()
+
+
+class GrpcServer:
+    """Serves the fedkit.v1 protocol; ``.link`` is what the round engine talks to.
+
+    Plaintext needs ``insecure=True`` and is logged as a warning; otherwise pass ``tls``.
+    ``max_message_bytes`` bounds one gRPC message, ``max_payload_bytes`` one reassembled reply
+    (larger ones are refused with RESOURCE_EXHAUSTED before they are buffered). ``validate``
+    sees every reply that answers an open task, error replies included, in a worker thread.
+    """
+
+    def __init__(
+        self,
+        listen: str = "127.0.0.1:0",
+        *,
+        tls: ServerTls | None = None,
+        auth: Authenticator | None = None,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
+        chunk_bytes: int | None = None,
+        heartbeat_s: float = 10.0,
+        validate: Validator | None = None,
+        insecure: bool = False,
+    ) -> None:
+        if tls is None and not insecure:
+            raise ValueError("pass tls=ServerTls(...) or, for plaintext, insecure=True")
+        if tls is not None and insecure:
+            raise ValueError("tls and insecure=True contradict each other")
+        self.listen = listen
+        self.tls = tls
+        self.auth = auth
+        self.insecure = insecure
+        self.max_message_bytes = max_message_bytes
+        self.max_payload_bytes = max_payload_bytes
+        self.chunk_bytes = chunk_size(max_message_bytes, chunk_bytes)
+        self.heartbeat_s = heartbeat_s
+        self.validate = validate
+        self.port: int | None = None
+        self.link = GrpcLink(self)
+        self._hub = _Hub()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._server: grpc.aio.Server | None = None
+
+    # ---- life cycle ------------------------------------------------------------------------
+
+    def start(self) -> int:
+        """Bind, start serving in a background thread, and return the bound port."""
+        if self._thread is not None:
+            raise RuntimeError("server already started")
+        _raise_fd_limit()
+        if self.insecure:
+            log.warning(
+                "serving PLAINTEXT gRPC on %s: updates and tokens travel unencrypted", self.listen
+            )
+        if self.auth is None and not (self.tls and self.tls.mutual):
+            log.warning("no client authentication: any client may join under any name")
+        ready: concurrent.futures.Future[int] = concurrent.futures.Future()
+        self._thread = threading.Thread(
+            target=self._run, args=(ready,), name="fedkit-grpc-server", daemon=True
+        )
+        self._thread.start()
+        try:
+            self.port = ready.result(timeout=30)
+        except BaseException:
+            self._thread.join(timeout=5)
+            self._thread = None
+            raise
+        log.info("fedkit gRPC server listening on port %d", self.port)
+        return self.port
+
+    def _run(self, ready: concurrent.futures.Future[int]) -> None:
+        loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
+        self._loop = loop
+        try:
+            loop.run_until_complete(self._astart(ready))
+        except BaseException as e:  # noqa: BLE001  (reported to start())
+            if not ready.done():
+                ready.set_exception(e)
+            loop.close()
+            return
+        try:
+            loop.run_forever()
+        finally:
+            with contextlib.suppress(Exception):
+                loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.close()
+
+    async def _astart(self, ready: concurrent.futures.Future[int]) -> None:
+        server = grpc.aio.server(options=server_options(self.max_message_bytes))
+        pb_grpc.add_FedKitServicer_to_server(_Servicer(self), server)
+        if self.tls is not None:
+            port = server.add_secure_port(self.listen, self.tls.credentials())
+        else:
+            port = server.add_insecure_port(self.listen)
+        if not port:
+            raise OSError(f"could not bind {self.listen}")
+        await server.start()
+        self._server = server
+        ready.set_result(port)
+
+    def stop(self, grace: float = 1.0) -> None:
+        """Stop serving (open streams are cancelled; clients will try to reconnect)."""
+        loop, thread = self._loop, self._thread
+        if loop is None or thread is None:
+            return
+        if not loop.is_closed() and self._server is not None:
+            server = self._server
+            with contextlib.suppress(Exception):
+                asyncio.run_coroutine_threadsafe(server.stop(grace), loop).result(grace + 10)
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout=10)
+        self._thread = self._loop = self._server = None
+
+    def __enter__(self) -> GrpcServer:
+        if self._thread is None:
+            self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # ---- engine-facing operations ----------------------------------------------------------
+
+    def _call(self, fn: Callable[[_Hub], Any], timeout: float = 30.0) -> Any:
+        loop = self._loop
+        if loop is None:
+            raise RuntimeError("server is not running")
+
+        async def run() -> Any:
+            return fn(self._hub)
+
+        return asyncio.run_coroutine_threadsafe(run(), loop).result(timeout)
+
+    def clients(self) -> list[str]:
+        return list(self.link.clients())
+
+    def wait_for_clients(self, n: int, timeout: float) -> list[str]:
+        """Block until ``n`` clients are connected; raise TimeoutError naming who is there."""
+        end = time.monotonic() + timeout
+        while True:
+            names = self.clients()
+            if len(names) >= n:
+                return names
+            if time.monotonic() >= end:
+                raise TimeoutError(f"{len(names)} of {n} clients connected after {timeout} s")
+            time.sleep(0.05)
+
+    def shutdown_clients(self, timeout: float = 5.0) -> None:
+        """Tell every client the experiment is done (they exit); later joins are told too."""
+        if self._loop is None:
+            return
+
+        def mark(hub: _Hub) -> int:
+            hub.done = True
+            for s in hub.sessions.values():
+                s.outbox.put_nowait(_SHUTDOWN)
+            return len(hub.sessions)
+
+        self._call(mark)
+        end = time.monotonic() + timeout
+        while self.clients() and time.monotonic() < end:
+            time.sleep(0.02)
+
+    def _exchange(self, tasks: Mapping[ClientId, Task], deadline_s: float | None) -> list[Reply]:
+        loop = self._loop
+        if loop is None:
+            raise RuntimeError("server is not running")
+        outgoing: list[_Outgoing] = []
+        for cid, task in tasks.items():
+            if task.client != cid:
+                raise ValueError(f"task for {cid!r} is addressed to {task.client!r}")
+            if not task.task_id:
+                task = dataclasses.replace(task, task_id=f"{task.round}:{cid}:{secrets.token_hex(4)}")
+            task_to_proto(task, 0)  # fail here, in the caller, on a non-JSON config
+            outgoing.append(_Outgoing(task))
+        fut = asyncio.run_coroutine_threadsafe(self._aexchange(outgoing, deadline_s), loop)
+        return fut.result(None if deadline_s is None else deadline_s + 30)
+
+    async def _aexchange(
+        self, outgoing: list[_Outgoing], deadline_s: float | None
+    ) -> list[Reply]:
+        hub = self._hub
+        loop = asyncio.get_running_loop()
+        waits: list[tuple[str, asyncio.Future[Reply | None]]] = []
+        ids = [out.task.task_id for out in outgoing]
+        reused = [t for t in ids if t in hub.pending or t in hub.closed]
+        if reused or len(set(ids)) != len(ids):
+            raise ValueError(f"task ids must be unique and new; reused: {reused[:5]}")
+        for out in outgoing:
+            t = out.task
+            s = hub.sessions.get(t.client)
+            if s is None:
+                log.warning("task %s: client %s is not connected", t.task_id, t.client)
+                continue
+            f: asyncio.Future[Reply | None] = loop.create_future()
+            hub.pending[t.task_id] = _Pending(t, s, f)
+            s.pending.add(t.task_id)
+            s.outbox.put_nowait(out)
+            waits.append((t.task_id, f))
+        try:
+            if waits:
+                await asyncio.wait([f for _, f in waits], timeout=deadline_s)
+        finally:
+            for out in outgoing:
+                p = hub.pending.pop(out.task.task_id, None)
+                if p is not None:
+                    p.session.pending.discard(out.task.task_id)
+                    hub.remember_closed(out.task.task_id, out.task.round)
+                    if not p.future.done():
+                        log.info(
+                            "task %s: client %s missed the deadline", out.task.task_id, p.task.client
+                        )
+                        p.future.cancel()
+        return [
+            r for _, f in waits if f.done() and not f.cancelled() and (r := f.result()) is not None
+        ]
+
+
+def _raise_fd_limit() -> None:
+    """Each connected client holds a socket: lift the soft descriptor limit to the hard one."""
+    with contextlib.suppress(ValueError, OSError):
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if hard == resource.RLIM_INFINITY:
+            hard = 1 << 20
+        if soft != resource.RLIM_INFINITY and soft < hard:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))

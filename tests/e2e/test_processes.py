@@ -1,0 +1,169 @@
+"""Real processes over loopback gRPC: same params as in-process, resume after a server crash,
+survivors finish a round when a client is killed, nothing outlives Ctrl-C."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from fedkit.experiment import run_scenario
+from fedkit.launch import run_processes
+from fedkit.scenario import validate
+from tests.conftest import tiny_raw
+
+pytestmark = pytest.mark.timeout(240)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait(cond, timeout: float, what: str) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if cond():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _rows(run: Path) -> int:
+    f = run / "metrics.jsonl"
+    return len(f.read_text().splitlines()) if f.exists() else 0
+
+
+def _fedkit(*args: str, log: Path) -> subprocess.Popen:
+    with open(log, "ab") as f:
+        return subprocess.Popen(
+            [sys.executable, "-m", "fedkit", *args], stdout=f, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
+def _stop(*procs: subprocess.Popen) -> None:
+    for p in procs:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+        p.wait()
+
+
+def test_processes_give_bit_identical_params(tmp_path: Path) -> None:
+    s = validate(tiny_raw(rounds=3, strategy={"name": "fedadam", "lr": 0.05}))
+    a = run_scenario(s, tmp_path / "inproc")
+    b = run_processes(s, tmp_path / "procs", workers=2)
+    assert b["params_sha256"] == a["params_sha256"]
+    assert b["total_bytes_up"] == a["total_bytes_up"] and b["total_bytes_down"] == a["total_bytes_down"]
+    assert b["rounds"] == 3
+
+
+def _client_files(tmp_path: Path, s) -> list[str]:
+    from fedkit.runtime.client import save_client_data
+    from fedkit.scenario.build import build
+
+    args = []
+    for name, state in build(s).clients.items():
+        f = tmp_path / f"{name}.npz"
+        save_client_data(f, state)
+        args += ["--data", f"{name}={f}"]
+    return args
+
+
+def test_server_crash_then_resume_ends_with_the_same_params(tmp_path: Path) -> None:
+    raw = tiny_raw(rounds=6, strategy={"name": "fedavgm"}, train={"steps": 300, "batch_size": 8, "lr": 0.05})
+    s = validate(raw)
+    expected = run_scenario(s, tmp_path / "ref")["params_sha256"]
+    scen = tmp_path / "s.yaml"
+    scen.write_text(yaml.safe_dump(raw))
+    port = _free_port()
+    run = tmp_path / "run"
+    server_args = ["server", "--scenario", str(scen), "--listen", f"127.0.0.1:{port}", "--insecure", "-q"]
+    server = _fedkit(*server_args, "--out", str(run), log=tmp_path / "server1.log")
+    clients = _fedkit("client", "--server", f"127.0.0.1:{port}", "--insecure",
+                      *_client_files(tmp_path, s), log=tmp_path / "clients.log")
+    try:
+        _wait(lambda: _rows(run) >= 3, 120, "three rounds")
+        os.killpg(server.pid, signal.SIGKILL)  # crash mid-run
+        server.wait()
+        done = _rows(run)
+        assert done < 6
+        server = _fedkit(*server_args, "--resume", str(run), log=tmp_path / "server2.log")
+        assert server.wait(timeout=150) == 0, (tmp_path / "server2.log").read_text()
+        assert clients.wait(timeout=30) == 0  # told "done" after reconnecting
+    finally:
+        _stop(server, clients)
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["params_sha256"] == expected
+    assert [json.loads(r)["round"] for r in (run / "metrics.jsonl").read_text().splitlines()] == list(range(1, 7))
+
+
+def test_killed_client_does_not_stop_the_round(tmp_path: Path) -> None:
+    raw = tiny_raw(
+        rounds=3, clients={"count": 3, "per_round": {"fraction": 1.0}},
+        train={"steps": 4000, "batch_size": 32, "lr": 0.05},
+        server={"deadline_s": 20, "min_replies": 2},
+    )
+    s = validate(raw)
+    scen = tmp_path / "s.yaml"
+    scen.write_text(yaml.safe_dump(raw))
+    port = _free_port()
+    run = tmp_path / "run"
+    files = _client_files(tmp_path, s)
+    server = _fedkit("server", "--scenario", str(scen), "--listen", f"127.0.0.1:{port}", "--insecure",
+                     "--out", str(run), "-q", log=tmp_path / "server.log")
+    addr = ["--server", f"127.0.0.1:{port}", "--insecure"]
+    survivors = _fedkit("client", *addr, *files[:4], log=tmp_path / "c01.log")
+    victim = _fedkit("client", *addr, *files[4:], log=tmp_path / "c2.log")
+    try:
+        _wait(lambda: _rows(run) >= 1, 120, "round 1")
+        time.sleep(0.3)  # round 2 is training now
+        os.killpg(victim.pid, signal.SIGKILL)
+        assert server.wait(timeout=150) == 0, (tmp_path / "server.log").read_text()
+    finally:
+        _stop(server, survivors, victim)
+    rows = [json.loads(r) for r in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in rows] == [1, 2, 3]
+    assert rows[0]["clients_finished"] == 3
+    assert rows[1]["clients_finished"] == 2 and rows[1]["status"] == "ok"
+    assert rows[1]["wall_s"] < 20  # a dead client is noticed, not waited for until the deadline
+
+
+def test_ctrl_c_leaves_no_process_behind(tmp_path: Path) -> None:
+    raw = tiny_raw(rounds=50, train={"steps": 2000, "batch_size": 32})
+    scen = tmp_path / "s.yaml"
+    scen.write_text(yaml.safe_dump(raw))
+    run = tmp_path / "run"
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "fedkit", "run", str(scen), "--mode", "processes", "--out", str(run), "-q"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )
+    try:
+        _wait(lambda: _rows(run) >= 1, 120, "round 1")
+        driver.send_signal(signal.SIGINT)
+        assert driver.wait(timeout=30) == 130
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+    def leftovers() -> list[str]:
+        out = []
+        for pid in os.listdir("/proc"):
+            if pid.isdigit():
+                try:
+                    cmd = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+                except OSError:
+                    continue
+                if str(run) in cmd or "fedkit-procs-" in cmd:
+                    out.append(cmd)
+        return out
+    _wait(lambda: not leftovers(), 10, "children to exit")
+    assert (run / "checkpoint.npz").exists()  # committed rounds survive the interrupt
