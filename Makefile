@@ -7,7 +7,7 @@ PIP    := $(PY) -m pip -q --disable-pip-version-check
 TORCH  ?= torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint proto bench bench-training bench-codecs bench-grpc clean
+.PHONY: demo test lint proto bench bench-training bench-codecs bench-grpc bench-compression clean
 
 $(VENV)/.base:
 	$(PYTHON) -m venv $(VENV)
@@ -37,7 +37,7 @@ proto: $(VENV)/.dev
 	$(PY) -m fedkit.transport.protogen
 
 # Each benchmark writes a table to benchmarks/results/.
-bench: bench-training bench-codecs bench-grpc
+bench: bench-training bench-codecs bench-grpc bench-compression
 
 bench-training: $(VENV)/.installed
 	$(PY) benchmarks/bench_training.py
@@ -50,3 +50,6 @@ bench-grpc: $(VENV)/.installed
 
 clean:
 	rm -rf $(VENV) runs
+
+bench-compression: $(VENV)/.installed
+	$(PY) benchmarks/bench_compression.py

@@ -14,6 +14,7 @@ from fedkit.aggregation import state_from_arrays, state_to_arrays
 from fedkit.report import plots
 from fedkit.report.run_dir import RunDir, summarize
 from fedkit.runtime.client import ModelCache, make_client_fn
+from fedkit.runtime.downlink import DownlinkState
 from fedkit.runtime.link import Link
 from fedkit.runtime.server import RoundRecord, ServerState, run
 from fedkit.scenario import Scenario, dump
@@ -32,8 +33,13 @@ def initial_state(exp: Experiment, rd: RunDir, resume: bool) -> ServerState:
     ckpt = rd.read_checkpoint() if resume else None
     if ckpt is None:
         return exp.initial_state()
-    rnd, params, arrays = ckpt
-    return ServerState(rnd, params, state_from_arrays(arrays))
+    rnd, params, sections = ckpt
+    return ServerState(
+        rnd,
+        params,
+        state_from_arrays(sections.get("agg", {})),
+        DownlinkState.from_arrays(sections.get("down", {})),
+    )
 
 
 def run_with_link(
@@ -54,7 +60,8 @@ def run_with_link(
         row = rec.row() | {"elapsed_s": elapsed0 + time.perf_counter() - t_start}
         rd.append_metrics(row)
         if s.output.checkpoint:
-            rd.write_checkpoint(st.round, st.params, state_to_arrays(st.agg_state))
+            sections = {"agg": state_to_arrays(st.agg_state), "down": st.downlink.to_arrays()}
+            rd.write_checkpoint(st.round, st.params, sections)
         if on_round is not None:
             on_round(row)
 

@@ -78,17 +78,24 @@ class RunDir:
     def metrics(self) -> list[dict[str, Any]]:
         return read_metrics(self.path)
 
-    def write_checkpoint(self, round_: int, params: Params, state_arrays: Mapping[str, np.ndarray]) -> None:
-        extra = {f"agg/{k}": v for k, v in state_arrays.items()} | {"round": np.array(round_)}
-        save_params(self.path / "checkpoint.npz", params, extra)
+    def write_checkpoint(
+        self, round_: int, params: Params, sections: Mapping[str, Mapping[str, np.ndarray]]
+    ) -> None:
+        """Params plus named sections of arrays (aggregator state, downlink state, ...)."""
+        extra = {f"{sec}/{k}": v for sec, arrays in sections.items() for k, v in arrays.items()}
+        save_params(self.path / "checkpoint.npz", params, extra | {"round": np.array(round_)})
 
-    def read_checkpoint(self) -> tuple[int, Params, dict[str, np.ndarray]] | None:
+    def read_checkpoint(self) -> tuple[int, Params, dict[str, dict[str, np.ndarray]]] | None:
         path = self.path / "checkpoint.npz"
         if not path.exists():
             return None
         params, extra = load_params(path)
-        state = {k[4:]: v for k, v in extra.items() if k.startswith("agg/")}
-        return int(extra["round"]), params, state
+        sections: dict[str, dict[str, np.ndarray]] = {}
+        for k, v in extra.items():
+            sec, sep, rest = k.partition("/")
+            if sep:
+                sections.setdefault(sec, {})[rest] = v
+        return int(extra["round"]), params, sections
 
     def write_final(self, params: Params, summary: Mapping[str, Any]) -> None:
         save_params(self.path / "params.npz", params)

@@ -19,10 +19,11 @@ import torch
 from torch import nn
 
 from fedkit import rng as frng
-from fedkit.compression import decode, make
+from fedkit.compression import make
 from fedkit.models import TrainConfig, build_model, evaluate, train
+from fedkit.runtime.downlink import receive
 from fedkit.runtime.link import ClientFn
-from fedkit.types import ClientId, Reply, Task
+from fedkit.types import ClientId, Params, Reply, Task
 
 
 @dataclass
@@ -35,6 +36,7 @@ class ClientState:
     x_test: torch.Tensor | None = None
     y_test: torch.Tensor | None = None
     codec_state: dict[str, Any] = field(default_factory=dict)
+    held: tuple[int, Params] | None = None  # (round, model) kept for downlink deltas
 
     @classmethod
     def from_arrays(
@@ -108,7 +110,7 @@ def handle(task: Task, client: ClientState, models: ModelCache) -> Reply:
 def _handle(task: Task, client: ClientState, models: ModelCache) -> Reply:
     cfg = task.config
     t0 = time.perf_counter()
-    params = decode(task.params)
+    params, client.held = receive(cfg.get("downlink", {}), task.params, client.held)
     module = models.get(cfg["model"])
     if task.kind == "evaluate":
         if client.x_test is None or client.y_test is None or len(client.y_test) == 0:

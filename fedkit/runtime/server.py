@@ -19,6 +19,7 @@ import numpy as np
 from fedkit import rng as frng
 from fedkit.compression import decode, make
 from fedkit.compression.frame import pack_arrays
+from fedkit.runtime import downlink as dl
 from fedkit.runtime.link import Link
 from fedkit.types import ClientId, DecodeError, Encoded, Params, Reply, Task, TaskKind, Update
 
@@ -37,6 +38,7 @@ class Plan:
     count: int | None = None
     min_clients: int = 1
     downlink: str = "identity"
+    downlink_mode: str = "full"
     evaluate: Callable[[Params], Mapping[str, float]] | None = None
     eval_every: int = 1
     federated_eval: bool = False
@@ -51,6 +53,7 @@ class ServerState:
     round: int  # rounds completed
     params: Params
     agg_state: Any
+    downlink: dl.DownlinkState = field(default_factory=dl.DownlinkState)
 
 
 @dataclass
@@ -130,15 +133,27 @@ def _tasks(
     kind: TaskKind,
     attempt: int,
     rec: RoundRecord,
-) -> dict[ClientId, Task]:
+) -> tuple[dict[ClientId, Task], dl.DownlinkState]:
+    """One task per client; training tasks go through the downlink codec (and its mode)."""
     rnd = state.round + 1
     t0 = time.perf_counter()
-    _, payload = make(plan.downlink).encode(None, state.params, frng.rng(plan.seed, "downlink", rnd))
+    if kind == "train":
+        out = dl.prepare(
+            plan.downlink_mode, plan.downlink, state.downlink, state.params, clients, rnd, plan.seed
+        )
+    else:  # evaluation sees the server's model exactly, and leaves clients' references alone
+        _, enc = make("identity").encode(None, state.params)
+        out = dl.Outgoing(state.downlink, {c: enc for c in clients}, {c: {} for c in clients})
     rec.encode_s += time.perf_counter() - t0
-    config = {**plan.client_config, "seed": plan.seed}
-    return {
-        c: Task(rnd, c, kind, payload, config, task_id=f"r{rnd}.{attempt}.{kind}.{c}") for c in clients
+    base = {**plan.client_config, "seed": plan.seed}
+    tasks = {
+        c: Task(
+            rnd, c, kind, out.payloads[c], base | {"downlink": out.configs[c]},
+            task_id=f"r{rnd}.{attempt}.{kind}.{c}",
+        )
+        for c in clients
     }
+    return tasks, out.state
 
 
 def _weighted(replies: Sequence[Reply], key: str) -> float:
@@ -156,7 +171,7 @@ def run_round(plan: Plan, link: Link, state: ServerState) -> tuple[ServerState, 
     ok: list[Reply] = []
     for attempt in range(plan.max_retries + 1 if plan.on_too_few == "retry" else 1):
         sampled = sample_clients(plan, link.clients(), rnd, attempt)
-        tasks = _tasks(plan, state, sampled, "train", attempt, rec)
+        tasks, down = _tasks(plan, state, sampled, "train", attempt, rec)
         rec.clients_sampled += len(sampled)
         rec.bytes_down += sum(t.params.nbytes for t in tasks.values())
         rec.dense_down += dense * len(tasks)
@@ -164,6 +179,8 @@ def run_round(plan: Plan, link: Link, state: ServerState) -> tuple[ServerState, 
         updates, ok = [], []
         for c in sampled:  # population order: aggregation sums in the same order in every mode
             r = replies.get(c)
+            if r is None or r.task_id != tasks[c].task_id or not r.ok:
+                down = dl.forget(down, c)  # it may not hold this round's reference
             if r is None or r.task_id != tasks[c].task_id:
                 continue
             if r.update is not None:
@@ -196,7 +213,7 @@ def run_round(plan: Plan, link: Link, state: ServerState) -> tuple[ServerState, 
     else:
         rec.status = f"skipped: {len(updates)} replies < min_replies={plan.min_replies}"
         agg_state, params = state.agg_state, state.params
-    new = ServerState(rnd, params, agg_state)
+    new = ServerState(rnd, params, agg_state, down)
     if rnd % plan.eval_every == 0 or rnd == plan.rounds:
         rec.metrics |= _evaluate(plan, link, new, rec)
     rec.wall_s = time.perf_counter() - t0
@@ -211,7 +228,7 @@ def _evaluate(plan: Plan, link: Link, state: ServerState, rec: RoundRecord) -> d
     if plan.federated_eval:
         prev = replace(state, round=state.round - 1)  # tasks carry the round just finished
         sampled = sample_clients(plan, link.clients(), state.round, attempt=1000)
-        tasks = _tasks(plan, prev, sampled, "evaluate", 0, rec)
+        tasks, _ = _tasks(plan, prev, sampled, "evaluate", 0, rec)
         rec.bytes_down += sum(t.params.nbytes for t in tasks.values())
         replies = [r for r in link.exchange(tasks, plan.deadline_s) if r.ok and r.num_examples > 0]
         out |= {"fed_loss": _weighted(replies, "loss"), "fed_acc": _weighted(replies, "accuracy")}

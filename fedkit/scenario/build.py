@@ -91,6 +91,7 @@ def build(s: Scenario) -> Experiment:
         count=s.clients.per_round.count,
         min_clients=s.clients.per_round.min,
         downlink=s.compression.downlink,
+        downlink_mode=s.compression.downlink_mode,
         evaluate=central_eval if s.evaluation.centralized else None,
         eval_every=s.evaluation.every,
         federated_eval=s.evaluation.federated,

@@ -180,8 +180,13 @@ class Server(Strict):
 
 
 class Compression(Strict):
+    """Codec pipelines (spec strings, see fedkit/compression/base.py), e.g.
+    ``ef:topk(ratio=0.01)|quant(bits=8)|zstd``. ``downlink_mode: delta`` sends the downlink
+    codec's encoding of the change since the model each client holds (fedkit/runtime/downlink.py)."""
+
     uplink: str = "identity"
     downlink: str = "identity"
+    downlink_mode: Literal["full", "delta"] = "full"
 
     @model_validator(mode="after")
     def _codecs(self) -> Compression:
@@ -192,6 +197,11 @@ class Compression(Strict):
                 make(getattr(self, field))
             except (ValueError, TypeError) as e:
                 raise ValueError(f"{field}: {e}") from None
+        if self.downlink.startswith("ef:"):
+            raise ValueError(
+                "downlink: drop 'ef:'; downlink_mode: delta already carries the server's residual "
+                "(what a lossy codec dropped is sent in later rounds)"
+            )
         return self
 
 

@@ -58,13 +58,28 @@ def _stop(*procs: subprocess.Popen) -> None:
         p.wait()
 
 
-def test_processes_give_bit_identical_params(tmp_path: Path) -> None:
-    s = validate(tiny_raw(rounds=3, strategy={"name": "fedadam", "lr": 0.05}))
+COMPRESSED = {
+    "uplink": "ef:topk(ratio=0.05)|quant(bits=8)|zstd",
+    "downlink": "quant(bits=8)|zstd",
+    "downlink_mode": "delta",
+}
+
+
+@pytest.mark.parametrize("compression", [None, COMPRESSED], ids=["float32", "compressed"])
+def test_processes_give_bit_identical_params(tmp_path: Path, compression: dict | None) -> None:
+    raw = tiny_raw(rounds=3, strategy={"name": "fedadam", "lr": 0.05})
+    if compression:
+        raw["compression"] = compression
+        raw["clients"]["per_round"] = {"fraction": 1.0}
+    s = validate(raw)
     a = run_scenario(s, tmp_path / "inproc")
     b = run_processes(s, tmp_path / "procs", workers=2)
     assert b["params_sha256"] == a["params_sha256"]
+    # byte counts are the serialized messages: the same whichever way they travel
     assert b["total_bytes_up"] == a["total_bytes_up"] and b["total_bytes_down"] == a["total_bytes_down"]
     assert b["rounds"] == 3
+    if compression:
+        assert a["ratio_up"] > 5 and a["ratio_down"] > 1.5
 
 
 def _client_files(tmp_path: Path, s) -> list[str]:
