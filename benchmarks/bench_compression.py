@@ -63,8 +63,9 @@ def main() -> None:
             sm = run_scenario(s, d)
         acc = sm["final_accuracy"]
         dense_acc = acc if dense_acc is None else dense_acc
+        cell = name.replace("|", "\\|")  # a bare | would split the markdown cell
         lines.append(
-            f"| `{name}` | {acc:.4f} | {100 * (acc - dense_acc):+.2f} | {sm['total_bytes_up']:,} | "
+            f"| `{cell}` | {acc:.4f} | {100 * (acc - dense_acc):+.2f} | {sm['total_bytes_up']:,} | "
             f"{sm['ratio_up']:.1f}x | {sm['total_bytes_down']:,} | {sm['ratio_down']:.1f}x | "
             f"{sm['total_encode_s']:.2f} | {sm['total_decode_s']:.2f} |"
         )
