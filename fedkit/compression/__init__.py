@@ -5,6 +5,7 @@ grammar and how stages compose are documented in :mod:`fedkit.compression.base`.
 """
 
 from fedkit.compression import (  # noqa: F401  (importing a module registers its codecs)
+    adaptive,
     cast,
     identity,
     kmeans,

@@ -375,11 +375,18 @@ def make(spec: str) -> Codec:
     >>> make("topk(ratio=0.010) | quant(bits=8, stochastic=false) | zstd").spec
     'topk(ratio=0.01)|quant(bits=8)|zstd(level=3)'
     """
+    from fedkit.compression.adaptive import Adaptive
     from fedkit.compression.ef import with_error_feedback
     from fedkit.compression.pipeline import build_pipeline
 
     parsed = parse_spec(spec)
-    codec = build_pipeline([build_stage(n, p) for n, p in parsed.stages])
+    stages = [build_stage(n, p) for n, p in parsed.stages]
+    if any(isinstance(s, Adaptive) for s in stages):
+        if len(stages) != 1:
+            raise ValueError("adaptive(...) must be the only stage; put later stages in then='...'")
+        codec: Codec = stages[0]
+    else:
+        codec = build_pipeline(stages)
     return with_error_feedback(codec) if parsed.error_feedback else codec
 
 

@@ -94,16 +94,40 @@ def select(
             zero.append(min(exact, key=lambda c: c.size))
         return zero
     width = budget / buckets
+
+    def fits(picks: list[Candidate]) -> bool:
+        return sum(c.error for c in picks) <= budget * (1 + 1e-9)
+
+    # Rounding errors up never overshoots the budget but wastes up to a bucket per layer (the
+    # uniform choice itself may not fit); rounding down uses the budget fully but may overshoot
+    # by a hair. Solve both and keep the smaller choice that truly fits.
+    found = [
+        p
+        for rnd in (math.floor, math.ceil)
+        if (p := _knapsack(table, [[rnd(c.error / width) for c in cands] for cands in table], buckets))
+        is not None and fits(p)
+    ]
+    if not found:
+        if base is not None and base_ok:
+            return base
+        raise ValueError(f"no choice of candidates fits the error budget {budget}")
+    picks = min(found, key=lambda p: sum(c.size for c in p))
+    if base is not None and base_ok and sum(c.size for c in base) <= sum(c.size for c in picks):
+        return base
+    return picks
+
+
+def _knapsack(
+    table: Sequence[Sequence[Candidate]], weights: list[list[int]], buckets: int
+) -> list[Candidate] | None:
+    """Least total size with total weight <= buckets (None if nothing fits), by DP."""
     dp = np.zeros(buckets + 1)  # dp[b]: least size of the layers so far with weight <= b
-    weights: list[list[int]] = []
     choice = np.empty((len(table), buckets + 1), dtype=np.int32)
     for layer, cands in enumerate(table):
         new = np.full(buckets + 1, np.inf)
         arg = np.full(buckets + 1, -1, dtype=np.int32)
-        ws = []
         for o, c in enumerate(cands):
-            w = math.ceil(c.error / width) if c.error > 0 else 0
-            ws.append(w)
+            w = weights[layer][o]
             if w > buckets:
                 continue
             cost = np.full(buckets + 1, np.inf)
@@ -112,11 +136,8 @@ def select(
             new[better] = cost[better]
             arg[better] = o
         dp, choice[layer] = new, arg
-        weights.append(ws)
     if not np.isfinite(dp[buckets]):
-        if base is not None and base_ok:
-            return base
-        raise ValueError(f"no choice of candidates fits the error budget {budget}")
+        return None
     picks: list[Candidate] = []
     b = buckets
     for layer in range(len(table) - 1, -1, -1):
@@ -124,11 +145,6 @@ def select(
         picks.append(table[layer][o])
         b -= weights[layer][o]
     picks.reverse()
-    if base is not None and base_ok and (
-        sum(c.size for c in base) <= sum(c.size for c in picks)
-        or sum(c.error for c in picks) > budget * (1 + 1e-12)
-    ):
-        return base
     return picks
 
 
