@@ -36,6 +36,8 @@ PIPELINES = [
     "ef:powersgd(rank=2)",
     "ef:topk(ratio=0.01)",
     "ef:topk(ratio=0.01)|quant(bits=8)|zstd",
+    "ef:adaptive(family=topk,candidates=[0.002,0.01,0.05],uniform=0.01,then='quant(bits=8)|zstd')",
+    "ef:adaptive(family=powersgd,candidates=[1,2,4,8],uniform=2)",
 ]
 
 
@@ -43,7 +45,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "compression.md"))
     args = ap.parse_args()
-    runs = [(p, load(BASE, [f"compression.uplink='{p}'", "output.plot=false"])) for p in PIPELINES]
+    runs = [(p, load(BASE, [f'compression.uplink="{p}"', "output.plot=false"])) for p in PIPELINES]
     runs.append(("digits_compressed.yaml (uplink above + delta downlink 8-bit)", load(ROOT / "scenarios" / "digits_compressed.yaml", ["output.plot=false"])))
     lines = [
         "# Accuracy against bytes per uplink pipeline",
