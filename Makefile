@@ -32,6 +32,7 @@ test: $(VENV)/.dev
 
 lint: $(VENV)/.dev
 	$(VENV)/bin/ruff check fedkit tests benchmarks clients server
+	$(VENV)/bin/mypy fedkit
 
 proto: $(VENV)/.dev
 	$(PY) -m fedkit.transport.protogen

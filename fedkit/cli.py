@@ -6,7 +6,7 @@ import argparse
 import json
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +47,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     ) as progress:
         task = progress.add_task(scenario.name, total=scenario.rounds, info="")
 
-        def on_round(row: dict[str, Any]) -> None:
+        def on_round(row: Mapping[str, Any]) -> None:
             totals["bytes"] += row.get("bytes_up", 0) + row.get("bytes_down", 0)
             acc, loss = row.get("test_acc"), row.get("train_loss")
             info = " ".join(
@@ -104,8 +104,7 @@ def cmd_describe(args: argparse.Namespace) -> int:
     table.add_column("samples", justify="right")
     table.add_column("labels")
     for name, row in zip(client_names(len(parts)), st.to_table_rows(), strict=True):
-        hist = row.get("histogram") or row.get("labels") or row.get("label_counts")
-        table.add_row(name, str(row.get("samples", row.get("size"))), " ".join(map(str, hist)))
+        table.add_row(name, str(row["samples"]), " ".join(map(str, row["histogram"])))
     out.print(table)
     out.print(json.dumps(st.summary(), indent=2) if hasattr(st, "summary") else st)
     return 0
@@ -173,7 +172,7 @@ def cmd_server(args: argparse.Namespace) -> int:
     )
     out_dir = args.resume or args.out or str(Path(scenario.output.dir) / scenario.name)
 
-    def on_round(row: dict[str, Any]) -> None:
+    def on_round(row: Mapping[str, Any]) -> None:
         if not args.quiet:
             acc = row.get("test_acc")
             out.print(

@@ -41,7 +41,7 @@ def pack_arrays(arrays: Params) -> bytes:
         head.append(struct.pack(f"<BB{a.ndim}Q", dtype_code(a.dtype), a.ndim, *a.shape))
     # memoryviews, not .tobytes(): the join is the only copy of the tensor data
     body = [
-        memoryview(np.ascontiguousarray(a, dtype=a.dtype.newbyteorder("<")).reshape(-1).view(np.uint8))
+        memoryview(np.ascontiguousarray(a, dtype=a.dtype.newbyteorder("<")).reshape(-1).view(np.uint8))  # type: ignore[arg-type]
         for a in arrays
     ]
     return b"".join([*head, *body])

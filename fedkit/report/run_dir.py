@@ -49,7 +49,7 @@ def save_params(path: Path, params: Params, extra: Mapping[str, np.ndarray] | No
 
     buf = io.BytesIO()
     arrays = {f"p{i:04d}": a for i, a in enumerate(params)} | dict(extra or {})
-    np.savez(buf, **arrays)
+    np.savez(buf, **arrays)  # type: ignore[arg-type]
     _atomic_write(path, buf.getvalue())
 
 

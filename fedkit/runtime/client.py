@@ -63,7 +63,7 @@ def save_client_data(path: str | Path, state: ClientState) -> None:
     arrays = {"x_train": state.x_train.numpy(), "y_train": state.y_train.numpy()}
     if state.x_test is not None and state.y_test is not None:
         arrays |= {"x_test": state.x_test.numpy(), "y_test": state.y_test.numpy()}
-    np.savez(path, **arrays)
+    np.savez(path, **arrays)  # type: ignore[arg-type]
 
 
 def load_client_data(path: str | Path, client_id: ClientId) -> ClientState:
