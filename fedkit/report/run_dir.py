@@ -135,6 +135,11 @@ def summarize(
         "total_bytes_up": up,
         "ratio_down": _ratio(rows, "ratio_down", "bytes_down"),
         "ratio_up": _ratio(rows, "ratio_up", "bytes_up"),
+        **{
+            f"total_{k}": sum(r[k] for r in rows if r.get(k) is not None)
+            for k in ("wire_bytes_down", "wire_bytes_up")
+            if any(r.get(k) is not None for r in rows)
+        },
         "total_encode_s": sum(r.get("encode_s", 0.0) for r in rows),
         "total_decode_s": sum(r.get("decode_s", 0.0) for r in rows),
         "total_wall_s": sum(r.get("wall_s", 0.0) for r in rows),

@@ -28,4 +28,10 @@ class Link(Protocol):
         """
         ...
 
+    def wire_bytes(self) -> tuple[int, int] | None:
+        """(sent, received) bytes of whole transport messages so far, envelopes included;
+        None where nothing crosses a wire (in-process). Payload byte counts, which are the
+        same in every mode, come from the engine; this is the transport's overhead on top."""
+        ...
+
     def close(self) -> None: ...

@@ -166,6 +166,7 @@ def run_round(plan: Plan, link: Link, state: ServerState) -> tuple[ServerState, 
     t0 = time.perf_counter()
     rnd = state.round + 1
     rec = RoundRecord(rnd)
+    wire0 = link.wire_bytes()
     dense = dense_nbytes(state.params)
     updates: list[Update] = []
     ok: list[Reply] = []
@@ -216,6 +217,9 @@ def run_round(plan: Plan, link: Link, state: ServerState) -> tuple[ServerState, 
     new = ServerState(rnd, params, agg_state, down)
     if rnd % plan.eval_every == 0 or rnd == plan.rounds:
         rec.metrics |= _evaluate(plan, link, new, rec)
+    wire1 = link.wire_bytes()
+    if wire0 is not None and wire1 is not None:
+        rec.metrics |= {"wire_bytes_down": wire1[0] - wire0[0], "wire_bytes_up": wire1[1] - wire0[1]}
     rec.wall_s = time.perf_counter() - t0
     return new, rec
 

@@ -19,5 +19,8 @@ class InProcessLink:
     def exchange(self, tasks: Mapping[ClientId, Task], deadline_s: float | None) -> list[Reply]:
         return [self._fns[c](t) for c, t in tasks.items()]
 
+    def wire_bytes(self) -> tuple[int, int] | None:
+        return None
+
     def close(self) -> None:
         pass

@@ -257,6 +257,7 @@ class _Servicer(pb_grpc.FedKitServicer):
                 if item.task.task_id not in s.pending:
                     continue  # its round closed before we got to send it
                 for msg in _task_messages(item.task, srv.chunk_bytes):
+                    srv.wire_sent += msg.ByteSize()
                     yield msg
         finally:
             if getter is not None:
@@ -273,6 +274,7 @@ class _Servicer(pb_grpc.FedKitServicer):
         try:
             async for chunk in request_iterator:
                 first = r.header is None
+                self.srv.wire_received += chunk.ByteSize()
                 r.feed(chunk)
                 if first:
                     tid = r.header.task_id
@@ -348,6 +350,10 @@ class GrpcLink:
         """
         return self._server._exchange(tasks, deadline_s)
 
+    def wire_bytes(self) -> tuple[int, int]:
+        """(sent, received) protobuf bytes of task and reply messages so far."""
+        return self._server.wire_sent, self._server.wire_received
+
     def close(self) -> None:
         """End the experiment: tell clients they are done, then stop the server."""
         self._server.shutdown_clients()
@@ -389,6 +395,10 @@ class GrpcServer:
         self.chunk_bytes = chunk_size(max_message_bytes, chunk_bytes)
         self.heartbeat_s = heartbeat_s
         self.validate = validate
+        # protobuf bytes of task and reply messages (headers and chunk framing included);
+        # updated on the event loop, read by the engine between rounds
+        self.wire_sent = 0
+        self.wire_received = 0
         self.port: int | None = None
         self.link = GrpcLink(self)
         self._hub = _Hub()

@@ -60,3 +60,8 @@ def test_codec_runs_identically_in_process_and_over_grpc(uplink: str, tmp_path: 
     assert remote["params_sha256"] == local["params_sha256"]
     assert remote["total_bytes_up"] == local["total_bytes_up"]
     assert remote["total_bytes_down"] == local["total_bytes_down"]
+    # the transport's own envelope (task ids, config JSON, chunk framing) comes on top, small
+    assert "total_wire_bytes_up" not in local
+    n_msgs = 2 * 3  # rounds x clients, each way
+    assert remote["total_bytes_up"] < remote["total_wire_bytes_up"] < remote["total_bytes_up"] + 200 * n_msgs
+    assert remote["total_bytes_down"] < remote["total_wire_bytes_down"] < remote["total_bytes_down"] + 1000 * n_msgs

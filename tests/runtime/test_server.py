@@ -71,6 +71,9 @@ class _Faulty:
             out.append(r)
         return out
 
+    def wire_bytes(self):
+        return None
+
     def close(self):
         pass
 
