@@ -24,7 +24,7 @@ $(VENV)/.dev: $(VENV)/.base pyproject.toml
 	touch $@ $(VENV)/.installed
 
 demo: $(VENV)/.installed
-	$(VENV)/bin/fedkit run scenarios/quickstart.yaml --out runs/quickstart
+	$(VENV)/bin/fedkit run scenarios/quickstart.yaml --out runs/quickstart --overwrite
 
 # pytest exits 5 when it collected no test: that is not a failure of the set-up.
 test: $(VENV)/.dev

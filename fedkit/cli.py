@@ -32,9 +32,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from fedkit.experiment import run_scenario
+    from fedkit.report.run_dir import fresh_path
 
     scenario = load(args.scenario, args.set)
-    run_dir = Path(args.out) if args.out else Path(scenario.output.dir) / scenario.name
+    default = Path(scenario.output.dir) / scenario.name
+    run_dir = Path(args.out) if args.out else (default if args.resume else fresh_path(default))
     totals = {"bytes": 0}
     with Progress(
         TextColumn("[bold]{task.description}"),
@@ -62,14 +64,10 @@ def cmd_run(args: argparse.Namespace) -> int:
             )
             progress.update(task, completed=row["round"], info=info)
 
-        if args.mode == "processes":
-            from fedkit.launch import run_processes
-
-            summary = run_processes(
-                scenario, run_dir, workers=args.workers, on_round=on_round, resume=args.resume
-            )
-        else:
-            summary = run_scenario(scenario, run_dir, on_round=on_round, resume=args.resume)
+        summary = run_scenario(
+            scenario, run_dir, mode=args.mode, on_round=on_round, resume=args.resume,
+            overwrite=args.overwrite, workers=args.workers,
+        )
     acc = summary["final_accuracy"]
     out.print(
         f"{scenario.name}: final accuracy {acc if acc is None else f'{acc:.4f}'}, "
@@ -181,7 +179,7 @@ def cmd_server(args: argparse.Namespace) -> int:
                 + (f" acc {acc:.4f}" if acc is not None else "")
             )
 
-    summary = serve(scenario, out_dir, opts, on_round, resume=bool(args.resume))
+    summary = serve(scenario, out_dir, opts, on_round, resume=bool(args.resume), overwrite=args.overwrite)
     out.print(f"done: final accuracy {summary['final_accuracy']}, params {summary['params_sha256'][:16]} -> {out_dir}")
     return 0
 
@@ -244,6 +242,7 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--mode", default="inprocess", choices=["inprocess", "processes"])
     r.add_argument("--workers", type=int, help="client processes in --mode processes")
     r.add_argument("--resume", action="store_true", help="continue from the run directory's checkpoint")
+    r.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
     r.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     r.set_defaults(fn=cmd_run)
 
@@ -263,6 +262,7 @@ def parser() -> argparse.ArgumentParser:
     sv.add_argument("--listen", default="127.0.0.1:50051", metavar="HOST:PORT")
     sv.add_argument("--out", help="run directory (default: <output.dir>/<name>)")
     sv.add_argument("--resume", metavar="RUN_DIR", help="continue from RUN_DIR's last checkpoint")
+    sv.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
     sv.add_argument("--tls-cert", help="server certificate (PEM)")
     sv.add_argument("--tls-key", help="server private key (PEM)")
     sv.add_argument("--client-ca", help="require client certificates signed by this CA (mutual TLS)")
@@ -310,8 +310,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         return int(args.fn(args))
-    except ScenarioError as e:
-        print(e, file=sys.stderr)
+    except (ScenarioError, FileExistsError) as e:
+        print(f"fedkit: {e}" if isinstance(e, FileExistsError) else e, file=sys.stderr)
         return EXIT_INVALID
     except KeyboardInterrupt:
         console.print("interrupted")

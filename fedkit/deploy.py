@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from fedkit.experiment import RoundCallback, run_with_link
+from fedkit.report.run_dir import check_can_start
 from fedkit.runtime.client import ModelCache, load_client_data, make_client_fn
 from fedkit.runtime.server import check_update
 from fedkit.scenario import Scenario
@@ -46,8 +47,10 @@ def serve(
     opts: ServerOptions,
     on_round: RoundCallback | None = None,
     resume: bool = False,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Run the scenario's rounds with clients that connect over gRPC; returns the summary."""
+    check_can_start(out, resume, overwrite)  # before clients are made to wait
     exp = build(scenario)
     like = exp.init_params
 
@@ -71,7 +74,7 @@ def serve(
         if len(names) < need:
             raise TimeoutError(f"only {len(names)} of {need} clients connected in time")
         log.info("%d clients connected; starting", len(names))
-        return run_with_link(exp, server.link, out, on_round, resume)
+        return run_with_link(exp, server.link, out, on_round, resume, overwrite)
     finally:
         server.shutdown_clients()
         server.stop()

@@ -12,7 +12,7 @@ from typing import Any
 
 from fedkit.aggregation import state_from_arrays, state_to_arrays
 from fedkit.report import plots
-from fedkit.report.run_dir import RunDir, summarize
+from fedkit.report.run_dir import RunDir, check_can_start, summarize
 from fedkit.runtime.client import ModelCache, make_client_fn
 from fedkit.runtime.downlink import DownlinkState
 from fedkit.runtime.link import Link
@@ -48,9 +48,14 @@ def run_with_link(
     out: str | Path,
     on_round: RoundCallback | None = None,
     resume: bool = False,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
+    """Run the plan's remaining rounds over ``link``, recording into the run directory ``out``.
+
+    A directory that already holds a run is refused unless ``resume`` or ``overwrite``.
+    """
     s = exp.scenario
-    rd = RunDir(out, resume=resume)
+    rd = RunDir(out, resume=resume, overwrite=overwrite)
     rd.write_scenario(dump(s))
     state = initial_state(exp, rd, resume)
     t_start = time.perf_counter()
@@ -80,12 +85,20 @@ def run_scenario(
     mode: str = "inprocess",
     on_round: RoundCallback | None = None,
     resume: bool = False,
+    overwrite: bool = False,
+    workers: int | None = None,
 ) -> dict[str, Any]:
-    exp = build(scenario)
+    """Run a scenario in-process or as local processes over gRPC; returns the summary."""
+    if mode == "processes":
+        from fedkit.launch import run_processes
+
+        return run_processes(scenario, out, workers, on_round, resume, overwrite)
     if mode != "inprocess":
-        raise ValueError(f"unknown mode {mode!r}; known: inprocess")
+        raise ValueError(f"unknown mode {mode!r}; known: inprocess, processes")
+    check_can_start(out, resume, overwrite)
+    exp = build(scenario)
     link = inprocess_link(exp)
     try:
-        return run_with_link(exp, link, out, on_round, resume)
+        return run_with_link(exp, link, out, on_round, resume, overwrite)
     finally:
         link.close()

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from fedkit.experiment import RoundCallback
-from fedkit.report.run_dir import read_metrics
+from fedkit.report.run_dir import check_can_start, read_metrics
 from fedkit.runtime.client import save_client_data
 from fedkit.scenario import Scenario, dump
 from fedkit.scenario.build import build
@@ -50,7 +50,9 @@ def _kill(procs: list[subprocess.Popen[bytes]], grace_s: float) -> None:
 
 
 @contextlib.contextmanager
-def _cluster(workdir: Path, scenario: Scenario, out: Path, workers: int, resume: bool) -> Iterator[tuple[subprocess.Popen[bytes], list[subprocess.Popen[bytes]]]]:
+def _cluster(
+    workdir: Path, scenario: Scenario, out: Path, workers: int, resume: bool, overwrite: bool
+) -> Iterator[tuple[subprocess.Popen[bytes], list[subprocess.Popen[bytes]]]]:
     exp = build(scenario)
     names = list(exp.clients)
     certs = make_certs(workdir / "certs", hosts=("127.0.0.1", "localhost"), clients=())
@@ -68,6 +70,8 @@ def _cluster(workdir: Path, scenario: Scenario, out: Path, workers: int, resume:
     ]
     if resume:
         server_args += ["--resume", str(out)]
+    elif overwrite:
+        server_args.append("--overwrite")
     server = _spawn(server_args, workdir / "server.log")
     clients: list[subprocess.Popen[bytes]] = []
     try:
@@ -98,13 +102,15 @@ def run_processes(
     workers: int | None = None,
     on_round: RoundCallback | None = None,
     resume: bool = False,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Run the scenario with a server process and a pool of client processes."""
     out = Path(out).resolve()
+    check_can_start(out, resume, overwrite)  # before any process starts
     workers = workers or max(2, min(scenario.clients.count, 2 * (os.cpu_count() or 1)))
     seen = len(read_metrics(out)) if resume else 0
     with tempfile.TemporaryDirectory(prefix="fedkit-procs-") as tmp, _cluster(
-        Path(tmp), scenario, out, workers, resume
+        Path(tmp), scenario, out, workers, resume, overwrite
     ) as (server, _clients):
         while True:
             done = server.poll() is not None

@@ -58,3 +58,22 @@ def test_resume_continues_to_the_same_params(tmp_path: Path) -> None:
     full = json.loads((tmp_path / "full" / "summary.json").read_text())
     part = json.loads((tmp_path / "part" / "summary.json").read_text())
     assert part["params_sha256"] == full["params_sha256"] and part["rounds"] == 4
+
+
+def test_a_finished_run_is_never_replaced_by_accident(
+    tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    s = _write(tmp_path, tiny_raw(rounds=1))
+    out = tmp_path / "run"
+    assert main(["run", s, "--out", str(out), "-q"]) == 0
+    before = (out / "summary.json").read_text()
+    assert main(["run", s, "--out", str(out), "-q"]) == 2
+    assert "already holds a run; --resume continues it, --overwrite replaces it" in capsys.readouterr().err
+    assert (out / "summary.json").read_text() == before
+    assert main(["run", s, "--out", str(out), "-q", "--overwrite"]) == 0
+    assert main(["run", s, "--out", str(tmp_path / "none"), "-q", "--resume"]) == 2
+    # without --out, a new directory next to the earlier ones
+    monkeypatch.chdir(tmp_path)
+    assert main(["run", s, "-q"]) == 0 and main(["run", s, "-q"]) == 0
+    assert (tmp_path / "runs" / "tiny" / "summary.json").exists()
+    assert (tmp_path / "runs" / "tiny-2" / "summary.json").exists()

@@ -60,12 +60,45 @@ def load_params(path: Path) -> tuple[Params, dict[str, np.ndarray]]:
     return params, extra
 
 
+RESULT_FILES = ("metrics.jsonl", "checkpoint.npz", "summary.json")
+
+
+class RunDirExists(FileExistsError):
+    """A run directory already holds results; they are never replaced by accident."""
+
+
+def holds_run(path: str | Path) -> bool:
+    return any((Path(path) / f).exists() for f in RESULT_FILES)
+
+
+def check_can_start(path: str | Path, resume: bool, overwrite: bool) -> None:
+    if resume and not (Path(path) / "checkpoint.npz").exists():
+        raise RunDirExists(f"{path}: no checkpoint.npz to resume from")
+    if not resume and not overwrite and holds_run(path):
+        raise RunDirExists(
+            f"{path} already holds a run; --resume continues it, --overwrite replaces it, "
+            "or choose another --out"
+        )
+
+
+def fresh_path(base: str | Path) -> Path:
+    """``base`` if it holds no run yet, else ``base-2``, ``base-3``, ... (the first free one)."""
+    base = Path(base)
+    path, n = base, 1
+    while holds_run(path):
+        n += 1
+        path = base.with_name(f"{base.name}-{n}")
+    return path
+
+
 class RunDir:
-    def __init__(self, path: str | Path, resume: bool = False):
+    def __init__(self, path: str | Path, resume: bool = False, overwrite: bool = False):
+        check_can_start(path, resume, overwrite)
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
-        if not resume and (self.path / "metrics.jsonl").exists():
-            (self.path / "metrics.jsonl").unlink()
+        if not resume:
+            for f in RESULT_FILES:
+                (self.path / f).unlink(missing_ok=True)
 
     def write_scenario(self, text: str) -> None:
         _atomic_write(self.path / "scenario.yaml", text.encode())
