@@ -19,6 +19,7 @@ UPLINKS = [
     "fp16", "bf16", "zstd", "quant(bits=8)", "quant(bits=3,stochastic=true)", "qsgd(levels=7)",
     "ef:sign", "ef:kmeans(clusters=4)", "ef:topk(ratio=0.1)", "topk(ratio=0.1,scope=global)",
     "randk(ratio=0.2,scale=true)", "ef:powersgd(rank=2)", "ef:topk(ratio=0.05)|quant(bits=8)|zstd",
+    "ef:adaptive(family=powersgd,candidates=[1,2,4],uniform=2)",
 ]
 
 
