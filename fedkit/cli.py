@@ -97,14 +97,23 @@ def cmd_describe(args: argparse.Namespace) -> int:
     s = load(args.scenario, args.set)
     ds, parts = load_data(s)
     st = describe(parts, ds.y_train, ds.num_classes)
-    table = Table(title=f"{s.name}: {ds.name}, partition {s.data.partition}")
+    part = ", ".join(f"{k}={v}" for k, v in s.data.partition.items() if k != "name")
+    table = Table(title=f"{s.name}: {ds.name}, {s.data.partition['name']} partition {part}".rstrip())
     table.add_column("client")
     table.add_column("samples", justify="right")
-    table.add_column("labels")
+    table.add_column("labels", justify="right")
+    table.add_column("TV to global", justify="right")
+    table.add_column(f"samples per label 0..{ds.num_classes - 1}")
     for name, row in zip(client_names(len(parts)), st.to_table_rows(), strict=True):
-        table.add_row(name, str(row["samples"]), " ".join(map(str, row["histogram"])))
+        table.add_row(
+            name, str(row["samples"]), str(row["labels"]), f"{row['tv']:.2f}",
+            " ".join(f"{c:>3}" for c in row["histogram"]),
+        )
     out.print(table)
-    out.print(json.dumps(st.summary(), indent=2) if hasattr(st, "summary") else st)
+    summary = Table(title="summary", show_header=False)
+    for key, value in st.summary().items():
+        summary.add_row(key, f"{value:.3f}" if isinstance(value, float) else str(value))
+    out.print(summary)
     return 0
 
 
@@ -114,7 +123,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     runs = {}
     table = Table(title="runs")
-    for col in ("run", "rounds", "final acc", "best acc", "bytes up", "bytes down", "wall s"):
+    for col in ("run", "rounds", "final acc", "best acc", "bytes up", "up ratio", "bytes down",
+                "down ratio", "wall s"):
         table.add_column(col, justify="left" if col == "run" else "right")
     for d in args.runs:
         path = Path(d)
@@ -131,7 +141,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
             f"{sm['final_accuracy']:.4f}" if sm["final_accuracy"] is not None else "-",
             f"{sm['best_accuracy']:.4f}" if sm["best_accuracy"] is not None else "-",
             _fmt_bytes(sm["total_bytes_up"]),
+            f"{sm['ratio_up']:.1f}x" if sm.get("ratio_up") else "-",
             _fmt_bytes(sm["total_bytes_down"]),
+            f"{sm['ratio_down']:.1f}x" if sm.get("ratio_down") else "-",
             f"{sm['total_wall_s']:.2f}",
         )
     out.print(table)
