@@ -37,6 +37,7 @@ def curves(rows: Rows, path: str | Path, title: str = "") -> None:
     ax1.set(xlabel="round", ylabel="accuracy", title="accuracy")
     ax2.set(xlabel="round", ylabel="loss", title="loss")
     for ax in (ax1, ax2):
+        ax.xaxis.get_major_locator().set_params(integer=True)
         ax.grid(alpha=0.3)
         ax.legend()
     fig.suptitle(title)
@@ -60,6 +61,7 @@ def compare(runs: Mapping[str, Rows], path: str | Path) -> None:
             cum[r["round"]] = total
         ax2.plot([cum[i] / 1e6 for i in x], y, marker=".", label=name)
     ax1.set(xlabel="round", ylabel="test accuracy")
+    ax1.xaxis.get_major_locator().set_params(integer=True)
     ax2.set(xlabel="cumulative MB (up + down)", ylabel="test accuracy", xscale="log")
     for ax in (ax1, ax2):
         ax.grid(alpha=0.3)
