@@ -173,7 +173,10 @@ class Evaluation(Strict):
 class Server(Strict):
     """How the server runs a round when clients are slow or gone."""
 
-    deadline_s: float | None = Field(default=None, gt=0)
+    # How long a round waits for replies over a network (null: until every sampled client has
+    # replied or disconnected). A hung device must not stall the experiment, hence a default.
+    # The in-process simulation has no wall-clock deadline.
+    deadline_s: float | None = Field(default=600.0, gt=0)
     min_replies: int = Field(default=1, ge=1)
     on_too_few: Literal["skip", "retry"] = "skip"
     max_retries: int = Field(default=2, ge=0)
