@@ -107,36 +107,29 @@ def _moments_init(params: Params, v0: float) -> State:
     }
 
 
-VRule = Callable[[np.ndarray, np.ndarray], np.ndarray]
-"""Second-moment update ``(v, delta**2) -> v_new`` in float64."""
+VRule = Callable[[np.ndarray, np.ndarray, float], np.ndarray]
+"""Second-moment update ``(v, delta**2, beta2) -> v_new`` in float64."""
 
-
-def _adaptive_apply(
-    opt: Adam | Yogi | Adagrad, state: State, params: Params, delta: Params, rule: VRule
-) -> tuple[State, Params]:
-    """The shared FedOpt step: ``m <- b1 m + (1-b1) delta``; ``x <- x + lr m / (sqrt(v) + tau)``."""
-    beta1, tau = opt.beta1, opt.tau
-    check_like(delta, params, what="delta")
-    _check_state(state, params, ("m", "v"))
-    m_new, v_new, direction = [], [], []
-    for m, v, d in zip(state["m"], state["v"], delta, strict=True):
-        d64 = _f64(d)
-        m_k = cast_like(beta1 * _f64(m) + (1.0 - beta1) * d64, m.dtype)
-        v_k = cast_like(rule(_f64(v), d64 * d64), v.dtype)
-        m_new.append(m_k)
-        v_new.append(v_k)
-        direction.append(_f64(m_k) / (np.sqrt(_f64(v_k)) + tau))
-    return {"m": m_new, "v": v_new}, _step(params, direction, opt.lr)
+V_RULES: dict[str, VRule] = {
+    # Adam: an exponential average; v decays multiplicatively when deltas turn small.
+    "adam": lambda v, g2, b2: b2 * v + (1 - b2) * g2,
+    # Yogi: v moves by at most (1-b2) delta**2 per round, so the step grows gently.
+    "yogi": lambda v, g2, b2: v - (1 - b2) * g2 * np.sign(v - g2),
+    # Adagrad: v only grows, so steps only ever shrink (beta2 is not used).
+    "adagrad": lambda v, g2, b2: v + g2,
+}
 
 
 @dataclass(frozen=True)
-class Adam:
-    """FedAdam: ``v <- b2 v + (1-b2) delta**2``.
+class FedOpt:
+    """Adaptive server optimizer of Reddi et al. (Algorithm 2):
+    ``m <- b1 m + (1-b1) delta``; ``v <- rule(v, delta**2)``; ``x <- x + lr m / (sqrt(v) + tau)``.
 
     ``tau`` sets the degree of adaptivity: small tau gives sign-like steps of about ``lr`` per
     coordinate, large tau turns it into momentum SGD with step ``lr / tau``.
     """
 
+    rule: str
     lr: float = 0.1
     beta1: float = 0.9
     beta2: float = 0.99
@@ -144,77 +137,34 @@ class Adam:
     v0: float = 0.0
 
     def __post_init__(self) -> None:
-        _check_adaptive(self)
-        object.__setattr__(
-            self, "beta2", check_real("beta2", self.beta2, lo=0.0, hi=1.0, hi_open=True)
-        )
+        if self.rule not in V_RULES:
+            raise ValueError(f"unknown second-moment rule {self.rule!r}; known: {', '.join(V_RULES)}")
+        fix = object.__setattr__
+        fix(self, "lr", check_real("lr", self.lr, lo=0.0, lo_open=True))
+        fix(self, "beta1", check_real("beta1", self.beta1, lo=0.0, hi=1.0, hi_open=True))
+        fix(self, "beta2", check_real("beta2", self.beta2, lo=0.0, hi=1.0, hi_open=True))
+        fix(self, "tau", check_real("tau", self.tau, lo=0.0, lo_open=True))
+        fix(self, "v0", check_real("v0", self.v0, lo=0.0))
 
     def init(self, params: Params) -> State:
-        return _moments_init(params, self.v0)
+        return {
+            "m": [np.zeros(np.shape(p), state_dtype(np.asarray(p).dtype)) for p in params],
+            "v": [np.full(np.shape(p), self.v0, state_dtype(np.asarray(p).dtype)) for p in params],
+        }
 
     def apply(self, state: State, params: Params, delta: Params) -> tuple[State, Params]:
-        b2 = self.beta2
-        return _adaptive_apply(self, state, params, delta, lambda v, g2: b2 * v + (1 - b2) * g2)
-
-
-@dataclass(frozen=True)
-class Yogi:
-    """FedYogi: ``v <- v - (1-b2) delta**2 sign(v - delta**2)``.
-
-    When deltas turn small, Adam decays v multiplicatively and its effective step can jump; Yogi
-    lowers v by at most ``(1-b2) delta**2`` per round, so the step grows gently.
-    """
-
-    lr: float = 0.01
-    beta1: float = 0.9
-    beta2: float = 0.99
-    tau: float = 1e-3
-    v0: float = 0.0
-
-    def __post_init__(self) -> None:
-        _check_adaptive(self)
-        object.__setattr__(
-            self, "beta2", check_real("beta2", self.beta2, lo=0.0, hi=1.0, hi_open=True)
-        )
-
-    def init(self, params: Params) -> State:
-        return _moments_init(params, self.v0)
-
-    def apply(self, state: State, params: Params, delta: Params) -> tuple[State, Params]:
-        b2 = self.beta2
-        return _adaptive_apply(
-            self, state, params, delta, lambda v, g2: v - (1 - b2) * g2 * np.sign(v - g2)
-        )
-
-
-@dataclass(frozen=True)
-class Adagrad:
-    """FedAdagrad: ``v <- v + delta**2``, so steps only ever shrink.
-
-    ``beta1`` defaults to 0 (no momentum, as in Flower); the paper's Algorithm 2 keeps the
-    momentum term of Adam, use ``beta1=0.9`` for that.
-    """
-
-    lr: float = 0.1
-    beta1: float = 0.0
-    tau: float = 1e-3
-    v0: float = 0.0
-
-    def __post_init__(self) -> None:
-        _check_adaptive(self)
-
-    def init(self, params: Params) -> State:
-        return _moments_init(params, self.v0)
-
-    def apply(self, state: State, params: Params, delta: Params) -> tuple[State, Params]:
-        return _adaptive_apply(self, state, params, delta, lambda v, g2: v + g2)
-
-
-def _check_adaptive(opt: Adam | Yogi | Adagrad) -> None:
-    object.__setattr__(opt, "lr", check_real("lr", opt.lr, lo=0.0, lo_open=True))
-    object.__setattr__(opt, "beta1", check_real("beta1", opt.beta1, lo=0.0, hi=1.0, hi_open=True))
-    object.__setattr__(opt, "tau", check_real("tau", opt.tau, lo=0.0, lo_open=True))
-    object.__setattr__(opt, "v0", check_real("v0", opt.v0, lo=0.0))
+        check_like(delta, params, what="delta")
+        _check_state(state, params, ("m", "v"))
+        rule, b1, b2 = V_RULES[self.rule], self.beta1, self.beta2
+        m_new, v_new, direction = [], [], []
+        for m, v, d in zip(state["m"], state["v"], delta, strict=True):
+            d64 = _f64(d)
+            m_k = cast_like(b1 * _f64(m) + (1.0 - b1) * d64, m.dtype)
+            v_k = cast_like(rule(_f64(v), d64 * d64, b2), v.dtype)
+            m_new.append(m_k)
+            v_new.append(v_k)
+            direction.append(_f64(m_k) / (np.sqrt(_f64(v_k)) + self.tau))
+        return {"m": m_new, "v": v_new}, _step(params, direction, self.lr)
 
 
 def sgd(lr: float = 1.0) -> SGD:
@@ -229,18 +179,19 @@ def momentum(lr: float = 1.0, momentum: float = 0.9, nesterov: bool = False) -> 
 
 def adam(
     lr: float = 0.1, beta1: float = 0.9, beta2: float = 0.99, tau: float = 1e-3, v0: float = 0.0
-) -> Adam:
+) -> FedOpt:
     """Server Adam without bias correction (FedAdam)."""
-    return Adam(lr, beta1, beta2, tau, v0)
+    return FedOpt("adam", lr, beta1, beta2, tau, v0)
 
 
 def yogi(
     lr: float = 0.01, beta1: float = 0.9, beta2: float = 0.99, tau: float = 1e-3, v0: float = 0.0
-) -> Yogi:
+) -> FedOpt:
     """Server Yogi (FedYogi)."""
-    return Yogi(lr, beta1, beta2, tau, v0)
+    return FedOpt("yogi", lr, beta1, beta2, tau, v0)
 
 
-def adagrad(lr: float = 0.1, beta1: float = 0.0, tau: float = 1e-3, v0: float = 0.0) -> Adagrad:
-    """Server Adagrad (FedAdagrad)."""
-    return Adagrad(lr, beta1, tau, v0)
+def adagrad(lr: float = 0.1, beta1: float = 0.0, tau: float = 1e-3, v0: float = 0.0) -> FedOpt:
+    """Server Adagrad (FedAdagrad). ``beta1`` defaults to 0 (no momentum, as in Flower); the
+    paper's Algorithm 2 keeps Adam's momentum term: use ``beta1=0.9`` for that."""
+    return FedOpt("adagrad", lr, beta1, 0.99, tau, v0)
