@@ -100,13 +100,6 @@ class Momentum:
         return {"v": v_new}, _step(params, direction, self.lr)
 
 
-def _moments_init(params: Params, v0: float) -> State:
-    return {
-        "m": [np.zeros(np.shape(p), state_dtype(np.asarray(p).dtype)) for p in params],
-        "v": [np.full(np.shape(p), v0, state_dtype(np.asarray(p).dtype)) for p in params],
-    }
-
-
 VRule = Callable[[np.ndarray, np.ndarray, float], np.ndarray]
 """Second-moment update ``(v, delta**2, beta2) -> v_new`` in float64."""
 
