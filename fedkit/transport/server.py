@@ -271,15 +271,16 @@ class _Servicer(pb_grpc.FedKitServicer):
         name = await self._authenticate(context, None)
         r = Reassembler(self.srv.max_payload_bytes, f"reply from {name!r}")
         tid = "?"
+        p: _Pending | None = None  # the open task this stream answers, once identified
         try:
             async for chunk in request_iterator:
-                first = r.header is None
                 self.srv.wire_received += chunk.ByteSize()
-                r.feed(chunk)
-                if first:
-                    tid = r.header.task_id
+                if r.header is None and chunk.HasField("header"):
+                    # which task first, so any refusal below can settle it
+                    tid = chunk.header.task_id
                     r.what = f"reply from {name!r} to task {tid!r}"
-                    self.hub.check_header(name, r.header)
+                    p = self.hub.check_header(name, chunk.header)
+                r.feed(chunk)
                 if r.done:
                     break
             if r.header is None:
@@ -301,6 +302,8 @@ class _Servicer(pb_grpc.FedKitServicer):
             return pb.Ack(task_id=tid)
         except TransportError as e:
             log.warning("rejected reply from %s (task %s): %s: %s", name, tid, e.code.name, e.message)
+            if p is not None and not p.future.done():
+                p.future.set_result(None)  # answered but refused: the round need not wait for it
             await context.abort(e.code, e.message)
             raise  # unreachable: abort raises
 

@@ -193,29 +193,42 @@ def test_malformed_oversized_and_invalid_replies(servers, raw, background, clien
     rc = raw(srv.port, "c0")
     srv.wait_for_clients(2, timeout=10)
     params = enc([np.zeros(2, np.float32)])
-    fut = background.submit(srv.link.exchange, tasks_for(["c0", "good"], 0, params), 3)
-    t = rc.next_task()
 
-    garbage = rc.header(t.task_id, 0, has_update=True, payload_bytes=9)
-    garbage.data = b"not-a-frm"
-    e = rpc_error(rc.push, garbage)
-    assert e.code() == grpc.StatusCode.INVALID_ARGUMENT and "malformed payload" in e.details()
+    def garbage(t):
+        g = rc.header(t.task_id, t.round, has_update=True, payload_bytes=9)
+        g.data = b"not-a-frm"
+        return [g]
 
-    truncated = list(reply_chunks(Reply(task_id=t.task_id, client="c0", round=0, update=params),
-                                  8, rc.session_id))[:-1]
-    e = rpc_error(rc.push, *truncated)
-    assert e.code() == grpc.StatusCode.INVALID_ARGUMENT and "without a last chunk" in e.details()
+    def truncated(t):
+        r = Reply(task_id=t.task_id, client="c0", round=t.round, update=params)
+        return list(reply_chunks(r, 8, rc.session_id))[:-1]
 
-    huge = Reply(task_id=t.task_id, client="c0", round=0, update=Encoded("identity", bytes(2 << 20)))
-    e = rpc_error(rc.push, *reply_chunks(huge, 1 << 20, rc.session_id))
-    assert e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "limit" in e.details()
+    def huge(t):
+        r = Reply(task_id=t.task_id, client="c0", round=t.round, update=Encoded("identity", bytes(2 << 20)))
+        return list(reply_chunks(r, 1 << 20, rc.session_id))
 
-    two = Reply(task_id=t.task_id, client="c0", round=0, update=enc([np.zeros(1), np.zeros(1)]))
-    e = rpc_error(rc.push, *reply_chunks(two, session_id=rc.session_id))
-    assert e.code() == grpc.StatusCode.INVALID_ARGUMENT and "expected 1 tensor" in e.details()
+    def two(t):
+        r = Reply(task_id=t.task_id, client="c0", round=t.round, update=enc([np.zeros(1), np.zeros(1)]))
+        return list(reply_chunks(r, session_id=rc.session_id))
 
-    replies = fut.result(timeout=10)
-    assert [r.client for r in replies] == ["good"]  # the rejected ones are not returned
+    cases = [
+        (garbage, grpc.StatusCode.INVALID_ARGUMENT, "malformed payload"),
+        (truncated, grpc.StatusCode.INVALID_ARGUMENT, "without a last chunk"),
+        (huge, grpc.StatusCode.RESOURCE_EXHAUSTED, "limit"),
+        (two, grpc.StatusCode.INVALID_ARGUMENT, "expected 1 tensor"),
+    ]
+    for rnd, (make_chunks, code, text) in enumerate(cases):
+        fut = background.submit(srv.link.exchange, tasks_for(["c0", "good"], rnd, params), 30)
+        t = rc.next_task()
+        e = rpc_error(rc.push, *make_chunks(t))
+        assert e.code() == code and text in e.details()
+        start = time.monotonic()
+        replies = fut.result(timeout=10)
+        assert [r.client for r in replies] == ["good"]  # the rejected one is not returned
+        assert time.monotonic() - start < 5  # ...and its task is settled: no wait for the deadline
+        # a task is answered once: another try at it is refused as stale
+        again = rpc_error(rc.push, *two(t))
+        assert again.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert sum("rejected reply from 'c0'" in m or "rejected reply from c0" in m
                for m in caplog.messages) >= 4
 
