@@ -47,6 +47,13 @@ def pack_arrays(arrays: Params) -> bytes:
     return b"".join([*head, *body])
 
 
+def packed_nbytes(arrays: Params, itemsize: int | None = None) -> int:
+    """``len(pack_arrays(arrays))`` without packing; ``itemsize`` overrides every array's
+    (4: the size the same arrays would have as float32)."""
+    head = 4 + sum(2 + 8 * a.ndim for a in arrays)
+    return head + sum(a.size * (itemsize or a.dtype.itemsize) for a in arrays)
+
+
 def unpack_arrays(buf: bytes | memoryview, copy: bool = False) -> Params:
     """Inverse of :func:`pack_arrays`. Arrays view ``buf`` (read-only) unless ``copy``."""
     mv = memoryview(buf)

@@ -18,7 +18,7 @@ import numpy as np
 
 from fedkit import rng as frng
 from fedkit.compression import decode, make
-from fedkit.compression.frame import pack_arrays
+from fedkit.compression.frame import packed_nbytes
 from fedkit.runtime import downlink as dl
 from fedkit.runtime.link import Link
 from fedkit.types import ClientId, DecodeError, Encoded, Params, Reply, Task, TaskKind, Update
@@ -90,7 +90,8 @@ class RoundRecord:
 
 def dense_nbytes(params: Params) -> int:
     """Size of the uncompressed float32 frame of ``params``: the baseline of every ratio."""
-    return Encoded("identity", pack_arrays([a.astype(np.float32, copy=False) for a in params])).nbytes
+    frame = packed_nbytes(params, itemsize=4)  # counted, not packed: no model copy per round
+    return len(Encoded("identity", b"").to_bytes()) + frame
 
 
 def sample_clients(plan: Plan, clients: Sequence[ClientId], rnd: int, attempt: int = 0) -> list[ClientId]:
