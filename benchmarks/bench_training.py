@@ -47,7 +47,7 @@ t0 = time.perf_counter()
 import numpy as np, torch
 from fedkit import rng as frng
 from fedkit.data import load_dataset, partition
-from fedkit.runtime.server import Plan, sample_clients
+from fedkit.runtime.policy import Sampling, sample_clients
 from fedkit.scenario import load
 from fedkit.scenario.build import client_names
 s = load(sys.argv[1], sys.argv[2:])
@@ -59,8 +59,7 @@ parts = partition("natural", ds.y_train, 100, s.seed, groups=ds.groups)
 names = client_names(100)
 xs = [torch.from_numpy(ds.x_train[p]) for p in parts]
 ys = [torch.from_numpy(ds.y_train[p]) for p in parts]
-plan = Plan(seed=s.seed, rounds=s.rounds, aggregator=None, client_config={}, fraction=None,
-            count=s.clients.per_round.count)
+plan = Sampling(s.seed, fraction=None, count=s.clients.per_round.count)
 torch.manual_seed(0)
 model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(60, 10))
 glob = [p.detach().clone() for p in model.parameters()]

@@ -17,10 +17,10 @@ import torch
 
 from fedkit.experiment import RoundCallback, run_with_link
 from fedkit.report.run_dir import check_can_start
-from fedkit.runtime.client import ModelCache, load_client_data, make_client_fn
-from fedkit.runtime.server import check_update
+from fedkit.runtime.accept import Rejected, accept
+from fedkit.runtime.client import ClientHost, load_client_data
 from fedkit.scenario import Scenario
-from fedkit.scenario.build import build
+from fedkit.scenario.build import build_server
 from fedkit.transport.client import run_client
 from fedkit.transport.security import Authenticator, ClientTls, ServerTls
 from fedkit.transport.server import GrpcServer
@@ -51,12 +51,18 @@ def serve(
 ) -> dict[str, Any]:
     """Run the scenario's rounds with clients that connect over gRPC; returns the summary."""
     check_can_start(out, resume, overwrite)  # before clients are made to wait
-    exp = build(scenario)
-    like = exp.init_params
+    torch.set_num_threads(1)
+    plan, init_params = build_server(scenario)  # no client's data: the devices hold it
 
-    def validate(task: Task, reply: Reply) -> None:
-        if task.kind == "train" and reply.ok:
-            check_update(like, reply)
+    def validate(task: Task, reply: Reply) -> Any:
+        """The engine's acceptance rule, run while the reply is on the wire: a bad reply is
+        refused with INVALID_ARGUMENT, and a good one is decoded once, here."""
+        if reply.error is not None:
+            return None  # the client's own failure reaches the engine as such
+        try:
+            return accept(plan.acceptance, task, reply)
+        except Rejected as e:
+            raise ValueError(str(e)) from None
 
     extra = {} if opts.max_message_bytes is None else {"max_message_bytes": opts.max_message_bytes}
     server = GrpcServer(
@@ -74,7 +80,7 @@ def serve(
         if len(names) < need:
             raise TimeoutError(f"only {len(names)} of {need} clients connected in time")
         log.info("%d clients connected; starting", len(names))
-        return run_with_link(exp, server.link, out, on_round, resume, overwrite)
+        return run_with_link(scenario, plan, init_params, server.link, out, on_round, resume, overwrite)
     finally:
         server.shutdown_clients()
         server.stop()
@@ -107,8 +113,7 @@ def join(
 
     def one(state: Any, token: str | None) -> None:
         try:
-            fn = make_client_fn(state, ModelCache())
-            run_client(address, fn, name=state.id, token=token, tls=tls, insecure=insecure, stop=stop)
+            run_client(address, ClientHost(state), name=state.id, token=token, tls=tls, insecure=insecure, stop=stop)
         except BaseException as e:  # reported after every thread has finished
             errors.append(e)
 

@@ -5,45 +5,59 @@ Modes differ only in the Link handed to the shared round engine.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import torch
+
 from fedkit.aggregation import state_from_arrays, state_to_arrays
+from fedkit.models import build_model, set_params
 from fedkit.report import plots
-from fedkit.report.run_dir import RunDir, check_can_start, summarize
-from fedkit.runtime.client import ModelCache, make_client_fn
+from fedkit.report.run_dir import RunDir, check_can_start, load_params, summarize
+from fedkit.runtime.client import ClientHost, ClientState, ModelCache
 from fedkit.runtime.downlink import DownlinkState
 from fedkit.runtime.link import Link
-from fedkit.runtime.server import RoundRecord, ServerState, run
+from fedkit.runtime.server import Plan, RoundRecord, ServerState, run
+from fedkit.runtime.task import ModelRef
 from fedkit.scenario import Scenario, dump
-from fedkit.scenario.build import Experiment, build
-from fedkit.sim.link import InProcessLink
+from fedkit.scenario.build import build, initial_state
+from fedkit.sim.link import CostFn, InProcessLink
+from fedkit.types import ClientId, Params
 
 RoundCallback = Callable[[Mapping[str, Any]], None]
 
 
-def inprocess_link(exp: Experiment) -> Link:
+def inprocess_link(clients: Mapping[ClientId, ClientState], cost: CostFn | None = None) -> Link:
     models = ModelCache()  # one module shared by every simulated client
-    return InProcessLink({cid: make_client_fn(c, models) for cid, c in exp.clients.items()})
+    return InProcessLink({cid: ClientHost(c, models) for cid, c in clients.items()}, cost)
 
 
-def initial_state(exp: Experiment, rd: RunDir, resume: bool) -> ServerState:
-    ckpt = rd.read_checkpoint() if resume else None
-    if ckpt is None:
-        return exp.initial_state()
-    rnd, params, sections = ckpt
+def resume_state(plan: Plan, init_params: Params, rd: RunDir, resume: bool) -> ServerState:
+    """The state to start from: the checkpoint's (logs repaired to agree with it) or round 0."""
+    if not resume:
+        return initial_state(plan, init_params)
+    rd.repair()
+    ck = rd.read_checkpoint()
+    if ck is None:
+        return initial_state(plan, init_params)
+    sec = ck.sections
     return ServerState(
-        rnd,
-        params,
-        state_from_arrays(sections.get("agg", {})),
-        DownlinkState.from_arrays(sections.get("down", {})),
+        ck.round,
+        ck.params,
+        state_from_arrays(sec.get("agg", {})),
+        DownlinkState.from_arrays(sec.get("down", {})),
+        int(sec.get("engine", {}).get("version", ck.round)),
     )
 
 
 def run_with_link(
-    exp: Experiment,
+    scenario: Scenario,
+    plan: Plan,
+    init_params: Params,
     link: Link,
     out: str | Path,
     on_round: RoundCallback | None = None,
@@ -52,25 +66,32 @@ def run_with_link(
 ) -> dict[str, Any]:
     """Run the plan's remaining rounds over ``link``, recording into the run directory ``out``.
 
-    A directory that already holds a run is refused unless ``resume`` or ``overwrite``.
+    A directory that already holds a run is refused unless ``resume`` or ``overwrite``. Each
+    round commits its checkpoint (with its log rows) before appending the logs, so a crash at
+    any instant leaves a directory that ``resume`` continues without repeating a round.
     """
-    s = exp.scenario
+    s = scenario
     rd = RunDir(out, resume=resume, overwrite=overwrite)
     rd.write_scenario(dump(s))
-    state = initial_state(exp, rd, resume)
+    rd.write_json("model.json", plan.model.model_dump(mode="json"))
+    state = resume_state(plan, init_params, rd, resume)
     t_start = time.perf_counter()
     elapsed0 = rd.metrics()[-1].get("elapsed_s", 0.0) if resume and rd.metrics() else 0.0
 
     def record(st: ServerState, rec: RoundRecord) -> None:
         row = rec.row() | {"elapsed_s": elapsed0 + time.perf_counter() - t_start}
-        rd.append_metrics(row)
         if s.output.checkpoint:
-            sections = {"agg": state_to_arrays(st.agg_state), "down": st.downlink.to_arrays()}
-            rd.write_checkpoint(st.round, st.params, sections)
+            sections = {
+                "agg": state_to_arrays(st.agg_state),
+                "down": st.downlink.to_arrays(),
+                "engine": {"version": np.array(st.version)},
+            }
+            rd.write_checkpoint(st.round, st.params, sections, {"metrics": row, "clients": rec.clients})
+        rd.append_rows(row, rec.clients)
         if on_round is not None:
             on_round(row)
 
-    final = run(exp.plan, link, state, record)
+    final = run(plan, link, state, record)
     rows = rd.metrics()
     summary = summarize(rows, final.params, s.seed, s.name)
     rd.write_final(final.params, summary)
@@ -96,9 +117,25 @@ def run_scenario(
     if mode != "inprocess":
         raise ValueError(f"unknown mode {mode!r}; known: inprocess, processes")
     check_can_start(out, resume, overwrite)
+    torch.set_num_threads(1)  # the kernels every mode uses: bit-identical params across modes
     exp = build(scenario)
-    link = inprocess_link(exp)
+    link = inprocess_link(exp.clients)
     try:
-        return run_with_link(exp, link, out, on_round, resume, overwrite)
+        return run_with_link(scenario, exp.plan, exp.init_params, link, out, on_round, resume, overwrite)
     finally:
         link.close()
+
+
+def load_model(run_dir: str | Path) -> torch.nn.Module:
+    """The trained model of a run directory (its final params, else its last checkpoint)."""
+    path = Path(run_dir)
+    if not (path / "model.json").exists():
+        raise FileNotFoundError(f"{path}: no model.json (not a fedkit run directory?)")
+    ref = ModelRef.model_validate(json.loads((path / "model.json").read_text()))
+    source = path / "params.npz" if (path / "params.npz").exists() else path / "checkpoint.npz"
+    if not source.exists():
+        raise FileNotFoundError(f"{path}: neither params.npz nor checkpoint.npz")
+    params, _ = load_params(source)
+    module = build_model(ref.spec, ref.input_shape, ref.num_classes)
+    set_params(module, params)
+    return module.eval()

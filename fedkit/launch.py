@@ -23,7 +23,7 @@ from fedkit.experiment import RoundCallback
 from fedkit.report.run_dir import check_can_start, read_metrics
 from fedkit.runtime.client import save_client_data
 from fedkit.scenario import Scenario, dump
-from fedkit.scenario.build import build
+from fedkit.scenario.build import build_clients
 from fedkit.transport.certs import make_certs
 from fedkit.transport.security import hash_token, new_token
 
@@ -53,13 +53,13 @@ def _kill(procs: list[subprocess.Popen[bytes]], grace_s: float) -> None:
 def _cluster(
     workdir: Path, scenario: Scenario, out: Path, workers: int, resume: bool, overwrite: bool
 ) -> Iterator[tuple[subprocess.Popen[bytes], list[subprocess.Popen[bytes]]]]:
-    exp = build(scenario)
-    names = list(exp.clients)
+    clients_data = build_clients(scenario)  # the server process builds its own plan
+    names = list(clients_data)
     certs = make_certs(workdir / "certs", hosts=("127.0.0.1", "localhost"), clients=())
     tokens = {n: new_token() for n in names}
     (workdir / "tokens.json").write_text(json.dumps({n: hash_token(t) for n, t in tokens.items()}))
     (workdir / "scenario.yaml").write_text(dump(scenario))
-    for n, state in exp.clients.items():
+    for n, state in clients_data.items():
         save_client_data(workdir / f"{n}.npz", state)
     port_file = workdir / "port"
     server_args = [

@@ -5,9 +5,10 @@ from __future__ import annotations
 import struct
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict
 
 Params = list[np.ndarray]
 """A model's parameters as an ordered list of arrays (the order of ``module.parameters()``)."""
@@ -17,9 +18,18 @@ ClientId = str
 
 Scalar = bool | int | float | str
 
-TaskKind = Literal["train", "evaluate"]
+TaskKind = str
+"""What a task asks for: "train" and "evaluate" today; split-learning steps and secure-aggregation
+stages add kinds (the client runtime keeps the registry of kinds it can serve)."""
 
 _FRAME_MAGIC = b"FKE1"
+
+
+class Strict(BaseModel):
+    """Base of every configuration: frozen, and unknown keys are errors (a misplaced setting
+    must not vanish silently)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class DecodeError(ValueError):
@@ -63,19 +73,29 @@ class Encoded:
 
 @dataclass(frozen=True)
 class Task:
-    """What the server asks one client to do in one round."""
+    """What the server asks one client to do in one round.
+
+    ``config`` is the kind's typed, frozen configuration (``fedkit.runtime.task``); on the wire it
+    is its JSON object. ``version`` is the global model version ``params`` encode (the number of
+    aggregations behind it), echoed by the reply so the server knows how stale an update is.
+    """
 
     round: int
     client: ClientId
     kind: TaskKind
     params: Encoded
-    config: Mapping[str, Any] = field(default_factory=dict)
+    config: Any = field(default_factory=dict)
     task_id: str = ""
+    version: int = 0
 
 
 @dataclass(frozen=True)
 class Reply:
-    """A client's answer to a task. ``update`` is the encoded delta (local - global)."""
+    """A client's answer to a task. ``update`` is the encoded delta (local - global).
+
+    ``delta`` is the raw update inside a client, before its uplink mod encodes it; it never
+    crosses a wire (a reply leaving a client has ``delta=None``). ``version`` echoes the task's.
+    """
 
     task_id: str
     client: ClientId
@@ -84,6 +104,8 @@ class Reply:
     update: Encoded | None = None
     metrics: Mapping[str, float] = field(default_factory=dict)
     error: str | None = None
+    version: int = 0
+    delta: Params | None = None
 
     @property
     def ok(self) -> bool:
@@ -92,9 +114,27 @@ class Reply:
 
 @dataclass(frozen=True)
 class Update:
-    """A decoded client update as the aggregator sees it."""
+    """A decoded client update as the aggregator sees it; ``version`` is the model it trained on."""
 
     client: ClientId
     delta: Params
     num_examples: int
     metrics: Mapping[str, float] = field(default_factory=dict)
+    version: int = 0
+
+
+@dataclass(frozen=True)
+class Arrival:
+    """A task settled, at ``time`` on the Link's clock (simulated in-process, real over gRPC).
+
+    ``reply`` is None when no usable answer came (the client disconnected, dropped out, or the
+    transport refused its reply: ``reason`` says why). ``accepted`` is what the transport's
+    early acceptance check already produced from the reply (the decoded update), so a deployed
+    server decodes each update once; None where nothing was checked yet.
+    """
+
+    time: float
+    task: Task
+    reply: Reply | None
+    reason: str = ""
+    accepted: Any = None

@@ -2,8 +2,9 @@
 
 from fedkit.models.params import get_params, set_params
 from fedkit.models.registry import MODELS, build_model, init_model
-from fedkit.models.train import TrainConfig, evaluate, train
+from fedkit.models.train import LocalData, TrainConfig, evaluate, keyed_torch, sgd_train
 
 __all__ = [
-    "MODELS", "TrainConfig", "build_model", "evaluate", "get_params", "init_model", "set_params", "train",
+    "MODELS", "LocalData", "TrainConfig", "build_model", "evaluate", "get_params", "init_model",
+    "keyed_torch", "set_params", "sgd_train",
 ]

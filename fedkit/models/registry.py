@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import importlib
 import math
+import os
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -72,18 +74,31 @@ def cnn(input_shape: Sequence[int], num_classes: int, channels: Sequence[int] = 
     )
 
 
+def resolve_callable(path: str, what: str) -> Callable[..., Any]:
+    """The function at ``package.module:attr``. The current directory is importable (it is put
+    on ``sys.path`` when missing), and a failing import shows the real error."""
+    mod, sep, attr = path.partition(":")
+    if not sep or not mod or not attr:
+        raise ValueError(f"{what} {path!r} must be 'package.module:function'")
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.append(os.getcwd())
+    try:
+        module = importlib.import_module(mod)
+    except Exception as e:  # the user's module may raise anything while importing
+        raise ValueError(f"cannot import {what} {path!r}: {type(e).__name__}: {e}") from None
+    fn = getattr(module, attr, None)
+    if fn is None:
+        raise ValueError(f"cannot import {what} {path!r}: module {mod!r} has no attribute {attr!r}")
+    if not callable(fn):
+        raise ValueError(f"{what} {path!r} is not callable")
+    return fn
+
+
 def _resolve(name: str) -> ModelFactory:
     if name in MODELS:
         return MODELS[name]
     if ":" in name:
-        mod, _, attr = name.partition(":")
-        try:
-            fn = getattr(importlib.import_module(mod), attr)
-        except (ImportError, AttributeError) as e:
-            raise ValueError(f"cannot import model factory {name!r}: {e}") from None
-        if not callable(fn):
-            raise ValueError(f"model factory {name!r} is not callable")
-        return fn
+        return resolve_callable(name, "model factory")
     raise ValueError(
         f"unknown model {name!r}; known: {', '.join(sorted(MODELS))}, or 'package.module:function'"
     )

@@ -1,50 +1,75 @@
 """Local training and evaluation on in-memory tensors: a plain torch loop, no DataLoader.
 
+A training function is ``fn(model, data, config, rng) -> metrics``: it trains ``model`` in place
+from the global parameters it was loaded with, draws batches from ``rng`` (keyed by seed, round
+and client) and returns metrics. :func:`sgd_train` is the built-in one; a scenario can name its
+own (``train: {fn: "mypkg.train:local_step"}``), and the same function then runs in every mode.
+torch's own draws (dropout, augmentation) are keyed too: the caller runs training inside
+:func:`keyed_torch`, so no draw comes from torch's global generator state.
+
 FedProx (Li et al., MLSys 2020) adds (mu/2)||w - w_global||^2 to the local loss; with mu == 0
 the term is skipped entirely, so FedProx(mu=0) is bit-identical to FedAvg.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import contextlib
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import nn
 
-from fedkit.models.params import get_params, set_params
-from fedkit.types import Params
+from fedkit.types import Strict
+
+
+class TrainConfig(Strict):
+    """A client's training settings for one task (frozen; unknown keys are errors)."""
+
+    epochs: int = Field(default=1, ge=1)
+    steps: int | None = Field(default=None, ge=1, description="fixed number of local steps; overrides epochs")
+    batch_size: int = Field(default=32, ge=1)
+    optimizer: Literal["sgd", "adam"] = "sgd"
+    lr: float = Field(default=0.05, gt=0)
+    momentum: float = Field(default=0.0, ge=0, lt=1)
+    weight_decay: float = Field(default=0.0, ge=0)
+    mu: float = Field(default=0.0, ge=0, description="FedProx proximal term (set by strategy fedprox)")
+    fn: str | None = Field(default=None, description="custom training function 'package.module:function'")
 
 
 @dataclass(frozen=True)
-class TrainConfig:
-    epochs: int = 1
-    steps: int | None = None
-    batch_size: int = 32
-    optimizer: str = "sgd"
-    lr: float = 0.05
-    momentum: float = 0.0
-    weight_decay: float = 0.0
-    mu: float = 0.0
+class LocalData:
+    """One client's samples as tensors (inputs float32, labels int64)."""
 
-    @classmethod
-    def from_mapping(cls, m: Mapping[str, Any]) -> TrainConfig:
-        fields = cls.__dataclass_fields__
-        return cls(**{k: v for k, v in m.items() if k in fields})
+    x: torch.Tensor
+    y: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+
+TrainFn = Callable[[nn.Module, LocalData, TrainConfig, np.random.Generator], Mapping[str, float]]
+
+
+@contextlib.contextmanager
+def keyed_torch(seed: int) -> Iterator[None]:
+    """Run a block with torch's CPU generator seeded by ``seed``, restoring it afterwards."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
 
 
 def _optimizer(cfg: TrainConfig, params: Sequence[torch.Tensor]) -> torch.optim.Optimizer:
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    if cfg.optimizer == "adam":
-        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    raise ValueError(f"unknown optimizer {cfg.optimizer!r}; known: sgd, adam")
+    return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
-def _batches(n: int, cfg: TrainConfig, rng: np.random.Generator) -> list[torch.Tensor]:
+def batches(n: int, cfg: TrainConfig, rng: np.random.Generator) -> list[torch.Tensor]:
     """Index batches for one task: whole shuffled epochs, or exactly ``steps`` batches."""
     bs = max(1, min(cfg.batch_size, n))
     out: list[torch.Tensor] = []
@@ -56,24 +81,18 @@ def _batches(n: int, cfg: TrainConfig, rng: np.random.Generator) -> list[torch.T
     return out if cfg.steps is None else out[: cfg.steps]
 
 
-def train(
-    module: nn.Module,
-    params: Params,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    cfg: TrainConfig,
-    rng: np.random.Generator,
-) -> tuple[Params, float, int]:
-    """Train from ``params`` on (x, y); returns (new params, mean batch loss, steps taken)."""
-    set_params(module, params)
+def sgd_train(
+    module: nn.Module, data: LocalData, cfg: TrainConfig, rng: np.random.Generator
+) -> dict[str, float]:
+    """Minibatch cross-entropy training in place; returns mean batch loss and steps taken."""
     module.train()
     weights = list(module.parameters())
     opt = _optimizer(cfg, weights)
     anchor = [w.detach().clone() for w in weights] if cfg.mu > 0 else None
     total, steps = 0.0, 0
-    for idx in _batches(len(y), cfg, rng):
+    for idx in batches(len(data), cfg, rng):
         opt.zero_grad(set_to_none=True)
-        loss = F.cross_entropy(module(x[idx]), y[idx])
+        loss = F.cross_entropy(module(data.x[idx]), data.y[idx])
         if anchor is not None:
             prox = sum(((w - a) ** 2).sum() for w, a in zip(weights, anchor, strict=True))
             loss = loss + 0.5 * cfg.mu * prox
@@ -83,21 +102,18 @@ def train(
         steps += 1
     if not np.isfinite(total):
         raise FloatingPointError("local training diverged (loss is NaN or Inf); lower the lr")
-    return get_params(module), total / max(steps, 1), steps
+    return {"train_loss": total / max(steps, 1), "steps": float(steps)}
 
 
 @torch.no_grad()
-def evaluate(
-    module: nn.Module, params: Params, x: torch.Tensor, y: torch.Tensor, batch_size: int = 4096
-) -> tuple[float, float]:
-    """(mean cross-entropy, accuracy) of ``params`` on (x, y)."""
-    set_params(module, params)
+def evaluate(module: nn.Module, data: LocalData, batch_size: int = 4096) -> dict[str, float]:
+    """Mean cross-entropy and accuracy of ``module`` (as loaded) on ``data``."""
     module.eval()
     loss, correct = 0.0, 0
-    for i in range(0, len(y), batch_size):
-        out = module(x[i : i + batch_size])
-        yb = y[i : i + batch_size]
+    for i in range(0, len(data), batch_size):
+        out = module(data.x[i : i + batch_size])
+        yb = data.y[i : i + batch_size]
         loss += float(F.cross_entropy(out, yb, reduction="sum"))
         correct += int((out.argmax(1) == yb).sum())
-    n = max(len(y), 1)
-    return loss / n, correct / n
+    n = max(len(data), 1)
+    return {"loss": loss / n, "accuracy": correct / n}

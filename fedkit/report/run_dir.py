@@ -1,8 +1,15 @@
 """A run directory: what a finished (or interrupted) experiment leaves behind.
 
-Files: ``scenario.yaml`` (resolved), ``metrics.jsonl`` (a row per round, appended and flushed),
-``checkpoint.npz`` (after every round, written atomically), ``params.npz``, ``summary.json``,
-``curves.png``. Nothing already written is lost when a later step fails.
+Files: ``scenario.yaml`` (resolved), ``model.json`` (how to rebuild the model), ``metrics.jsonl``
+(a row per round), ``clients.jsonl`` (a row per client task), ``checkpoint.npz`` (after every
+round, written atomically), ``params.npz``, ``summary.json``, ``curves.png``.
+
+Crash consistency. The checkpoint is the commit point of a round: it is written first (atomically,
+by rename) and carries the round's metrics and client rows; the JSONL files are appended after it.
+A crash at any instant therefore leaves a checkpoint at round r and logs at r or r-1 (or a torn
+last line); :meth:`RunDir.repair` makes the logs agree with the checkpoint before a resume (drops
+what goes past it, re-appends the rows the crash lost), so a resumed run never repeats or loses
+a round. Nothing already committed is lost when a later step fails.
 """
 
 from __future__ import annotations
@@ -11,7 +18,8 @@ import hashlib
 import json
 import math
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +43,22 @@ def _clean(v: Any) -> Any:
     return v
 
 
+def _cleaned(obj: Any) -> Any:
+    if isinstance(obj, Mapping):
+        return {k: _cleaned(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_cleaned(v) for v in obj]
+    return _clean(obj)
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    round: int
+    params: Params
+    sections: dict[str, dict[str, np.ndarray]]
+    rows: dict[str, Any] | None  # the committed round's log rows
+
+
 def _atomic_write(path: Path, data: bytes) -> None:
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as f:
@@ -42,6 +66,30 @@ def _atomic_write(path: Path, data: bytes) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def _append(path: Path, text: str) -> None:
+    with open(path, "a") as f:
+        f.write(text)
+        f.flush()
+
+
+def _jsonl(rows: Iterable[Mapping[str, Any]]) -> str:
+    return "".join(json.dumps({k: _clean(v) for k, v in r.items()}) + "\n" for r in rows)
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """Rows of a JSONL file; a torn last line (a crash mid-append) is skipped."""
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                break
+    return rows
 
 
 def save_params(path: Path, params: Params, extra: Mapping[str, np.ndarray] | None = None) -> None:
@@ -60,7 +108,7 @@ def load_params(path: Path) -> tuple[Params, dict[str, np.ndarray]]:
     return params, extra
 
 
-RESULT_FILES = ("metrics.jsonl", "checkpoint.npz", "summary.json")
+RESULT_FILES = ("metrics.jsonl", "clients.jsonl", "checkpoint.npz", "summary.json")
 
 
 class RunDirExists(FileExistsError):
@@ -103,22 +151,34 @@ class RunDir:
     def write_scenario(self, text: str) -> None:
         _atomic_write(self.path / "scenario.yaml", text.encode())
 
-    def append_metrics(self, row: Mapping[str, Any]) -> None:
-        with open(self.path / "metrics.jsonl", "a") as f:
-            f.write(json.dumps({k: _clean(v) for k, v in row.items()}) + "\n")
-            f.flush()
+    def write_json(self, name: str, obj: Any) -> None:
+        _atomic_write(self.path / name, (json.dumps(obj, indent=2) + "\n").encode())
+
+    def append_rows(self, row: Mapping[str, Any], clients: Sequence[Mapping[str, Any]] = ()) -> None:
+        """The round's metrics row and its client rows (after its checkpoint was committed)."""
+        if clients:
+            _append(self.path / "clients.jsonl", _jsonl(clients))
+        _append(self.path / "metrics.jsonl", _jsonl([row]))
 
     def metrics(self) -> list[dict[str, Any]]:
         return read_metrics(self.path)
 
     def write_checkpoint(
-        self, round_: int, params: Params, sections: Mapping[str, Mapping[str, np.ndarray]]
+        self,
+        round_: int,
+        params: Params,
+        sections: Mapping[str, Mapping[str, np.ndarray]],
+        rows: Mapping[str, Any] | None = None,
     ) -> None:
-        """Params plus named sections of arrays (aggregator state, downlink state, ...)."""
+        """Params plus named sections of arrays (aggregator state, downlink state, ...) and the
+        round's log rows (``{"metrics": row, "clients": [...]}``), committed together."""
         extra = {f"{sec}/{k}": v for sec, arrays in sections.items() for k, v in arrays.items()}
-        save_params(self.path / "checkpoint.npz", params, extra | {"round": np.array(round_)})
+        extra["round"] = np.array(round_)
+        if rows is not None:
+            extra["rows"] = np.frombuffer(json.dumps(_cleaned(rows)).encode(), dtype=np.uint8)
+        save_params(self.path / "checkpoint.npz", params, extra)
 
-    def read_checkpoint(self) -> tuple[int, Params, dict[str, dict[str, np.ndarray]]] | None:
+    def read_checkpoint(self) -> Checkpoint | None:
         path = self.path / "checkpoint.npz"
         if not path.exists():
             return None
@@ -128,7 +188,21 @@ class RunDir:
             sec, sep, rest = k.partition("/")
             if sep:
                 sections.setdefault(sec, {})[rest] = v
-        return int(extra["round"]), params, sections
+        rows = json.loads(extra["rows"].tobytes().decode()) if "rows" in extra else None
+        return Checkpoint(int(extra["round"]), params, sections, rows)
+
+    def repair(self) -> int:
+        """Make the logs agree with the checkpoint (see the module docstring); returns its round."""
+        ck = self.read_checkpoint()
+        done = 0 if ck is None else ck.round
+        metrics = [r for r in _read_jsonl(self.path / "metrics.jsonl") if r.get("round", 0) <= done]
+        clients = [r for r in _read_jsonl(self.path / "clients.jsonl") if r.get("round", 0) <= done]
+        if ck is not None and ck.rows is not None and (not metrics or metrics[-1]["round"] < done):
+            metrics.append(ck.rows["metrics"])
+            clients = [r for r in clients if r.get("round") != done] + list(ck.rows["clients"])
+        _atomic_write(self.path / "metrics.jsonl", _jsonl(metrics).encode())
+        _atomic_write(self.path / "clients.jsonl", _jsonl(clients).encode())
+        return done
 
     def write_final(self, params: Params, summary: Mapping[str, Any]) -> None:
         save_params(self.path / "params.npz", params)
@@ -138,10 +212,11 @@ class RunDir:
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
-    f = Path(path) / "metrics.jsonl"
-    if not f.exists():
-        return []
-    return [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
+    return _read_jsonl(Path(path) / "metrics.jsonl")
+
+
+def read_clients(path: str | Path) -> list[dict[str, Any]]:
+    return _read_jsonl(Path(path) / "clients.jsonl")
 
 
 def _ratio(rows: list[dict[str, Any]], ratio: str, nbytes: str) -> float | None:

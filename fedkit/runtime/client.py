@@ -1,15 +1,25 @@
 """The client role: turn a task into a reply. Identical in-process, in a client process and on
 a device; only the Link that delivers the task differs.
 
-The task's config says everything the client needs (model spec, training settings, codec,
-seed); the client holds only its data and its private codec memory.
+A client is a function ``(state, task, context) -> (state, reply)``: its state is a value (its
+data, its codecs' memory, the model reference it holds for downlink deltas), never mutated
+behind the caller's back. Around the kind's handler sit small middleware functions (*mods*)
+of the same shape plus the inner function, outermost first::
+
+    reply = mods[0](state, task, ctx, lambda s, t, c: mods[1](s, t, c, ... handler))
+
+The uplink encoder is one (it turns the handler's raw ``delta`` into the encoded update);
+clipping, noise and masking are others. :class:`ClientHost` holds the current state between
+tasks and is what a Link calls.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,23 +30,24 @@ from torch import nn
 
 from fedkit import rng as frng
 from fedkit.compression import make
-from fedkit.models import TrainConfig, build_model, evaluate, train
+from fedkit.models import LocalData, build_model, evaluate, get_params, keyed_torch, set_params
+from fedkit.models.registry import resolve_callable
+from fedkit.models.train import TrainConfig, TrainFn, sgd_train
+from fedkit.runtime import task as tasks
 from fedkit.runtime.downlink import receive
-from fedkit.runtime.link import ClientFn
 from fedkit.types import ClientId, Params, Reply, Task
 
 
-@dataclass
+@dataclass(frozen=True)
 class ClientState:
-    """One client's private data and codec memory (error-feedback residuals live here)."""
+    """One client: its data, its codecs' memory (error-feedback residuals) by codec spec, and
+    the (round, model) it holds for downlink deltas."""
 
     id: ClientId
-    x_train: torch.Tensor
-    y_train: torch.Tensor
-    x_test: torch.Tensor | None = None
-    y_test: torch.Tensor | None = None
-    codec_state: dict[str, Any] = field(default_factory=dict)
-    held: tuple[int, Params] | None = None  # (round, model) kept for downlink deltas
+    train: LocalData
+    test: LocalData | None = None
+    codec: Mapping[str, Any] = field(default_factory=dict)
+    held: tuple[int, Params] | None = None
 
     @classmethod
     def from_arrays(
@@ -47,22 +58,160 @@ class ClientState:
         x_test: np.ndarray | None = None,
         y_test: np.ndarray | None = None,
     ) -> ClientState:
-        def t(a: np.ndarray | None, dtype: torch.dtype) -> torch.Tensor | None:
-            return None if a is None else torch.from_numpy(np.ascontiguousarray(a)).to(dtype)
+        def data(x: np.ndarray | None, y: np.ndarray | None) -> LocalData | None:
+            if x is None or y is None:
+                return None
+            tx = torch.from_numpy(np.ascontiguousarray(x)).to(torch.float32)
+            return LocalData(tx, torch.from_numpy(np.ascontiguousarray(y)).to(torch.int64))
 
-        xtr, ytr = t(x_train, torch.float32), t(y_train, torch.int64)
-        assert xtr is not None and ytr is not None
-        return cls(client_id, xtr, ytr, t(x_test, torch.float32), t(y_test, torch.int64))
+        tr = data(x_train, y_train)
+        assert tr is not None
+        return cls(client_id, tr, data(x_test, y_test))
 
     @property
     def num_train(self) -> int:
-        return len(self.y_train)
+        return len(self.train)
+
+
+class ModelCache:
+    """One module per model spec per process: clients share it instead of rebuilding it."""
+
+    def __init__(self) -> None:
+        self._models: dict[str, nn.Module] = {}
+
+    def get(self, model: tasks.ModelRef) -> nn.Module:
+        key = json.dumps(model.model_dump(mode="json"), sort_keys=True)
+        if key not in self._models:
+            self._models[key] = build_model(model.spec, model.input_shape, model.num_classes)
+        return self._models[key]
+
+
+@dataclass(frozen=True)
+class Context:
+    """What a handler or mod may use besides its state: the parsed config, keyed RNGs, models."""
+
+    task: Task
+    config: Any
+    models: ModelCache
+
+    def rng(self, purpose: str) -> np.random.Generator:
+        """A generator keyed by (seed, purpose, round, client): the only source of draws."""
+        return frng.rng(self.config.seed, purpose, self.task.round, self.task.client)
+
+    def seed_int(self, purpose: str) -> int:
+        return frng.seed_int(self.config.seed, purpose, self.task.round, self.task.client)
+
+
+ClientFn = Callable[[ClientState, Task, Context], tuple[ClientState, Reply]]
+Mod = Callable[[ClientState, Task, Context, ClientFn], tuple[ClientState, Reply]]
+
+
+_codec = functools.lru_cache(maxsize=64)(make)  # codecs are parsed once per spec
+
+
+def train_fn(cfg: TrainConfig) -> TrainFn:
+    return sgd_train if cfg.fn is None else resolve_callable(cfg.fn, "training function")
+
+
+def _receive(state: ClientState, task: Task, ctx: Context) -> tuple[ClientState, Params]:
+    params, held = receive(ctx.config.downlink, task.params, state.held)
+    return dataclasses.replace(state, held=held), params
+
+
+def handle_train(state: ClientState, task: Task, ctx: Context) -> tuple[ClientState, Reply]:
+    """Local training from the sent model; the reply carries the raw delta (local - global)."""
+    t0 = time.perf_counter()
+    state, params = _receive(state, task, ctx)
+    cfg: tasks.TrainTask = ctx.config
+    module = ctx.models.get(cfg.model)
+    set_params(module, params)
+    with keyed_torch(ctx.seed_int("torch-train")):
+        metrics = dict(train_fn(cfg.train)(module, state.train, cfg.train, ctx.rng("train")))
+    delta = [n - p for n, p in zip(get_params(module), params, strict=True)]
+    metrics["compute_s"] = time.perf_counter() - t0
+    n = int(metrics.pop("num_examples", state.num_train))
+    reply = Reply(task.task_id, state.id, task.round, n, metrics=metrics, version=task.version, delta=delta)
+    return state, reply
+
+
+def handle_evaluate(state: ClientState, task: Task, ctx: Context) -> tuple[ClientState, Reply]:
+    """Loss and accuracy of the sent model on the client's held-out data (none: 0 examples)."""
+    state, params = _receive(state, task, ctx)
+    reply = Reply(task.task_id, state.id, task.round, 0, metrics={}, version=task.version)
+    if state.test is None or len(state.test) == 0:
+        return state, reply
+    module = ctx.models.get(ctx.config.model)
+    set_params(module, params)
+    with keyed_torch(ctx.seed_int("torch-eval")):
+        metrics = evaluate(module, state.test)
+    return state, dataclasses.replace(reply, num_examples=len(state.test), metrics=metrics)
+
+
+HANDLERS: dict[str, ClientFn] = {"train": handle_train, "evaluate": handle_evaluate}
+"""Task kind -> handler. A kind needs a config class in ``fedkit.runtime.task.KINDS`` too."""
+
+
+def encode_uplink(state: ClientState, task: Task, ctx: Context, inner: ClientFn) -> tuple[ClientState, Reply]:
+    """The uplink codec as a mod: raw delta in, encoded update out, codec memory kept per spec."""
+    state, reply = inner(state, task, ctx)
+    if reply.delta is None:
+        return state, reply
+    codec = _codec(ctx.config.uplink)
+    memory = state.codec.get(codec.spec)
+    if memory is None:
+        memory = codec.init(reply.delta)
+    t0 = time.perf_counter()
+    memory, enc = codec.encode(memory, reply.delta, ctx.rng("uplink"))
+    metrics = dict(reply.metrics) | {"encode_s": time.perf_counter() - t0}
+    state = dataclasses.replace(state, codec=dict(state.codec) | {codec.spec: memory})
+    return state, dataclasses.replace(reply, update=enc, delta=None, metrics=metrics)
+
+
+DEFAULT_MODS: tuple[Mod, ...] = (encode_uplink,)
+
+
+def compose(mods: Sequence[Mod], handler: ClientFn) -> ClientFn:
+    """``mods[0]`` outermost; the handler innermost."""
+    fn = handler
+    for mod in reversed(mods):
+        fn = (lambda m, inner: lambda s, t, c: m(s, t, c, inner))(mod, fn)
+    return fn
+
+
+def run_task(
+    state: ClientState, task: Task, models: ModelCache, mods: Sequence[Mod] = DEFAULT_MODS
+) -> tuple[ClientState, Reply]:
+    """Run one task. Failures become a reply with ``error`` set (and the state unchanged)."""
+    try:
+        config = tasks.parse(task.kind, task.config)
+        fn = compose(mods, HANDLERS[task.kind])
+        new, reply = fn(state, task, Context(task, config, models))
+        if reply.delta is not None:
+            raise RuntimeError("a mod chain must end with an encoded update (no encode mod?)")
+        return new, reply
+    except Exception as e:  # a client's failure is data for the server, not a crash
+        return state, Reply(
+            task.task_id, state.id, task.round, error=f"{type(e).__name__}: {e}", version=task.version
+        )
+
+
+class ClientHost:
+    """Holds one client's state between tasks; calling it runs a task (what a Link calls)."""
+
+    def __init__(self, state: ClientState, models: ModelCache | None = None, mods: Sequence[Mod] = DEFAULT_MODS):
+        self.state = state
+        self.models = models or ModelCache()
+        self.mods = tuple(mods)
+
+    def __call__(self, task: Task) -> Reply:
+        self.state, reply = run_task(self.state, task, self.models, self.mods)
+        return reply
 
 
 def save_client_data(path: str | Path, state: ClientState) -> None:
-    arrays = {"x_train": state.x_train.numpy(), "y_train": state.y_train.numpy()}
-    if state.x_test is not None and state.y_test is not None:
-        arrays |= {"x_test": state.x_test.numpy(), "y_test": state.y_test.numpy()}
+    arrays = {"x_train": state.train.x.numpy(), "y_train": state.train.y.numpy()}
+    if state.test is not None:
+        arrays |= {"x_test": state.test.x.numpy(), "y_test": state.test.y.numpy()}
     np.savez(path, **arrays)  # type: ignore[arg-type]
 
 
@@ -84,58 +233,3 @@ def load_client_data(path: str | Path, client_id: ClientId) -> ClientState:
     return ClientState.from_arrays(
         client_id, arrays["x_train"], arrays["y_train"], arrays.get("x_test"), arrays.get("y_test")
     )
-
-
-class ModelCache:
-    """One module per model spec per process: clients share it instead of rebuilding it."""
-
-    def __init__(self) -> None:
-        self._models: dict[str, nn.Module] = {}
-
-    def get(self, model: Mapping[str, Any]) -> nn.Module:
-        key = json.dumps(model, sort_keys=True)
-        if key not in self._models:
-            self._models[key] = build_model(model["spec"], model["input_shape"], model["num_classes"])
-        return self._models[key]
-
-
-def handle(task: Task, client: ClientState, models: ModelCache) -> Reply:
-    """Run one task. Failures become a reply with ``error`` set, never an exception."""
-    try:
-        return _handle(task, client, models)
-    except Exception as e:  # a client's failure is data for the server, not a crash
-        return Reply(task.task_id, client.id, task.round, error=f"{type(e).__name__}: {e}")
-
-
-def _handle(task: Task, client: ClientState, models: ModelCache) -> Reply:
-    cfg = task.config
-    t0 = time.perf_counter()
-    params, client.held = receive(cfg.get("downlink", {}), task.params, client.held)
-    module = models.get(cfg["model"])
-    if task.kind == "evaluate":
-        if client.x_test is None or client.y_test is None or len(client.y_test) == 0:
-            return Reply(task.task_id, client.id, task.round, 0, metrics={})
-        loss, acc = evaluate(module, params, client.x_test, client.y_test)
-        n = len(client.y_test)
-        return Reply(task.task_id, client.id, task.round, n, metrics={"loss": loss, "accuracy": acc})
-    seed = int(cfg["seed"])
-    gen = frng.rng(seed, "train", task.round, client.id)
-    new, loss, steps = train(
-        module, params, client.x_train, client.y_train, TrainConfig.from_mapping(cfg["train"]), gen
-    )
-    delta = [n - p for n, p in zip(new, params, strict=True)]
-    codec = make(cfg.get("uplink", "identity"))
-    state = client.codec_state.get(codec.spec)
-    if state is None:
-        state = codec.init(delta)
-    t1 = time.perf_counter()
-    state, enc = codec.encode(state, delta, frng.rng(seed, "uplink", task.round, client.id))
-    client.codec_state[codec.spec] = state
-    t2 = time.perf_counter()
-    metrics = {"train_loss": loss, "steps": float(steps), "compute_s": t1 - t0, "encode_s": t2 - t1}
-    return Reply(task.task_id, client.id, task.round, client.num_train, update=enc, metrics=metrics)
-
-
-def make_client_fn(client: ClientState, models: ModelCache | None = None) -> ClientFn:
-    cache = models or ModelCache()
-    return lambda task: handle(task, client, cache)

@@ -13,12 +13,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 
 from fedkit import rng as frng
 from fedkit.compression import decode, make
+from fedkit.runtime.task import DownlinkRef
 from fedkit.types import ClientId, Encoded, Params
 
 MODES = ("full", "delta")
@@ -53,7 +53,7 @@ class Outgoing:
 
     state: DownlinkState
     payloads: dict[ClientId, Encoded]
-    configs: dict[ClientId, dict[str, Any]]
+    configs: dict[ClientId, DownlinkRef]
 
 
 def prepare(
@@ -69,7 +69,7 @@ def prepare(
     codec = make(codec_spec)
     if mode == "full":
         _, enc = codec.encode(codec.init(params), params, gen)
-        return Outgoing(state, {c: enc for c in clients}, {c: {"mode": "full"} for c in clients})
+        return Outgoing(state, {c: enc for c in clients}, {c: DownlinkRef() for c in clients})
     if mode != "delta":
         raise ValueError(f"unknown downlink mode {mode!r}; known: {', '.join(MODES)}")
     full_codec = make("identity")
@@ -84,10 +84,10 @@ def prepare(
     for c in clients:
         if delta is not None and state.holders.get(c) == state.version:
             payloads[c] = delta
-            configs[c] = {"mode": "delta", "base": state.version, "version": rnd}
+            configs[c] = DownlinkRef(mode="delta", base=state.version, version=rnd)
         else:
             payloads[c] = full
-            configs[c] = {"mode": "full", "version": rnd}
+            configs[c] = DownlinkRef(mode="full", version=rnd)
     holders = dict(state.holders) | {c: rnd for c in clients}
     return Outgoing(DownlinkState(rnd, ref, holders), payloads, configs)
 
@@ -103,15 +103,17 @@ def apply_delta(ref: Params, enc: Encoded) -> Params:
 
 
 def receive(
-    cfg: Mapping[str, Any], payload: Encoded, held: tuple[int, Params] | None
+    cfg: DownlinkRef, payload: Encoded, held: tuple[int, Params] | None
 ) -> tuple[Params, tuple[int, Params] | None]:
     """Client side: the params to start from, and the reference to keep for next time."""
-    if cfg.get("mode", "full") == "full":
+    if cfg.mode == "full":
         params = decode(payload)
-        return params, (int(cfg["version"]), params) if "version" in cfg else held
-    base = int(cfg["base"])
+        return params, (cfg.version, params) if cfg.version is not None else held
+    if cfg.base is None or cfg.version is None:
+        raise ValueError("downlink delta needs 'base' and 'version'")
+    base = cfg.base
     if held is None or held[0] != base:
         have = "none" if held is None else f"round {held[0]}"
         raise ValueError(f"downlink delta needs the model of round {base}; this client has {have}")
     params = apply_delta(held[1], payload)
-    return params, (int(cfg["version"]), params)
+    return params, (cfg.version, params)

@@ -1,29 +1,54 @@
-"""The server round loop (McMahan et al. 2017, "Communication-Efficient Learning of Deep
-Networks from Decentralized Data"), shared by every mode: sample, send, collect, aggregate.
+"""The server's round engine (McMahan et al. 2017, "Communication-Efficient Learning of Deep
+Networks from Decentralized Data"), shared by every mode.
 
-Only ``link.exchange`` touches the network, so the same plan and seed give the same
-parameters in-process and over gRPC.
+How a round flows::
+
+    policy.start ──Send──▶ tasks (downlink codec, typed config) ──▶ link.send
+         ▲                                                             │
+         │            link.arrivals(until=deadline), completion order  ▼
+    policy.on_arrival ◀── accept(task, reply) -> Update | Rejected ◀── Arrival
+         │  (policy.on_deadline when the Link's clock reaches the deadline)
+         ▼
+    Aggregate ──▶ aggregator.step ──▶ new model version
+    Close ──▶ evaluate (central, federated) ──▶ RoundRecord (metrics + per-client rows)
+
+Only the Link touches the network, so the same plan and seed give the same parameters
+in-process and over gRPC.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-import numpy as np
-
-from fedkit import rng as frng
-from fedkit.compression import decode, make
+from fedkit.compression import make
 from fedkit.compression.frame import packed_nbytes
+from fedkit.models.train import TrainConfig
 from fedkit.runtime import downlink as dl
-from fedkit.runtime.link import Link
-from fedkit.types import ClientId, DecodeError, Encoded, Params, Reply, Task, TaskKind, Update
+from fedkit.runtime.accept import Acceptance, Rejected, accept, weighted
+from fedkit.runtime.link import Link, gather
+from fedkit.runtime.policy import Aggregate, Await, Close, Policy, Sampling, Send, SyncRound, View
+from fedkit.runtime.task import EvaluateTask, ModelRef, TrainTask
+from fedkit.types import Arrival, ClientId, Encoded, Params, Task, Update
 
 log = logging.getLogger("fedkit.server")
+
+MetricsFn = Callable[[str, Sequence[tuple[int, Mapping[str, float]]]], dict[str, float]]
+"""``fn(kind, [(num_examples, metrics), ...]) -> row entries``: how client metrics combine."""
+
+
+def default_metrics(kind: str, pairs: Sequence[tuple[int, Mapping[str, float]]]) -> dict[str, float]:
+    """Example-weighted means: training loss, and federated loss and accuracy."""
+    if kind == "train":
+        return {"train_loss": weighted(pairs, "train_loss")}
+    return {"fed_loss": weighted(pairs, "loss"), "fed_acc": weighted(pairs, "accuracy")}
+
+
+def constant_train(train: TrainConfig) -> Callable[[int], TrainConfig]:
+    return lambda rnd: train
 
 
 @dataclass(frozen=True)
@@ -33,19 +58,23 @@ class Plan:
     seed: int
     rounds: int
     aggregator: Any
-    client_config: Mapping[str, Any]
-    fraction: float | None = 1.0
-    count: int | None = None
-    min_clients: int = 1
+    model: ModelRef
+    train: Callable[[int], TrainConfig]  # the training settings of each round (lr schedules)
+    acceptance: Acceptance
+    policy: Policy = field(default_factory=SyncRound)
+    sampling: Sampling | None = None
+    uplink: str = "identity"
     downlink: str = "identity"
     downlink_mode: str = "full"
     evaluate: Callable[[Params], Mapping[str, float]] | None = None
     eval_every: int = 1
     federated_eval: bool = False
-    deadline_s: float | None = None
-    min_replies: int = 1
-    on_too_few: str = "skip"
-    max_retries: int = 2
+    eval_deadline_s: float | None = None
+    metrics: MetricsFn = default_metrics
+
+    @property
+    def sampler(self) -> Sampling:
+        return self.sampling or Sampling(self.seed)
 
 
 @dataclass(frozen=True)
@@ -54,6 +83,7 @@ class ServerState:
     params: Params
     agg_state: Any
     downlink: dl.DownlinkState = field(default_factory=dl.DownlinkState)
+    version: int = 0  # aggregations applied: the model version tasks carry
 
 
 @dataclass
@@ -70,6 +100,8 @@ class RoundRecord:
     decode_s: float = 0.0  # uplink decodes on the server
     metrics: dict[str, float] = field(default_factory=dict)
     wall_s: float = 0.0
+    sim_time_s: float = 0.0
+    clients: list[dict[str, Any]] = field(default_factory=list)  # one row per settled task
 
     def row(self) -> dict[str, Any]:
         return {
@@ -85,6 +117,7 @@ class RoundRecord:
             "encode_s": self.encode_s,
             "decode_s": self.decode_s,
             "wall_s": self.wall_s,
+            "sim_time_s": self.sim_time_s,
         }
 
 
@@ -94,134 +127,173 @@ def dense_nbytes(params: Params) -> int:
     return len(Encoded("identity", b"").to_bytes()) + frame
 
 
-def sample_clients(plan: Plan, clients: Sequence[ClientId], rnd: int, attempt: int = 0) -> list[ClientId]:
-    """Seeded uniform sampling without replacement, returned in the population's order."""
-    pool = sorted(clients)
-    n = len(pool)
-    k = plan.count if plan.count is not None else round((plan.fraction or 1.0) * n)
-    k = min(n, max(plan.min_clients, k, 1))
-    gen = frng.rng(plan.seed, "sample", rnd, attempt)
-    chosen = np.sort(gen.choice(n, size=k, replace=False))
-    return [pool[i] for i in chosen]
-
-
-def check_update(params: Params, reply: Reply) -> Params:
-    """Decode a training reply and check it against the global params; ValueError says why."""
-    if reply.update is None:
-        raise ValueError("training reply carries no update")
-    if reply.num_examples <= 0:
-        raise ValueError(f"num_examples must be positive, got {reply.num_examples}")
-    try:
-        delta = decode(reply.update)
-    except DecodeError as e:
-        raise ValueError(f"malformed update: {e}") from None
-    if len(delta) != len(params):
-        raise ValueError(f"update has {len(delta)} tensors, the model has {len(params)}")
-    for i, (d, p) in enumerate(zip(delta, params, strict=True)):
-        if d.shape != p.shape:
-            raise ValueError(f"tensor {i}: shape {d.shape}, expected {p.shape}")
-        if d.dtype != p.dtype:
-            raise ValueError(f"tensor {i}: dtype {d.dtype}, expected {p.dtype}")
-        if not np.isfinite(d).all():
-            raise ValueError(f"tensor {i}: contains NaN or Inf")
-    return delta
-
-
-def _tasks(
-    plan: Plan,
-    state: ServerState,
-    clients: Sequence[ClientId],
-    kind: TaskKind,
-    attempt: int,
-    rec: RoundRecord,
-) -> tuple[dict[ClientId, Task], dl.DownlinkState]:
-    """One task per client; training tasks go through the downlink codec (and its mode)."""
-    rnd = state.round + 1
+def make_tasks(
+    plan: Plan, state: ServerState, rnd: int, kind: str, clients: Sequence[ClientId], attempt: int = 0
+) -> tuple[list[Task], dl.DownlinkState, float]:
+    """One task per client; training tasks go through the downlink codec (and its mode).
+    Returns the tasks, the new downlink state and the server's encode seconds."""
     t0 = time.perf_counter()
     if kind == "train":
         out = dl.prepare(
             plan.downlink_mode, plan.downlink, state.downlink, state.params, clients, rnd, plan.seed
         )
+        train = plan.train(rnd)
+        configs: dict[ClientId, Any] = {
+            c: TrainTask(seed=plan.seed, model=plan.model, train=train, uplink=plan.uplink,
+                         downlink=out.configs[c])
+            for c in clients
+        }
     else:  # evaluation sees the server's model exactly, and leaves clients' references alone
         _, enc = make("identity").encode(None, state.params)
-        out = dl.Outgoing(state.downlink, {c: enc for c in clients}, {c: {} for c in clients})
-    rec.encode_s += time.perf_counter() - t0
-    base = {**plan.client_config, "seed": plan.seed}
-    tasks = {
-        c: Task(
-            rnd, c, kind, out.payloads[c], base | {"downlink": out.configs[c]},
-            task_id=f"r{rnd}.{attempt}.{kind}.{c}",
-        )
+        out = dl.Outgoing(state.downlink, {c: enc for c in clients}, {})
+        configs = {c: EvaluateTask(seed=plan.seed, model=plan.model) for c in clients}
+    tasks = [
+        Task(rnd, c, kind, out.payloads[c], configs[c], task_id=f"r{rnd}.{attempt}.{kind}.{c}",
+             version=state.version)
         for c in clients
-    }
-    return tasks, out.state
+    ]
+    return tasks, out.state, time.perf_counter() - t0
 
 
-def _weighted(replies: Sequence[Reply], key: str) -> float:
-    pairs = [(r.num_examples, r.metrics[key]) for r in replies if key in r.metrics]
-    total = sum(n for n, _ in pairs)
-    return sum(n * v for n, v in pairs) / total if total else math.nan
+class _Round:
+    """The engine's bookkeeping of one round: open tasks, bytes, per-client rows."""
+
+    def __init__(self, plan: Plan, link: Link, state: ServerState) -> None:
+        self.plan, self.link, self.state = plan, link, state
+        self.rnd = state.round + 1
+        self.rec = RoundRecord(self.rnd)
+        self.open: dict[str, Task] = {}
+        self.dense = dense_nbytes(state.params)
+        self.accepted: list[Update] = []
+        self.closed: str | None = None
+
+    def view(self) -> View:
+        return View(self.rnd, self.link.now(), tuple(self.link.clients()), self.state.version,
+                    self.plan.sampler)
+
+    def send(self, a: Send) -> None:
+        if a.attempt > 0:
+            log.warning(
+                "round %d: %d updates accepted, fewer than needed; attempt %d asks %d more clients",
+                self.rnd, len(self.accepted), a.attempt, len(a.clients),
+            )
+        tasks, down, enc_s = make_tasks(self.plan, self.state, self.rnd, a.kind, a.clients, a.attempt)
+        self.state = replace(self.state, downlink=down)
+        rec = self.rec
+        rec.encode_s += enc_s
+        rec.clients_sampled += len(tasks)
+        rec.bytes_down += sum(t.params.nbytes for t in tasks)
+        rec.dense_down += self.dense * len(tasks)
+        self.open |= {t.task_id: t for t in tasks}
+        self.link.send(tasks)
+
+    def settle(self, arrival: Arrival) -> Update | None:
+        """Accept or refuse one arrival; record it."""
+        task = self.open.pop(arrival.task.task_id)
+        r, rec, c = arrival.reply, self.rec, task.client
+        row: dict[str, Any] = {"round": self.rnd, "client": c, "kind": task.kind,
+                               "time_s": arrival.time, "bytes_down": task.params.nbytes}
+        if r is None or r.error is not None:
+            self.state = replace(self.state, downlink=dl.forget(self.state.downlink, c))
+        update: Update | None = None
+        if r is None:
+            status, reason = "lost", arrival.reason or "no reply"
+            log.warning("round %d: client %s: %s", self.rnd, c, reason)
+        else:
+            if r.update is not None:
+                rec.bytes_up += r.update.nbytes
+                rec.dense_up += self.dense
+                row["bytes_up"] = r.update.nbytes
+            rec.encode_s += float(r.metrics.get("encode_s", 0.0))
+            t0 = time.perf_counter()
+            try:
+                update = arrival.accepted if isinstance(arrival.accepted, Update) else accept(
+                    self.plan.acceptance, task, r, self.state.version
+                )
+                status, reason = "ok", ""
+            except Rejected as e:
+                status, reason = ("failed" if r.error is not None else "rejected"), str(e)
+                what = "failed" if r.error is not None else "rejected update"
+                log.warning("round %d: %s from %s: %s", self.rnd, what, c, r.error or e)
+            finally:
+                rec.decode_s += time.perf_counter() - t0
+            row |= {"num_examples": r.num_examples, **r.metrics}
+        row |= {"status": status} | ({"reason": reason[:500]} if reason else {})
+        rec.clients.append(row)
+        if update is not None:
+            self.accepted.append(update)
+        return update
+
+    def miss(self) -> None:
+        """The deadline passed: every open task is cancelled and recorded as missed."""
+        if not self.open:
+            return
+        self.link.cancel(list(self.open))
+        for task in self.open.values():
+            log.warning("round %d: client %s missed the deadline", self.rnd, task.client)
+            self.state = replace(self.state, downlink=dl.forget(self.state.downlink, task.client))
+            self.rec.clients.append({"round": self.rnd, "client": task.client, "kind": task.kind,
+                                     "status": "missed", "time_s": self.link.now(),
+                                     "bytes_down": task.params.nbytes})
+        self.open.clear()
+
+    def aggregate(self, a: Aggregate) -> None:
+        st = self.state
+        agg_state, params = self.plan.aggregator.step(st.agg_state, st.params, list(a.updates))
+        self.state = replace(st, params=params, agg_state=agg_state, version=st.version + 1)
+        self.rec.clients_finished += len(a.updates)
+        pairs = [(u.num_examples, u.metrics) for u in a.updates]
+        self.rec.metrics |= self.plan.metrics("train", pairs)
+
+
+def _run_policy(r: _Round) -> None:
+    policy = r.plan.policy
+    pstate, actions = policy.start(r.view())
+    deadline: float | None = None
+    while True:
+        for a in actions:
+            if isinstance(a, Send):
+                r.send(a)
+            elif isinstance(a, Await):
+                deadline = a.deadline
+            elif isinstance(a, Aggregate):
+                r.aggregate(a)
+            elif isinstance(a, Close):
+                r.miss()
+                r.closed = a.status
+                return
+        actions = []
+        for arrival in r.link.arrivals(deadline):
+            if arrival.task.task_id not in r.open:
+                continue  # settled by an earlier round (asynchronous policies)
+            update = r.settle(arrival)
+            pstate, actions = policy.on_arrival(r.view(), pstate, arrival, update)
+            if actions:
+                break
+        else:  # deadline reached (or nothing left that can arrive)
+            r.miss()
+            pstate, actions = policy.on_deadline(r.view(), pstate)
+            if not actions:
+                raise RuntimeError(f"round {r.rnd}: policy gave no action at its deadline")
 
 
 def run_round(plan: Plan, link: Link, state: ServerState) -> tuple[ServerState, RoundRecord]:
     t0 = time.perf_counter()
-    rnd = state.round + 1
-    rec = RoundRecord(rnd)
     wire0 = link.wire_bytes()
-    dense = dense_nbytes(state.params)
-    updates: list[Update] = []
-    ok: list[Reply] = []
-    for attempt in range(plan.max_retries + 1 if plan.on_too_few == "retry" else 1):
-        sampled = sample_clients(plan, link.clients(), rnd, attempt)
-        tasks, down = _tasks(plan, state, sampled, "train", attempt, rec)
-        rec.clients_sampled += len(sampled)
-        rec.bytes_down += sum(t.params.nbytes for t in tasks.values())
-        rec.dense_down += dense * len(tasks)
-        replies = {r.client: r for r in link.exchange(tasks, plan.deadline_s)}
-        updates, ok = [], []
-        for c in sampled:  # population order: aggregation sums in the same order in every mode
-            r = replies.get(c)
-            if r is None or r.task_id != tasks[c].task_id or not r.ok:
-                down = dl.forget(down, c)  # it may not hold this round's reference
-            if r is None or r.task_id != tasks[c].task_id:
-                continue
-            if r.update is not None:
-                rec.bytes_up += r.update.nbytes
-                rec.dense_up += dense
-            if r.error is not None:
-                log.warning("round %d: client %s failed: %s", rnd, c, r.error)
-                continue
-            rec.encode_s += float(r.metrics.get("encode_s", 0.0))
-            t_dec = time.perf_counter()
-            try:
-                delta = check_update(state.params, r)
-            except ValueError as e:
-                log.warning("round %d: rejected update from %s: %s", rnd, c, e)
-                continue
-            finally:
-                rec.decode_s += time.perf_counter() - t_dec
-            updates.append(Update(c, delta, r.num_examples, r.metrics))
-            ok.append(r)
-        rec.clients_finished = len(updates)
-        if len(updates) >= plan.min_replies:
-            break
-        log.warning(
-            "round %d attempt %d: %d of %d clients replied, need %d",
-            rnd, attempt, len(updates), len(sampled), plan.min_replies,
-        )
-    if len(updates) >= plan.min_replies:
-        agg_state, params = plan.aggregator.step(state.agg_state, state.params, updates)
-        rec.metrics["train_loss"] = _weighted(ok, "train_loss")
-    else:
-        rec.status = f"skipped: {len(updates)} replies < min_replies={plan.min_replies}"
-        agg_state, params = state.agg_state, state.params
-    new = ServerState(rnd, params, agg_state, down)
-    if rnd % plan.eval_every == 0 or rnd == plan.rounds:
+    r = _Round(plan, link, state)
+    _run_policy(r)
+    rec = r.rec
+    if r.closed != "ok":
+        rec.status = r.closed or "skipped"
+        log.warning("round %d %s", r.rnd, rec.status)
+    new = replace(r.state, round=r.rnd)
+    if r.rnd % plan.eval_every == 0 or r.rnd == plan.rounds:
         rec.metrics |= _evaluate(plan, link, new, rec)
     wire1 = link.wire_bytes()
     if wire0 is not None and wire1 is not None:
         rec.metrics |= {"wire_bytes_down": wire1[0] - wire0[0], "wire_bytes_up": wire1[1] - wire0[1]}
     rec.wall_s = time.perf_counter() - t0
+    rec.sim_time_s = link.now()
     return new, rec
 
 
@@ -230,13 +302,25 @@ def _evaluate(plan: Plan, link: Link, state: ServerState, rec: RoundRecord) -> d
     if plan.evaluate is not None:
         m = plan.evaluate(state.params)
         out |= {"test_loss": float(m["loss"]), "test_acc": float(m["accuracy"])}
+        out |= {f"test_{k}": float(v) for k, v in m.items() if k not in ("loss", "accuracy")}
     if plan.federated_eval:
-        prev = replace(state, round=state.round - 1)  # tasks carry the round just finished
-        sampled = sample_clients(plan, link.clients(), state.round, attempt=1000)
-        tasks, _ = _tasks(plan, prev, sampled, "evaluate", 0, rec)
-        rec.bytes_down += sum(t.params.nbytes for t in tasks.values())
-        replies = [r for r in link.exchange(tasks, plan.deadline_s) if r.ok and r.num_examples > 0]
-        out |= {"fed_loss": _weighted(replies, "loss"), "fed_acc": _weighted(replies, "accuracy")}
+        view = View(state.round, link.now(), tuple(link.clients()), state.version, plan.sampler)
+        sampled = view.sample(attempt=1000)
+        tasks, _, _ = make_tasks(plan, state, state.round, "evaluate", sampled)
+        rec.bytes_down += sum(t.params.nbytes for t in tasks)
+        deadline = None if plan.eval_deadline_s is None else link.now() + plan.eval_deadline_s
+        pairs = []
+        for a in gather(link, tasks, deadline):
+            if a.reply is None:
+                continue
+            try:
+                u = a.accepted if isinstance(a.accepted, Update) else accept(plan.acceptance, a.task, a.reply)
+            except Rejected as e:
+                log.warning("round %d: evaluation from %s refused: %s", state.round, a.task.client, e)
+                continue
+            if u.num_examples > 0:
+                pairs.append((u.num_examples, u.metrics))
+        out |= plan.metrics("evaluate", pairs)
     return out
 
 

@@ -1,8 +1,15 @@
-"""Turn a validated scenario into the pieces every mode shares: data per client, the initial
-model and the server's plan."""
+"""Turn a validated scenario into what each role needs, and nothing more.
+
+:func:`build_server` makes the server's plan (the initial model, the aggregator, the round
+policy, the typed task configuration, the central test set); :func:`build_clients` makes each
+client's data. A deployed server builds only the first, a device only its own data, the
+in-process simulation both (:func:`build`).
+"""
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,24 +19,23 @@ import torch
 from fedkit import rng as frng
 from fedkit.aggregation import client_config, make_aggregator
 from fedkit.data import Dataset, load_dataset, partition
-from fedkit.models import evaluate, get_params, init_model
+from fedkit.models import (
+    LocalData,
+    TrainConfig,
+    evaluate,
+    get_params,
+    init_model,
+    keyed_torch,
+    set_params,
+)
+from fedkit.models.registry import resolve_callable
+from fedkit.runtime.accept import Acceptance
 from fedkit.runtime.client import ClientState
-from fedkit.runtime.server import Plan, ServerState
-from fedkit.scenario.schema import Scenario
+from fedkit.runtime.policy import Sampling, SyncRound
+from fedkit.runtime.server import Plan, ServerState, default_metrics
+from fedkit.runtime.task import ModelRef
+from fedkit.scenario.schema import Scenario, Schedule
 from fedkit.types import ClientId, Params
-
-
-@dataclass
-class Experiment:
-    scenario: Scenario
-    dataset: Dataset
-    parts: list[np.ndarray]
-    clients: dict[ClientId, ClientState]
-    plan: Plan
-    init_params: Params
-
-    def initial_state(self) -> ServerState:
-        return ServerState(0, self.init_params, self.plan.aggregator.init(self.init_params))
 
 
 def client_names(count: int) -> list[ClientId]:
@@ -38,8 +44,7 @@ def client_names(count: int) -> list[ClientId]:
 
 
 def load_data(s: Scenario) -> tuple[Dataset, list[np.ndarray]]:
-    ds_params = {k: v for k, v in s.data.dataset.items() if k != "name"}
-    ds = load_dataset(s.data.dataset["name"], s.seed, **ds_params)
+    ds = _dataset(s)
     p_params = {k: v for k, v in s.data.partition.items() if k != "name"}
     parts = partition(
         s.data.partition["name"], ds.y_train, s.clients.count, s.seed, groups=ds.groups, **p_params
@@ -47,13 +52,19 @@ def load_data(s: Scenario) -> tuple[Dataset, list[np.ndarray]]:
     return ds, parts
 
 
-def _client_data(ds: Dataset, parts: list[np.ndarray], seed: int, test_share: bool) -> dict[ClientId, ClientState]:
+def _dataset(s: Scenario) -> Dataset:
+    ds_params = {k: v for k, v in s.data.dataset.items() if k != "name"}
+    return load_dataset(s.data.dataset["name"], s.seed, **ds_params)
+
+
+def build_clients(s: Scenario) -> dict[ClientId, ClientState]:
     """Each client's training samples; with federated evaluation also a seeded random slice of
     the held-out test set, so federated and centralized accuracy estimate the same quantity."""
+    ds, parts = load_data(s)
     names = client_names(len(parts))
     test_parts: list[np.ndarray | None] = [None] * len(parts)
-    if test_share:
-        order = frng.rng(seed, "fed-test").permutation(len(ds.y_test))
+    if s.evaluation.federated:
+        order = frng.rng(s.seed, "fed-test").permutation(len(ds.y_test))
         test_parts = list(np.array_split(order, len(parts)))
     out = {}
     for name, idx, tidx in zip(names, parts, test_parts, strict=True):
@@ -67,38 +78,107 @@ def _client_data(ds: Dataset, parts: list[np.ndarray], seed: int, test_share: bo
     return out
 
 
-def build(s: Scenario) -> Experiment:
-    torch.set_num_threads(1)  # same kernels in every mode: bit-identical params across modes
-    ds, parts = load_data(s)
-    model_cfg = {"spec": dict(s.model), "input_shape": list(ds.input_shape), "num_classes": ds.num_classes}
-    module = init_model(s.model, ds.input_shape, ds.num_classes, frng.seed_int(s.seed, "init"))
-    init_params = get_params(module)
-    strat = {k: v for k, v in s.strategy.items() if k != "name"}
-    train_cfg: dict[str, Any] = s.train.model_dump() | client_config(s.strategy["name"], **strat)
-    x_test = torch.from_numpy(ds.x_test).float()
-    y_test = torch.from_numpy(ds.y_test).long()
+def schedule(train: TrainConfig, sched: Schedule | None, rounds: int) -> Callable[[int], TrainConfig]:
+    """Each round's training settings: the learning rate follows the schedule over rounds."""
+    if sched is None:
+        return lambda rnd: train
+
+    def lr(rnd: int) -> float:
+        t = rnd - 1
+        if sched.kind == "step":
+            return train.lr * sched.gamma ** (t // sched.every)
+        if sched.kind == "exponential":
+            return train.lr * sched.gamma**t
+        frac = t / max(rounds - 1, 1)  # cosine, from lr down to min_lr at the last round
+        return sched.min_lr + 0.5 * (train.lr - sched.min_lr) * (1 + math.cos(math.pi * frac))
+
+    return lambda rnd: train.model_copy(update={"lr": lr(rnd)})
+
+
+def _aggregator(s: Scenario) -> Any:
+    name = str(s.strategy["name"])
+    params = {k: v for k, v in s.strategy.items() if k != "name"}
+    if ":" in name:
+        return resolve_callable(name, "strategy factory")(**params)
+    return make_aggregator(name, **params)
+
+
+def _server_eval(s: Scenario, module: torch.nn.Module, ds: Dataset) -> Callable[[Params], dict[str, float]]:
+    test = LocalData(torch.from_numpy(ds.x_test).float(), torch.from_numpy(ds.y_test).long())
+    custom = resolve_callable(s.evaluation.fn, "evaluation function") if s.evaluation.fn else None
 
     def central_eval(params: Params) -> dict[str, float]:
-        loss, acc = evaluate(module, params, x_test, y_test)
-        return {"loss": loss, "accuracy": acc}
+        set_params(module, params)
+        with keyed_torch(frng.seed_int(s.seed, "torch-central-eval")):
+            if custom is not None:
+                module.eval()
+                return {k: float(v) for k, v in custom(module, test).items()}
+            return evaluate(module, test)
 
+    return central_eval
+
+
+def build_server(s: Scenario) -> tuple[Plan, Params]:
+    """The server's plan and the initial parameters."""
+    ds = _dataset(s)
+    model = ModelRef(spec=dict(s.model), input_shape=tuple(ds.input_shape), num_classes=ds.num_classes)
+    module = init_model(s.model, ds.input_shape, ds.num_classes, frng.seed_int(s.seed, "init"))
+    init_params = get_params(module)
+    name = str(s.strategy["name"])
+    strat = {k: v for k, v in s.strategy.items() if k != "name"}
+    train = TrainConfig(**s.train.model_dump(exclude={"schedule"}))
+    if ":" not in name:
+        extra = client_config(name, **strat)
+        if "mu" not in strat and s.train.mu:
+            extra.pop("mu", None)  # FedProx's mu given as train.mu
+        train = train.model_copy(update=extra)
+    metrics = default_metrics
+    if s.evaluation.metrics_fn:
+        metrics = resolve_callable(s.evaluation.metrics_fn, "metrics function")
+    per = s.clients.per_round
     plan = Plan(
         seed=s.seed,
         rounds=s.rounds,
-        aggregator=make_aggregator(s.strategy["name"], **strat),
-        client_config={"model": model_cfg, "train": train_cfg, "uplink": s.compression.uplink},
-        fraction=s.clients.per_round.fraction if s.clients.per_round.count is None else None,
-        count=s.clients.per_round.count,
-        min_clients=s.clients.per_round.min,
+        aggregator=_aggregator(s),
+        model=model,
+        train=schedule(train, s.train.schedule, s.rounds),
+        acceptance=Acceptance.for_params(init_params),
+        policy=SyncRound(
+            deadline_s=s.server.deadline_s,
+            min_replies=s.server.min_replies,
+            on_too_few=s.server.on_too_few,
+            max_retries=s.server.max_retries,
+        ),
+        sampling=Sampling(s.seed, per.fraction if per.count is None else None, per.count, per.min),
+        uplink=s.compression.uplink,
         downlink=s.compression.downlink,
         downlink_mode=s.compression.downlink_mode,
-        evaluate=central_eval if s.evaluation.centralized else None,
+        evaluate=_server_eval(s, module, ds) if s.evaluation.centralized else None,
         eval_every=s.evaluation.every,
         federated_eval=s.evaluation.federated,
-        deadline_s=s.server.deadline_s,
-        min_replies=s.server.min_replies,
-        on_too_few=s.server.on_too_few,
-        max_retries=s.server.max_retries,
+        eval_deadline_s=s.server.deadline_s,
+        metrics=metrics,
     )
-    clients = _client_data(ds, parts, s.seed, s.evaluation.federated)
-    return Experiment(s, ds, parts, clients, plan, init_params)
+    return plan, init_params
+
+
+def initial_state(plan: Plan, init_params: Params) -> ServerState:
+    return ServerState(0, init_params, plan.aggregator.init(init_params))
+
+
+@dataclass
+class Experiment:
+    """Both roles of an in-process simulation."""
+
+    scenario: Scenario
+    plan: Plan
+    init_params: Params
+    clients: dict[ClientId, ClientState]
+
+    def initial_state(self) -> ServerState:
+        return initial_state(self.plan, self.init_params)
+
+
+def build(s: Scenario) -> Experiment:
+    plan, init_params = build_server(s)
+    return Experiment(s, plan, init_params, build_clients(s))

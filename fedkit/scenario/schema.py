@@ -14,8 +14,6 @@ from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Field,
     TypeAdapter,
     ValidationError,
@@ -23,9 +21,8 @@ from pydantic import (
     model_validator,
 )
 
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+from fedkit.models.train import TrainConfig
+from fedkit.types import Strict
 
 
 def did_you_mean(word: str, options: list[str]) -> str:
@@ -51,7 +48,9 @@ def check_named(
     name = str(section["name"])
     try:
         fn = lookup(name)
-    except (KeyError, ValueError):
+    except (KeyError, ValueError) as e:
+        if ":" in name:  # an import path: the real import error says more than "unknown"
+            raise ValueError(str(e)) from None
         raise ValueError(
             f"unknown {what} {name!r}{did_you_mean(name, known)}; known: {', '.join(known)}"
         ) from None
@@ -109,12 +108,25 @@ def model_section(v: Any) -> dict[str, Any]:
 
 def strategy_section(v: Any) -> dict[str, Any]:
     from fedkit.aggregation import make_aggregator
+    from fedkit.models.registry import resolve_callable
 
     if not isinstance(v, Mapping) or "name" not in v:
         raise ValueError("strategy needs a 'name', e.g. {name: fedavg}")
     params = {k: x for k, x in v.items() if k != "name"}
-    make_aggregator(str(v["name"]), **params)  # raises ValueError naming what is allowed
+    name = str(v["name"])
+    if ":" in name:  # a user's factory: fn(**params) -> an aggregator (init, step)
+        check_named(v, "strategy", lambda n: resolve_callable(n, "strategy factory"), [], skip=0)
+        return dict(v)
+    make_aggregator(name, **params)  # raises ValueError naming what is allowed
     return dict(v)
+
+
+def import_path(v: str | None, what: str) -> str | None:
+    from fedkit.models.registry import resolve_callable
+
+    if v is not None:
+        resolve_callable(v, what)  # the real import error, not "unknown"
+    return v
 
 
 class Sampling(Strict):
@@ -152,22 +164,47 @@ class Data(Strict):
 
 
 
-class Train(Strict):
-    """Local training on each client."""
+class Schedule(Strict):
+    """Learning rate over rounds: step (x gamma every ``every`` rounds), exponential (x gamma
+    per round) or cosine (from ``lr`` at round 1 to ``min_lr`` at the last round)."""
 
-    epochs: int = Field(default=1, ge=1)
-    steps: int | None = Field(default=None, ge=1, description="fixed number of local steps; overrides epochs")
-    batch_size: int = Field(default=32, ge=1)
-    optimizer: Literal["sgd", "adam"] = "sgd"
-    lr: float = Field(default=0.05, gt=0)
-    momentum: float = Field(default=0.0, ge=0, lt=1)
-    weight_decay: float = Field(default=0.0, ge=0)
+    kind: Literal["step", "exponential", "cosine"]
+    gamma: float = Field(default=0.5, gt=0, le=1)
+    every: int = Field(default=10, ge=1)
+    min_lr: float = Field(default=0.0, ge=0)
+
+
+class Train(TrainConfig):
+    """Local training on each client (fedkit/models/train.py), plus the server-side schedule.
+    ``fn`` names a custom training function ``fn(model, data, config, rng) -> metrics``."""
+
+    schedule: Schedule | None = None
+
+    @field_validator("fn")
+    @classmethod
+    def _fn(cls, v: str | None) -> str | None:
+        return import_path(v, "training function")
 
 
 class Evaluation(Strict):
+    """``fn``: server-side evaluation ``fn(model, test_data) -> metrics`` (loss and accuracy
+    expected); ``metrics_fn``: how client metrics combine, ``fn(kind, [(n, metrics)]) -> dict``."""
+
     centralized: bool = True
     federated: bool = False
     every: int = Field(default=1, ge=1)
+    fn: str | None = None
+    metrics_fn: str | None = None
+
+    @field_validator("fn")
+    @classmethod
+    def _fn(cls, v: str | None) -> str | None:
+        return import_path(v, "evaluation function")
+
+    @field_validator("metrics_fn")
+    @classmethod
+    def _metrics_fn(cls, v: str | None) -> str | None:
+        return import_path(v, "metrics function")
 
 
 class Server(Strict):
@@ -241,6 +278,8 @@ class Scenario(Strict):
 
     @model_validator(mode="after")
     def _consistent(self) -> Scenario:
+        if self.train.mu and self.strategy["name"] == "fedprox" and "mu" in self.strategy:
+            raise ValueError("give FedProx's mu once: strategy.mu or train.mu, not both")
         s = self.clients.per_round
         if s.count is not None and s.count > self.clients.count:
             raise ValueError(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import struct
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -23,7 +24,7 @@ MiB = 1 << 20
 DEFAULT_CHUNK_BYTES = 2 * MiB
 DEFAULT_MAX_MESSAGE_BYTES = 16 * MiB
 DEFAULT_MAX_PAYLOAD_BYTES = 4 << 30
-_KINDS = ("train", "evaluate")
+_KIND = re.compile(r"[a-z][a-z0-9_.-]{0,63}\Z")  # kinds are extensible; their meaning is the runtime's
 
 
 class TransportError(Exception):
@@ -43,9 +44,11 @@ def _invalid(msg: str) -> TransportError:
 
 
 def task_to_proto(task: Task, payload_bytes: int) -> pb.TaskHeader:
-    """Header of a task whose params frame has ``payload_bytes`` bytes. Config must be JSON."""
+    """Header of a task whose params frame has ``payload_bytes`` bytes. Config must be JSON:
+    a typed config (anything with pydantic's ``model_dump``) or a mapping."""
     try:
-        config = json.dumps(dict(task.config), allow_nan=False, sort_keys=True)
+        raw = task.config.model_dump(mode="json") if hasattr(task.config, "model_dump") else task.config
+        config = json.dumps(dict(raw), allow_nan=False, sort_keys=True)
     except (TypeError, ValueError) as e:
         raise ValueError(f"task {task.task_id!r}: config is not JSON-serialisable: {e}") from None
     return pb.TaskHeader(
@@ -55,6 +58,7 @@ def task_to_proto(task: Task, payload_bytes: int) -> pb.TaskHeader:
         kind=task.kind,
         config_json=config,
         payload_bytes=payload_bytes,
+        version=task.version,
     )
 
 
@@ -72,8 +76,8 @@ def task_from_proto(header: pb.TaskHeader, payload: bytes | memoryview | Encoded
 
     ``payload`` is the params frame, or the :class:`Encoded` a :class:`Reassembler` decoded.
     """
-    if header.kind not in _KINDS:
-        raise _invalid(f"task {header.task_id!r}: unknown kind {header.kind!r}")
+    if not _KIND.match(header.kind):
+        raise _invalid(f"task {header.task_id!r}: malformed kind {header.kind[:64]!r}")
     try:
         config = json.loads(header.config_json) if header.config_json else {}
     except json.JSONDecodeError as e:
@@ -87,6 +91,7 @@ def task_from_proto(header: pb.TaskHeader, payload: bytes | memoryview | Encoded
         params=_as_encoded(payload, f"task {header.task_id!r}: params"),
         config=config,
         task_id=header.task_id,
+        version=header.version,
     )
 
 
@@ -101,6 +106,7 @@ def reply_to_proto(reply: Reply, payload_bytes: int, session_id: str = "") -> pb
         metrics={k: float(v) for k, v in reply.metrics.items()},
         has_update=reply.update is not None,
         payload_bytes=payload_bytes,
+        version=reply.version,
     )
     if reply.error is not None:
         h.error = reply.error
@@ -125,6 +131,7 @@ def reply_from_proto(
         update=update,
         metrics=dict(header.metrics),
         error=header.error if header.HasField("error") else None,
+        version=header.version,
     )
 
 

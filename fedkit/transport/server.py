@@ -15,14 +15,15 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import dataclasses
+import functools
 import logging
+import queue
 import resource
 import secrets
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,12 +48,16 @@ from fedkit.transport.serde import (
     reply_from_proto,
     task_to_proto,
 )
-from fedkit.types import ClientId, Reply, Task
+from fedkit.types import Arrival, ClientId, Reply, Task
 
 log = logging.getLogger("fedkit.transport")
 
-Validator = Callable[[Task, Reply], None]
-"""Called on every received reply; raises ValueError (with a message) to reject it."""
+Validator = Callable[[Task, Reply], Any]
+"""Called on every received reply that answers an open task; raises ValueError (with a
+message) to reject it, else returns what it made of the reply (the engine's acceptance rule
+returns the decoded update), handed to the engine as ``Arrival.accepted``."""
+
+_Result = tuple[Reply | None, str, Any]  # (reply or None, why not, accepted)
 
 PROTOCOL = "fedkit.v1"
 _SHUTDOWN = object()
@@ -102,7 +107,8 @@ class _Outgoing:
 class _Pending:
     task: Task
     session: _Session
-    future: asyncio.Future[Reply | None]
+    future: asyncio.Future[_Result]
+    claimed: bool = False  # a reply to it is being checked: a concurrent duplicate is refused
 
 
 class _Hub:
@@ -112,7 +118,7 @@ class _Hub:
         self.sessions: dict[str, _Session] = {}
         self.by_id: dict[str, _Session] = {}
         self.pending: dict[str, _Pending] = {}
-        self.closed: OrderedDict[str, int] = OrderedDict()
+        self.closed: OrderedDict[str, tuple[int, str]] = OrderedDict()  # task id -> (round, why)
         self.done = False
 
     def open(self, name: str, peer: str) -> _Session:
@@ -134,11 +140,11 @@ class _Hub:
             p = self.pending.get(tid)
             if p is not None and not p.future.done():
                 log.info("client %s disconnected with task %s open", s.name, tid)
-                p.future.set_result(None)
+                p.future.set_result((None, f"client {s.name} disconnected", None))
         s.pending.clear()
 
-    def remember_closed(self, tid: str, rnd: int) -> None:
-        self.closed[tid] = rnd
+    def remember_closed(self, tid: str, rnd: int, why: str) -> None:
+        self.closed[tid] = (rnd, why)
         while len(self.closed) > _CLOSED_MEMORY:
             self.closed.popitem(last=False)
 
@@ -158,10 +164,14 @@ class _Hub:
         p = self.pending.get(h.task_id)
         if p is None:
             if h.task_id in self.closed:
+                rnd, why = self.closed[h.task_id]
+                if why == "answered":
+                    raise TransportError(
+                        grpc.StatusCode.ALREADY_EXISTS, f"task {h.task_id!r} was already answered"
+                    )
                 raise TransportError(
                     grpc.StatusCode.FAILED_PRECONDITION,
-                    f"task {h.task_id!r} of round {self.closed[h.task_id]} is closed "
-                    f"(stale reply for round {h.round})",
+                    f"task {h.task_id!r} of round {rnd} is closed ({why}); a task takes one reply",
                 )
             raise TransportError(
                 grpc.StatusCode.NOT_FOUND, f"unknown task {h.task_id!r} (round {h.round})"
@@ -272,6 +282,7 @@ class _Servicer(pb_grpc.FedKitServicer):
         r = Reassembler(self.srv.max_payload_bytes, f"reply from {name!r}")
         tid = "?"
         p: _Pending | None = None  # the open task this stream answers, once identified
+        owner = False  # this stream claimed the task (its reply is the one being checked)
         try:
             async for chunk in request_iterator:
                 self.srv.wire_received += chunk.ByteSize()
@@ -289,21 +300,28 @@ class _Servicer(pb_grpc.FedKitServicer):
                 r.header, r.encoded() if r.header.has_update else r.payload()
             )
             p = self.hub.check_header(name, r.header)  # the round may have closed meanwhile
+            accepted = None
+            if p.claimed:
+                raise TransportError(
+                    grpc.StatusCode.ALREADY_EXISTS, f"another reply to task {tid!r} is being checked"
+                )
+            p.claimed = owner = True
             if self.srv.validate is not None:
                 loop = asyncio.get_running_loop()
                 try:
-                    await loop.run_in_executor(None, self.srv.validate, p.task, reply)
+                    accepted = await loop.run_in_executor(None, self.srv.validate, p.task, reply)
                 except ValueError as e:
                     raise TransportError(
                         grpc.StatusCode.INVALID_ARGUMENT, f"reply to task {tid!r} rejected: {e}"
                     ) from None
                 p = self.hub.check_header(name, r.header)
-            p.future.set_result(reply)
+            p.future.set_result((reply, "", accepted))
             return pb.Ack(task_id=tid)
         except TransportError as e:
             log.warning("rejected reply from %s (task %s): %s: %s", name, tid, e.code.name, e.message)
-            if p is not None and not p.future.done():
-                p.future.set_result(None)  # answered but refused: the round need not wait for it
+            if p is not None and not p.future.done() and (owner or not p.claimed):
+                # answered but refused: the round need not wait for it
+                p.future.set_result((None, f"reply refused: {e.message}", None))
             await context.abort(e.code, e.message)
             raise  # unreachable: abort raises
 
@@ -335,7 +353,7 @@ def _task_messages(task: Task, chunk_bytes: int) -> Iterator[pb.ServerMessage]:
 
 
 class GrpcLink:
-    """The :class:`fedkit.runtime.link.Link` over a :class:`GrpcServer`."""
+    """The :class:`fedkit.runtime.link.Link` over a :class:`GrpcServer` (real time)."""
 
     def __init__(self, server: GrpcServer) -> None:
         self._server = server
@@ -344,14 +362,22 @@ class GrpcLink:
         """Names of clients with an open session, sorted."""
         return self._server._call(lambda hub: sorted(hub.sessions))
 
-    def exchange(self, tasks: Mapping[ClientId, Task], deadline_s: float | None) -> list[Reply]:
-        """Send each task to its client; return the replies that passed all checks in time.
+    def now(self) -> float:
+        """Seconds since the server was made."""
+        return time.monotonic() - self._server._t0
 
-        Replies come back in the order of ``tasks``. A task without an empty ``task_id`` gets
-        one (``round:client:random``). Clients that are not connected, disconnect, fail a check
-        or miss the deadline are absent; a client's own failure comes back with ``error`` set.
-        """
-        return self._server._exchange(tasks, deadline_s)
+    def send(self, tasks: Sequence[Task]) -> None:
+        """Queue each task on its client's stream; a client that is not connected settles at
+        once, replyless."""
+        self._server._send(tasks)
+
+    def arrivals(self, until: float | None) -> Iterator[Arrival]:
+        """Settled tasks as they settle: a reply that passed every check, or None with the
+        reason (refused, disconnected, not connected)."""
+        return self._server._arrivals(until)
+
+    def cancel(self, task_ids: Iterable[str]) -> None:
+        self._server._cancel(list(task_ids))
 
     def wire_bytes(self) -> tuple[int, int]:
         """(sent, received) protobuf bytes of task and reply messages so far."""
@@ -403,6 +429,9 @@ class GrpcServer:
         self.wire_sent = 0
         self.wire_received = 0
         self.port: int | None = None
+        self._t0 = time.monotonic()
+        self._settled: queue.Queue[Arrival] = queue.Queue()  # filled on the loop, read by the engine
+        self._open: set[str] = set()  # engine thread: sent, not yet settled or cancelled
         self.link = GrpcLink(self)
         self._hub = _Hub()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -531,59 +560,74 @@ class GrpcServer:
         while self.clients() and time.monotonic() < end:
             time.sleep(0.02)
 
-    def _exchange(self, tasks: Mapping[ClientId, Task], deadline_s: float | None) -> list[Reply]:
-        loop = self._loop
-        if loop is None:
+    def _send(self, tasks: Sequence[Task]) -> None:
+        if self._loop is None:
             raise RuntimeError("server is not running")
-        outgoing: list[_Outgoing] = []
-        for cid, task in tasks.items():
-            if task.client != cid:
-                raise ValueError(f"task for {cid!r} is addressed to {task.client!r}")
-            if not task.task_id:
-                task = dataclasses.replace(task, task_id=f"{task.round}:{cid}:{secrets.token_hex(4)}")
+        out = list(tasks)
+        for task in out:
             task_to_proto(task, 0)  # fail here, in the caller, on a non-JSON config
-            outgoing.append(_Outgoing(task))
-        fut = asyncio.run_coroutine_threadsafe(self._aexchange(outgoing, deadline_s), loop)
-        return fut.result(None if deadline_s is None else deadline_s + 30)
+        ids = [t.task_id for t in out]
+        if not all(ids) or len(set(ids)) != len(ids) or any(t in self._open for t in ids):
+            raise ValueError(f"task ids must be unique and new: {ids[:5]}")
+        self._call(lambda hub: self._register(hub, out))
+        self._open.update(ids)
 
-    async def _aexchange(
-        self, outgoing: list[_Outgoing], deadline_s: float | None
-    ) -> list[Reply]:
-        hub = self._hub
-        loop = asyncio.get_running_loop()
-        waits: list[tuple[str, asyncio.Future[Reply | None]]] = []
-        ids = [out.task.task_id for out in outgoing]
-        reused = [t for t in ids if t in hub.pending or t in hub.closed]
-        if reused or len(set(ids)) != len(ids):
+    def _register(self, hub: _Hub, tasks: list[Task]) -> None:
+        """On the loop: open each task and queue it on its client's stream."""
+        reused = [t.task_id for t in tasks if t.task_id in hub.pending or t.task_id in hub.closed]
+        if reused:
             raise ValueError(f"task ids must be unique and new; reused: {reused[:5]}")
-        for out in outgoing:
-            t = out.task
+        loop = asyncio.get_running_loop()
+        for t in tasks:
+            f: asyncio.Future[_Result] = loop.create_future()
+            f.add_done_callback(functools.partial(self._settle, t))
             s = hub.sessions.get(t.client)
             if s is None:
                 log.warning("task %s: client %s is not connected", t.task_id, t.client)
+                f.set_result((None, f"client {t.client} is not connected", None))
                 continue
-            f: asyncio.Future[Reply | None] = loop.create_future()
             hub.pending[t.task_id] = _Pending(t, s, f)
             s.pending.add(t.task_id)
-            s.outbox.put_nowait(out)
-            waits.append((t.task_id, f))
-        try:
-            if waits:
-                await asyncio.wait([f for _, f in waits], timeout=deadline_s)
-        finally:
-            for out in outgoing:
-                p = hub.pending.pop(out.task.task_id, None)
-                if p is not None:
-                    p.session.pending.discard(out.task.task_id)
-                    hub.remember_closed(out.task.task_id, out.task.round)
-                    if not p.future.done():
-                        log.info(
-                            "task %s: client %s missed the deadline", out.task.task_id, p.task.client
-                        )
-                        p.future.cancel()
-        return [
-            r for _, f in waits if f.done() and not f.cancelled() and (r := f.result()) is not None
-        ]
+            s.outbox.put_nowait(_Outgoing(t))
+
+    def _settle(self, task: Task, fut: asyncio.Future[_Result]) -> None:
+        """On the loop, when a task's future resolves: close it and hand it to the engine."""
+        p = self._hub.pending.pop(task.task_id, None)
+        if p is not None:
+            p.session.pending.discard(task.task_id)
+        if fut.cancelled():
+            self._hub.remember_closed(task.task_id, task.round, "past its deadline")
+            return
+        reply, reason, accepted = fut.result()
+        self._hub.remember_closed(task.task_id, task.round, "answered" if reply else reason[:200])
+        self._settled.put(Arrival(self.link.now(), task, reply, reason, accepted))
+
+    def _arrivals(self, until: float | None) -> Iterator[Arrival]:
+        while self._open:
+            timeout = None if until is None else until - self.link.now()
+            if timeout is not None and timeout <= 0:
+                return
+            try:
+                a = self._settled.get(timeout=timeout)
+            except queue.Empty:
+                return
+            if a.task.task_id in self._open:
+                self._open.discard(a.task.task_id)
+                yield a
+
+    def _cancel(self, task_ids: list[str]) -> None:
+        ids = [t for t in task_ids if t in self._open]
+        self._open.difference_update(ids)
+
+        def cancel(hub: _Hub) -> None:
+            for tid in ids:
+                p = hub.pending.get(tid)
+                if p is not None and not p.future.done():
+                    log.info("task %s: client %s missed the deadline", tid, p.task.client)
+                    p.future.cancel()
+
+        if ids and self._loop is not None:
+            self._call(cancel)
 
 
 def _raise_fd_limit() -> None:

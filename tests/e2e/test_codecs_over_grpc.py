@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from fedkit.experiment import inprocess_link, run_with_link
-from fedkit.runtime.client import ModelCache, make_client_fn
+from fedkit.runtime.client import ClientHost
 from fedkit.scenario import validate
 from fedkit.scenario.build import build
 from fedkit.transport import GrpcServer
@@ -31,7 +31,7 @@ def _raw(uplink: str) -> dict:
 @pytest.mark.parametrize("uplink", UPLINKS)
 def test_codec_runs_identically_in_process_and_over_grpc(uplink: str, tmp_path: Path) -> None:
     exp = build(validate(_raw(uplink)))
-    local = run_with_link(exp, inprocess_link(exp), tmp_path / "local")
+    local = run_with_link(exp.scenario, exp.plan, exp.init_params, inprocess_link(exp.clients), tmp_path / "local")
     assert local["ratio_up"] > 1.0 if uplink != "zstd" else local["ratio_up"] > 0.9
 
     exp = build(validate(_raw(uplink)))  # fresh client state (error-feedback memory)
@@ -41,7 +41,7 @@ def test_codec_runs_identically_in_process_and_over_grpc(uplink: str, tmp_path: 
     threads = [
         threading.Thread(
             target=run_client,
-            args=(f"127.0.0.1:{port}", make_client_fn(c, ModelCache())),
+            args=(f"127.0.0.1:{port}", ClientHost(c)),
             kwargs={"name": c.id, "insecure": True, "stop": stop},
             daemon=True,
         )
@@ -51,7 +51,7 @@ def test_codec_runs_identically_in_process_and_over_grpc(uplink: str, tmp_path: 
         for t in threads:
             t.start()
         server.wait_for_clients(3, 30)
-        remote = run_with_link(exp, server.link, tmp_path / "remote")
+        remote = run_with_link(exp.scenario, exp.plan, exp.init_params, server.link, tmp_path / "remote")
     finally:
         server.shutdown_clients()
         stop.set()

@@ -4,6 +4,7 @@ at once, not at the deadline."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 from pathlib import Path
@@ -13,7 +14,7 @@ import pytest
 
 from fedkit.compression import make
 from fedkit.deploy import ServerOptions, serve
-from fedkit.runtime.client import ModelCache, make_client_fn
+from fedkit.runtime.client import ClientHost
 from fedkit.scenario import validate
 from fedkit.scenario.build import build
 from fedkit.transport.client import run_client
@@ -29,14 +30,14 @@ def test_bad_updates_are_refused_on_the_wire(attack: str, tmp_path: Path, caplog
                    server={"min_replies": 1, "deadline_s": 60})
     s = validate(raw)
     clients = list(build(s).clients.values())
-    honest = [make_client_fn(c, ModelCache()) for c in clients[:2]]
-    inner = make_client_fn(clients[2], ModelCache())
+    honest = [ClientHost(c) for c in clients[:2]]
+    inner = ClientHost(clients[2])
 
     def attacker(task: Task) -> Reply:
         r = inner(task)
         delta = make("identity").decode(r.update)
         bad = [np.full_like(a, np.nan) for a in delta] if attack == "nan" else [a.T for a in delta]
-        return Reply(r.task_id, r.client, r.round, r.num_examples, make("identity").encode(None, bad)[1])
+        return dataclasses.replace(r, update=make("identity").encode(None, bad)[1])
 
     port_file = tmp_path / "port"
     result: dict = {}

@@ -30,7 +30,7 @@ def test_delta_clients_rebuild_the_servers_reference_exactly() -> None:
             params, held[c] = dl.receive(out.configs[c], out.payloads[c], held[c])
             assert all(np.array_equal(x, y) for x, y in zip(params, out.state.ref, strict=True))
         if rnd == 4:  # b missed round 3: it is sent the model whole, a gets a small delta
-            assert out.configs["b"]["mode"] == "full" and out.configs["a"]["mode"] == "delta"
+            assert out.configs["b"].mode == "full" and out.configs["a"].mode == "delta"
             assert out.payloads["a"].nbytes * 4 < out.payloads["b"].nbytes
         state = out.state
     # server-side error feedback: the reference tracks the model, it does not drift away

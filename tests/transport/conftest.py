@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from fedkit.compression.frame import pack_arrays, unpack_arrays
+from fedkit.runtime.link import gather
 from fedkit.transport import GrpcServer, run_client
 from fedkit.transport._proto import fedkit_pb2 as pb
 from fedkit.transport._proto import fedkit_pb2_grpc as pb_grpc
@@ -35,6 +36,16 @@ def plus_one(task: Task) -> Reply:
         update=enc([p + 1 for p in params]),
         metrics={"loss": 0.5},
     )
+
+
+def exchange(link: Any, tasks: dict[str, Task], deadline_s: float | None) -> list[Reply]:
+    """Send ``tasks`` and return the replies that came back by the deadline, in task order."""
+    for cid, t in tasks.items():
+        if t.client != cid:
+            raise ValueError(f"task for {cid!r} is addressed to {t.client!r}")
+    deadline = None if deadline_s is None else link.now() + deadline_s
+    got = {a.task.client: a.reply for a in gather(link, list(tasks.values()), deadline)}
+    return [r for c in tasks if (r := got.get(c)) is not None]
 
 
 def tasks_for(names: list[str], rnd: int, params: Encoded, **kw: Any) -> dict[str, Task]:

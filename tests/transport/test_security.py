@@ -15,7 +15,7 @@ from cryptography import x509
 from fedkit.transport import ClientTls, ServerTls, TokenAuth, hash_token, make_certs, run_client
 from fedkit.transport.security import AuthError
 
-from .conftest import enc, plus_one, tasks_for
+from .conftest import enc, exchange, plus_one, tasks_for
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +42,7 @@ def test_tls_exchange(servers, clients, certs) -> None:
         clients.start(f"{host}:{srv.port}", plus_one, f"c-{host}",
                       tls=ClientTls.from_files(certs["ca_cert"]))
     srv.wait_for_clients(2, timeout=10)
-    replies = srv.link.exchange(tasks_for(srv.link.clients(), 0, enc([np.zeros(2)])), 10)
+    replies = exchange(srv.link, tasks_for(srv.link.clients(), 0, enc([np.zeros(2)])), 10)
     assert len(replies) == 2 and all(r.ok for r in replies)
 
 
@@ -61,7 +61,7 @@ def test_mutual_tls_checks_the_certificate_name(servers, clients, certs) -> None
     mine = ClientTls.from_files(certs["ca_cert"], certs["client-0_cert"], certs["client-0_key"])
     clients.start(addr, plus_one, "client-0", tls=mine)
     assert srv.wait_for_clients(1, timeout=10) == ["client-0"]
-    assert len(srv.link.exchange(tasks_for(["client-0"], 0, enc([])), 10)) == 1
+    assert len(exchange(srv.link, tasks_for(["client-0"], 0, enc([])), 10)) == 1
     # someone else's certificate under this name
     theirs = ClientTls.from_files(certs["ca_cert"], certs["client-1_cert"], certs["client-1_key"])
     with pytest.raises(grpc.RpcError) as ei:
@@ -81,7 +81,7 @@ def test_tokens(servers, clients, caplog) -> None:
     addr = f"127.0.0.1:{srv.port}"
     clients.start(addr, plus_one, "c0", token="s3cret")
     assert srv.wait_for_clients(1, timeout=10) == ["c0"]
-    assert len(srv.link.exchange(tasks_for(["c0"], 0, enc([])), 10)) == 1
+    assert len(exchange(srv.link, tasks_for(["c0"], 0, enc([])), 10)) == 1
     for name, token in (("c1", None), ("c1", "s3cret"), ("nobody", "s3cret")):
         with pytest.raises(grpc.RpcError) as ei:
             run_client(addr, plus_one, name=name, token=token, insecure=True, max_attempts=2)

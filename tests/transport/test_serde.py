@@ -82,8 +82,8 @@ def test_config_must_be_json() -> None:
     h = pb.TaskHeader(task_id="x", kind="train", config_json="[1]")
     with pytest.raises(TransportError, match="JSON object"):
         task_from_proto(h, Encoded("identity", b"").to_bytes())
-    h = pb.TaskHeader(task_id="x", kind="sing", config_json="{}")
-    with pytest.raises(TransportError, match="unknown kind"):
+    h = pb.TaskHeader(task_id="x", kind="Sing!", config_json="{}")
+    with pytest.raises(TransportError, match="malformed kind"):
         task_from_proto(h, Encoded("identity", b"").to_bytes())
 
 

@@ -21,7 +21,7 @@ from fedkit.transport._proto import fedkit_pb2 as pb
 from fedkit.transport.serde import reply_chunks
 from fedkit.types import Encoded, Reply, Task
 
-from .conftest import enc, plus_one, tasks_for
+from .conftest import enc, exchange, plus_one, tasks_for
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -42,7 +42,7 @@ def test_exchange_with_three_clients_then_shutdown(servers, clients) -> None:
     params = enc([np.zeros((3, 4), np.float32), np.arange(5, dtype=np.int32)])
     for rnd in range(3):
         tasks = tasks_for(["c2", "c0", "c1"], rnd, params, config={"lr": 0.1})
-        replies = srv.link.exchange(tasks, deadline_s=10)
+        replies = exchange(srv.link, tasks, deadline_s=10)
         assert [r.client for r in replies] == ["c2", "c0", "c1"]  # the order of the tasks
         for r in replies:
             assert r.ok and r.round == rnd and r.num_examples == 10 and r.metrics == {"loss": 0.5}
@@ -63,7 +63,7 @@ def test_large_payload_is_chunked_under_a_small_message_limit(servers, clients) 
     clients.start(f"127.0.0.1:{srv.port}", plus_one, "big", max_message_bytes=limit)
     srv.wait_for_clients(1, timeout=10)
     params = enc([np.full(12_500_000, 2.0, np.float32)])  # 50 MB, 13+ messages each way
-    (reply,) = srv.link.exchange(tasks_for(["big"], 0, params), deadline_s=30)
+    (reply,) = exchange(srv.link, tasks_for(["big"], 0, params), deadline_s=30)
     (out,) = unpack_arrays(reply.update.data)
     assert out.shape == (12_500_000,) and float(out.min()) == float(out.max()) == 3.0
 
@@ -75,7 +75,7 @@ def test_client_error_comes_back_as_error_reply(servers, clients) -> None:
     srv = servers()
     clients.start(f"127.0.0.1:{srv.port}", boom, "c0")
     srv.wait_for_clients(1, timeout=10)
-    (r,) = srv.link.exchange(tasks_for(["c0"], 0, enc([])), deadline_s=10)
+    (r,) = exchange(srv.link, tasks_for(["c0"], 0, enc([])), deadline_s=10)
     assert r.error == "RuntimeError: out of memory" and r.update is None
 
 
@@ -94,11 +94,11 @@ def test_slow_client_past_deadline_does_not_block(servers, clients, caplog) -> N
     srv.wait_for_clients(2, timeout=10)
     params = enc([np.zeros(4, np.float32)])
     t0 = time.monotonic()
-    replies = srv.link.exchange(tasks_for(["fast", "slow"], 0, params), deadline_s=0.5)
+    replies = exchange(srv.link, tasks_for(["fast", "slow"], 0, params), deadline_s=0.5)
     assert time.monotonic() - t0 < 1.4
     assert [r.client for r in replies] == ["fast"]
     # the late reply is refused as stale, and the slow client serves the next round
-    replies = srv.link.exchange(tasks_for(["fast", "slow"], 1, params), deadline_s=10)
+    replies = exchange(srv.link, tasks_for(["fast", "slow"], 1, params), deadline_s=10)
     assert sorted(r.client for r in replies) == ["fast", "slow"]
     assert any("FAILED_PRECONDITION" in m and "is closed" in m for m in caplog.messages)
 
@@ -123,7 +123,7 @@ def test_killed_client_is_just_missing(servers, clients, tmp_path) -> None:
         done: list[list[Reply]] = []
         th = threading.Thread(
             target=lambda: done.append(
-                srv.link.exchange(tasks_for(["ok0", "ok1", "victim"], 0, enc([])), deadline_s=8)
+                exchange(srv.link, tasks_for(["ok0", "ok1", "victim"], 0, enc([])), deadline_s=8)
             )
         )
         t0 = time.monotonic()
@@ -136,7 +136,7 @@ def test_killed_client_is_just_missing(servers, clients, tmp_path) -> None:
         assert sorted(r.client for r in done[0]) == ["ok0", "ok1"]
         # the server still serves everyone else
         assert srv.wait_for_clients(2, 5) == ["ok0", "ok1"]
-        assert len(srv.link.exchange(tasks_for(["ok0", "ok1"], 1, enc([])), 10)) == 2
+        assert len(exchange(srv.link, tasks_for(["ok0", "ok1"], 1, enc([])), 10)) == 2
     finally:
         proc.kill()
         proc.wait(timeout=10)
@@ -150,7 +150,7 @@ def test_stale_and_unknown_replies_are_rejected(servers, raw, background, client
     srv.wait_for_clients(3, timeout=10)
     params = enc([np.zeros(2, np.float32)])
     # round 0: c0 receives its task but answers too late
-    fut = background.submit(srv.link.exchange, tasks_for(["c0", "good"], 0, params), 0.5)
+    fut = background.submit(exchange, srv.link, tasks_for(["c0", "good"], 0, params), 0.5)
     t0 = rc.next_task()
     assert [r.client for r in fut.result(timeout=10)] == ["good"]
     e = rpc_error(rc.push, rc.header(t0.task_id, 0))
@@ -159,7 +159,7 @@ def test_stale_and_unknown_replies_are_rejected(servers, raw, background, client
     e = rpc_error(rc.push, rc.header("no-such-task", 0))
     assert e.code() == grpc.StatusCode.NOT_FOUND and "no-such-task" in e.details()
     # round 1: a reply claiming the wrong round, then someone else's task, then the right one
-    fut = background.submit(srv.link.exchange, tasks_for(["c0", "good", "c1"], 1, params), 10)
+    fut = background.submit(exchange, srv.link, tasks_for(["c0", "good", "c1"], 1, params), 10)
     t1 = rc.next_task()
     e = rpc_error(rc.push, rc.header(t1.task_id, 0))
     assert e.code() == grpc.StatusCode.FAILED_PRECONDITION and "round 1" in e.details()
@@ -218,7 +218,7 @@ def test_malformed_oversized_and_invalid_replies(servers, raw, background, clien
         (two, grpc.StatusCode.INVALID_ARGUMENT, "expected 1 tensor"),
     ]
     for rnd, (make_chunks, code, text) in enumerate(cases):
-        fut = background.submit(srv.link.exchange, tasks_for(["c0", "good"], rnd, params), 30)
+        fut = background.submit(exchange, srv.link, tasks_for(["c0", "good"], rnd, params), 30)
         t = rc.next_task()
         e = rpc_error(rc.push, *make_chunks(t))
         assert e.code() == code and text in e.details()
@@ -238,11 +238,11 @@ def test_server_restart_client_reconnects(servers, clients) -> None:
     port = first.port
     clients.start(f"127.0.0.1:{port}", plus_one, "c0", backoff=(0.05, 0.3))
     first.wait_for_clients(1, timeout=10)
-    assert len(first.link.exchange(tasks_for(["c0"], 0, enc([])), 10)) == 1
+    assert len(exchange(first.link, tasks_for(["c0"], 0, enc([])), 10)) == 1
     first.stop(grace=0.1)
     second = servers(listen=f"127.0.0.1:{port}")
     assert second.wait_for_clients(1, timeout=10) == ["c0"]
-    (r,) = second.link.exchange(tasks_for(["c0"], 1, enc([np.ones(3)])), 10)
+    (r,) = exchange(second.link, tasks_for(["c0"], 1, enc([np.ones(3)])), 10)
     np.testing.assert_array_equal(unpack_arrays(r.update.data)[0], np.full(3, 2.0))
     assert not clients.errors
 
@@ -266,9 +266,9 @@ def test_split_is_reserved_and_unimplemented(servers, raw) -> None:
 
 def test_missing_clients_and_bad_tasks(servers) -> None:
     srv = servers()
-    assert srv.link.exchange(tasks_for(["ghost"], 0, enc([])), deadline_s=1) == []
+    assert exchange(srv.link, tasks_for(["ghost"], 0, enc([])), deadline_s=1) == []
     with pytest.raises(ValueError, match="addressed to"):
-        srv.link.exchange({"a": Task(round=0, client="b", kind="train", params=enc([]))}, 1)
+        exchange(srv.link, {"a": Task(round=0, client="b", kind="train", params=enc([]))}, 1)
     with pytest.raises(TimeoutError, match="0 of 1"):
         srv.wait_for_clients(1, timeout=0.2)
 
@@ -294,4 +294,4 @@ def test_second_process_under_the_same_name_evicts_the_first(servers, clients) -
     first.join(timeout=10)
     assert not first.is_alive(), "the replaced client exits instead of fighting back"
     assert srv.wait_for_clients(1, timeout=10) == ["twin"]
-    assert len(srv.link.exchange(tasks_for(["twin"], 0, enc([])), 10)) == 1
+    assert len(exchange(srv.link, tasks_for(["twin"], 0, enc([])), 10)) == 1

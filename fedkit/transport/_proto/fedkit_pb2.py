@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x66\x65\x64kit/v1/fedkit.proto\x12\tfedkit.v1\"\xa2\x01\n\x0bJoinRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12>\n\x0c\x63\x61pabilities\x18\x02 \x03(\x0b\x32(.fedkit.v1.JoinRequest.CapabilitiesEntry\x12\x10\n\x08protocol\x18\x03 \x01(\t\x1a\x33\n\x11\x43\x61pabilitiesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"}\n\x07Welcome\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x19\n\x11max_message_bytes\x18\x02 \x01(\x04\x12\x19\n\x11max_payload_bytes\x18\x03 \x01(\x04\x12\x13\n\x0b\x63hunk_bytes\x18\x04 \x01(\x04\x12\x13\n\x0bheartbeat_s\x18\x05 \x01(\x01\" \n\tHeartbeat\x12\x13\n\x0bserver_time\x18\x01 \x01(\x01\"\x1a\n\x08Shutdown\x12\x0e\n\x06reason\x18\x01 \x01(\t\"\xb8\x01\n\rServerMessage\x12%\n\x07welcome\x18\x01 \x01(\x0b\x32\x12.fedkit.v1.WelcomeH\x00\x12$\n\x04task\x18\x02 \x01(\x0b\x32\x14.fedkit.v1.TaskChunkH\x00\x12)\n\theartbeat\x18\x03 \x01(\x0b\x32\x14.fedkit.v1.HeartbeatH\x00\x12\'\n\x08shutdown\x18\x04 \x01(\x0b\x32\x13.fedkit.v1.ShutdownH\x00\x42\x06\n\x04\x62ody\"v\n\nTaskHeader\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\x03\x12\x0e\n\x06\x63lient\x18\x03 \x01(\t\x12\x0c\n\x04kind\x18\x04 \x01(\t\x12\x13\n\x0b\x63onfig_json\x18\x05 \x01(\t\x12\x15\n\rpayload_bytes\x18\x06 \x01(\x04\"^\n\tTaskChunk\x12%\n\x06header\x18\x01 \x01(\x0b\x32\x15.fedkit.v1.TaskHeader\x12\x0e\n\x06offset\x18\x02 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\x12\x0c\n\x04last\x18\x04 \x01(\x08\"\x96\x02\n\x0bReplyHeader\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0f\n\x07task_id\x18\x02 \x01(\t\x12\r\n\x05round\x18\x03 \x01(\x03\x12\x0e\n\x06\x63lient\x18\x04 \x01(\t\x12\x14\n\x0cnum_examples\x18\x05 \x01(\x04\x12\x34\n\x07metrics\x18\x06 \x03(\x0b\x32#.fedkit.v1.ReplyHeader.MetricsEntry\x12\x12\n\x05\x65rror\x18\x07 \x01(\tH\x00\x88\x01\x01\x12\x12\n\nhas_update\x18\x08 \x01(\x08\x12\x15\n\rpayload_bytes\x18\t \x01(\x04\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x42\x08\n\x06_error\"`\n\nReplyChunk\x12&\n\x06header\x18\x01 \x01(\x0b\x32\x16.fedkit.v1.ReplyHeader\x12\x0e\n\x06offset\x18\x02 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\x12\x0c\n\x04last\x18\x04 \x01(\x08\"\x16\n\x03\x41\x63k\x12\x0f\n\x07task_id\x18\x01 \x01(\t\"L\n\tSplitOpen\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0f\n\x07task_id\x18\x02 \x01(\t\x12\r\n\x05round\x18\x03 \x01(\x03\x12\x0b\n\x03\x63ut\x18\x04 \x01(\t\"\xa0\x01\n\nSplitBatch\x12\x0c\n\x04step\x18\x01 \x01(\x04\x12\x0f\n\x07payload\x18\x02 \x01(\x0c\x12\x0e\n\x06labels\x18\x03 \x01(\x0c\x12\x33\n\x07metrics\x18\x04 \x03(\x0b\x32\".fedkit.v1.SplitBatch.MetricsEntry\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\x1c\n\nSplitClose\x12\x0e\n\x06reason\x18\x01 \x01(\t\"\xbe\x01\n\x0cSplitMessage\x12$\n\x04open\x18\x01 \x01(\x0b\x32\x14.fedkit.v1.SplitOpenH\x00\x12,\n\x0b\x61\x63tivations\x18\x02 \x01(\x0b\x32\x15.fedkit.v1.SplitBatchH\x00\x12*\n\tgradients\x18\x03 \x01(\x0b\x32\x15.fedkit.v1.SplitBatchH\x00\x12&\n\x05\x63lose\x18\x04 \x01(\x0b\x32\x15.fedkit.v1.SplitCloseH\x00\x42\x06\n\x04\x62ody2\xb9\x01\n\x06\x46\x65\x64Kit\x12:\n\x04Join\x12\x16.fedkit.v1.JoinRequest\x1a\x18.fedkit.v1.ServerMessage0\x01\x12\x34\n\tPushReply\x12\x15.fedkit.v1.ReplyChunk\x1a\x0e.fedkit.v1.Ack(\x01\x12=\n\x05Split\x12\x17.fedkit.v1.SplitMessage\x1a\x17.fedkit.v1.SplitMessage(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x66\x65\x64kit/v1/fedkit.proto\x12\tfedkit.v1\"\xa2\x01\n\x0bJoinRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12>\n\x0c\x63\x61pabilities\x18\x02 \x03(\x0b\x32(.fedkit.v1.JoinRequest.CapabilitiesEntry\x12\x10\n\x08protocol\x18\x03 \x01(\t\x1a\x33\n\x11\x43\x61pabilitiesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"}\n\x07Welcome\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x19\n\x11max_message_bytes\x18\x02 \x01(\x04\x12\x19\n\x11max_payload_bytes\x18\x03 \x01(\x04\x12\x13\n\x0b\x63hunk_bytes\x18\x04 \x01(\x04\x12\x13\n\x0bheartbeat_s\x18\x05 \x01(\x01\" \n\tHeartbeat\x12\x13\n\x0bserver_time\x18\x01 \x01(\x01\"\x1a\n\x08Shutdown\x12\x0e\n\x06reason\x18\x01 \x01(\t\"\xb8\x01\n\rServerMessage\x12%\n\x07welcome\x18\x01 \x01(\x0b\x32\x12.fedkit.v1.WelcomeH\x00\x12$\n\x04task\x18\x02 \x01(\x0b\x32\x14.fedkit.v1.TaskChunkH\x00\x12)\n\theartbeat\x18\x03 \x01(\x0b\x32\x14.fedkit.v1.HeartbeatH\x00\x12\'\n\x08shutdown\x18\x04 \x01(\x0b\x32\x13.fedkit.v1.ShutdownH\x00\x42\x06\n\x04\x62ody\"\x87\x01\n\nTaskHeader\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\x03\x12\x0e\n\x06\x63lient\x18\x03 \x01(\t\x12\x0c\n\x04kind\x18\x04 \x01(\t\x12\x13\n\x0b\x63onfig_json\x18\x05 \x01(\t\x12\x15\n\rpayload_bytes\x18\x06 \x01(\x04\x12\x0f\n\x07version\x18\x07 \x01(\x03\"^\n\tTaskChunk\x12%\n\x06header\x18\x01 \x01(\x0b\x32\x15.fedkit.v1.TaskHeader\x12\x0e\n\x06offset\x18\x02 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\x12\x0c\n\x04last\x18\x04 \x01(\x08\"\xa7\x02\n\x0bReplyHeader\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0f\n\x07task_id\x18\x02 \x01(\t\x12\r\n\x05round\x18\x03 \x01(\x03\x12\x0e\n\x06\x63lient\x18\x04 \x01(\t\x12\x14\n\x0cnum_examples\x18\x05 \x01(\x04\x12\x34\n\x07metrics\x18\x06 \x03(\x0b\x32#.fedkit.v1.ReplyHeader.MetricsEntry\x12\x12\n\x05\x65rror\x18\x07 \x01(\tH\x00\x88\x01\x01\x12\x12\n\nhas_update\x18\x08 \x01(\x08\x12\x15\n\rpayload_bytes\x18\t \x01(\x04\x12\x0f\n\x07version\x18\n \x01(\x03\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x42\x08\n\x06_error\"`\n\nReplyChunk\x12&\n\x06header\x18\x01 \x01(\x0b\x32\x16.fedkit.v1.ReplyHeader\x12\x0e\n\x06offset\x18\x02 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\x12\x0c\n\x04last\x18\x04 \x01(\x08\"\x16\n\x03\x41\x63k\x12\x0f\n\x07task_id\x18\x01 \x01(\t\"L\n\tSplitOpen\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0f\n\x07task_id\x18\x02 \x01(\t\x12\r\n\x05round\x18\x03 \x01(\x03\x12\x0b\n\x03\x63ut\x18\x04 \x01(\t\"\xa0\x01\n\nSplitBatch\x12\x0c\n\x04step\x18\x01 \x01(\x04\x12\x0f\n\x07payload\x18\x02 \x01(\x0c\x12\x0e\n\x06labels\x18\x03 \x01(\x0c\x12\x33\n\x07metrics\x18\x04 \x03(\x0b\x32\".fedkit.v1.SplitBatch.MetricsEntry\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\x1c\n\nSplitClose\x12\x0e\n\x06reason\x18\x01 \x01(\t\"\xbe\x01\n\x0cSplitMessage\x12$\n\x04open\x18\x01 \x01(\x0b\x32\x14.fedkit.v1.SplitOpenH\x00\x12,\n\x0b\x61\x63tivations\x18\x02 \x01(\x0b\x32\x15.fedkit.v1.SplitBatchH\x00\x12*\n\tgradients\x18\x03 \x01(\x0b\x32\x15.fedkit.v1.SplitBatchH\x00\x12&\n\x05\x63lose\x18\x04 \x01(\x0b\x32\x15.fedkit.v1.SplitCloseH\x00\x42\x06\n\x04\x62ody2\xb9\x01\n\x06\x46\x65\x64Kit\x12:\n\x04Join\x12\x16.fedkit.v1.JoinRequest\x1a\x18.fedkit.v1.ServerMessage0\x01\x12\x34\n\tPushReply\x12\x15.fedkit.v1.ReplyChunk\x1a\x0e.fedkit.v1.Ack(\x01\x12=\n\x05Split\x12\x17.fedkit.v1.SplitMessage\x1a\x17.fedkit.v1.SplitMessage(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -49,28 +49,28 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SHUTDOWN']._serialized_end=389
   _globals['_SERVERMESSAGE']._serialized_start=392
   _globals['_SERVERMESSAGE']._serialized_end=576
-  _globals['_TASKHEADER']._serialized_start=578
-  _globals['_TASKHEADER']._serialized_end=696
-  _globals['_TASKCHUNK']._serialized_start=698
-  _globals['_TASKCHUNK']._serialized_end=792
-  _globals['_REPLYHEADER']._serialized_start=795
-  _globals['_REPLYHEADER']._serialized_end=1073
-  _globals['_REPLYHEADER_METRICSENTRY']._serialized_start=1017
-  _globals['_REPLYHEADER_METRICSENTRY']._serialized_end=1063
-  _globals['_REPLYCHUNK']._serialized_start=1075
-  _globals['_REPLYCHUNK']._serialized_end=1171
-  _globals['_ACK']._serialized_start=1173
-  _globals['_ACK']._serialized_end=1195
-  _globals['_SPLITOPEN']._serialized_start=1197
-  _globals['_SPLITOPEN']._serialized_end=1273
-  _globals['_SPLITBATCH']._serialized_start=1276
-  _globals['_SPLITBATCH']._serialized_end=1436
-  _globals['_SPLITBATCH_METRICSENTRY']._serialized_start=1017
-  _globals['_SPLITBATCH_METRICSENTRY']._serialized_end=1063
-  _globals['_SPLITCLOSE']._serialized_start=1438
-  _globals['_SPLITCLOSE']._serialized_end=1466
-  _globals['_SPLITMESSAGE']._serialized_start=1469
-  _globals['_SPLITMESSAGE']._serialized_end=1659
-  _globals['_FEDKIT']._serialized_start=1662
-  _globals['_FEDKIT']._serialized_end=1847
+  _globals['_TASKHEADER']._serialized_start=579
+  _globals['_TASKHEADER']._serialized_end=714
+  _globals['_TASKCHUNK']._serialized_start=716
+  _globals['_TASKCHUNK']._serialized_end=810
+  _globals['_REPLYHEADER']._serialized_start=813
+  _globals['_REPLYHEADER']._serialized_end=1108
+  _globals['_REPLYHEADER_METRICSENTRY']._serialized_start=1052
+  _globals['_REPLYHEADER_METRICSENTRY']._serialized_end=1098
+  _globals['_REPLYCHUNK']._serialized_start=1110
+  _globals['_REPLYCHUNK']._serialized_end=1206
+  _globals['_ACK']._serialized_start=1208
+  _globals['_ACK']._serialized_end=1230
+  _globals['_SPLITOPEN']._serialized_start=1232
+  _globals['_SPLITOPEN']._serialized_end=1308
+  _globals['_SPLITBATCH']._serialized_start=1311
+  _globals['_SPLITBATCH']._serialized_end=1471
+  _globals['_SPLITBATCH_METRICSENTRY']._serialized_start=1052
+  _globals['_SPLITBATCH_METRICSENTRY']._serialized_end=1098
+  _globals['_SPLITCLOSE']._serialized_start=1473
+  _globals['_SPLITCLOSE']._serialized_end=1501
+  _globals['_SPLITMESSAGE']._serialized_start=1504
+  _globals['_SPLITMESSAGE']._serialized_end=1694
+  _globals['_FEDKIT']._serialized_start=1697
+  _globals['_FEDKIT']._serialized_end=1882
 # @@protoc_insertion_point(module_scope)

@@ -62,20 +62,22 @@ class ServerMessage(_message.Message):
     def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., task: _Optional[_Union[TaskChunk, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., shutdown: _Optional[_Union[Shutdown, _Mapping]] = ...) -> None: ...
 
 class TaskHeader(_message.Message):
-    __slots__ = ("task_id", "round", "client", "kind", "config_json", "payload_bytes")
+    __slots__ = ("task_id", "round", "client", "kind", "config_json", "payload_bytes", "version")
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     ROUND_FIELD_NUMBER: _ClassVar[int]
     CLIENT_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     CONFIG_JSON_FIELD_NUMBER: _ClassVar[int]
     PAYLOAD_BYTES_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
     task_id: str
     round: int
     client: str
     kind: str
     config_json: str
     payload_bytes: int
-    def __init__(self, task_id: _Optional[str] = ..., round: _Optional[int] = ..., client: _Optional[str] = ..., kind: _Optional[str] = ..., config_json: _Optional[str] = ..., payload_bytes: _Optional[int] = ...) -> None: ...
+    version: int
+    def __init__(self, task_id: _Optional[str] = ..., round: _Optional[int] = ..., client: _Optional[str] = ..., kind: _Optional[str] = ..., config_json: _Optional[str] = ..., payload_bytes: _Optional[int] = ..., version: _Optional[int] = ...) -> None: ...
 
 class TaskChunk(_message.Message):
     __slots__ = ("header", "offset", "data", "last")
@@ -90,7 +92,7 @@ class TaskChunk(_message.Message):
     def __init__(self, header: _Optional[_Union[TaskHeader, _Mapping]] = ..., offset: _Optional[int] = ..., data: _Optional[bytes] = ..., last: _Optional[bool] = ...) -> None: ...
 
 class ReplyHeader(_message.Message):
-    __slots__ = ("session_id", "task_id", "round", "client", "num_examples", "metrics", "error", "has_update", "payload_bytes")
+    __slots__ = ("session_id", "task_id", "round", "client", "num_examples", "metrics", "error", "has_update", "payload_bytes", "version")
     class MetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -107,6 +109,7 @@ class ReplyHeader(_message.Message):
     ERROR_FIELD_NUMBER: _ClassVar[int]
     HAS_UPDATE_FIELD_NUMBER: _ClassVar[int]
     PAYLOAD_BYTES_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     task_id: str
     round: int
@@ -116,7 +119,8 @@ class ReplyHeader(_message.Message):
     error: str
     has_update: bool
     payload_bytes: int
-    def __init__(self, session_id: _Optional[str] = ..., task_id: _Optional[str] = ..., round: _Optional[int] = ..., client: _Optional[str] = ..., num_examples: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ..., error: _Optional[str] = ..., has_update: _Optional[bool] = ..., payload_bytes: _Optional[int] = ...) -> None: ...
+    version: int
+    def __init__(self, session_id: _Optional[str] = ..., task_id: _Optional[str] = ..., round: _Optional[int] = ..., client: _Optional[str] = ..., num_examples: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ..., error: _Optional[str] = ..., has_update: _Optional[bool] = ..., payload_bytes: _Optional[int] = ..., version: _Optional[int] = ...) -> None: ...
 
 class ReplyChunk(_message.Message):
     __slots__ = ("header", "offset", "data", "last")

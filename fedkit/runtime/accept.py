@@ -1,0 +1,121 @@
+"""The one acceptance rule: does a reply become an update?
+
+The round engine calls :func:`accept` on every arrival, and the gRPC server calls the same
+function while the reply is still on the wire (its early validation), handing the result to the
+engine so a deployed server decodes each update once. So a malformed reply is refused with the
+same message in every mode. A refusal is data, not a crash: :class:`Rejected` carries the reason.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from fedkit.compression import decode
+from fedkit.types import DecodeError, Params, Reply, Task, Update
+
+Layout = Sequence[tuple[tuple[int, ...], np.dtype]]
+"""Shape and dtype of every tensor of the model, in order."""
+
+
+class Rejected(ValueError):
+    """A reply that does not become an update; ``str()`` says why."""
+
+
+def layout_of(params: Params) -> list[tuple[tuple[int, ...], np.dtype]]:
+    return [(tuple(p.shape), p.dtype) for p in params]
+
+
+@dataclass(frozen=True)
+class Acceptance:
+    """What the server accepts. ``max_staleness``: refuse updates trained on a model more than
+    this many versions old (None: any)."""
+
+    layout: tuple[tuple[tuple[int, ...], np.dtype], ...]
+    max_staleness: int | None = None
+
+    @classmethod
+    def for_params(cls, params: Params, **kw: int | None) -> Acceptance:
+        return cls(tuple(layout_of(params)), **kw)  # type: ignore[arg-type]
+
+
+def _identity(task: Task, reply: Reply) -> None:
+    if reply.task_id != task.task_id:
+        raise Rejected(f"reply names task {reply.task_id!r}, expected {task.task_id!r}")
+    if reply.client != task.client:
+        raise Rejected(f"reply comes from {reply.client!r}, the task went to {task.client!r}")
+    if reply.round != task.round:
+        raise Rejected(f"reply is for round {reply.round}, the task is of round {task.round}")
+    if reply.version != task.version:
+        raise Rejected(f"reply says model version {reply.version}, the task sent {task.version}")
+    if reply.error is not None:
+        raise Rejected(f"client failed: {reply.error}")
+    for k, v in reply.metrics.items():
+        if not isinstance(v, int | float) or not math.isfinite(v):
+            raise Rejected(f"metric {k[:64]!r} is not a finite number")
+
+
+def _train(rule: Acceptance, task: Task, reply: Reply) -> Update:
+    if reply.update is None:
+        raise Rejected("training reply carries no update")
+    if reply.num_examples <= 0:
+        raise Rejected(f"num_examples must be positive, got {reply.num_examples}")
+    try:
+        delta = decode(reply.update)
+    except DecodeError as e:
+        raise Rejected(f"malformed update: {e}") from None
+    if len(delta) != len(rule.layout):
+        raise Rejected(f"update has {len(delta)} tensors, the model has {len(rule.layout)}")
+    for i, (d, (shape, dtype)) in enumerate(zip(delta, rule.layout, strict=True)):
+        if d.shape != shape:
+            raise Rejected(f"tensor {i}: shape {d.shape}, expected {shape}")
+        if d.dtype != dtype:
+            raise Rejected(f"tensor {i}: dtype {d.dtype}, expected {dtype}")
+        if not np.isfinite(d).all():
+            raise Rejected(f"tensor {i}: contains NaN or Inf")
+    return Update(reply.client, delta, reply.num_examples, dict(reply.metrics), task.version)
+
+
+def _evaluate(rule: Acceptance, task: Task, reply: Reply) -> Update:
+    if reply.update is not None:
+        raise Rejected("evaluation reply carries an update")
+    if reply.num_examples < 0:
+        raise Rejected(f"num_examples must be >= 0, got {reply.num_examples}")
+    return Update(reply.client, [], reply.num_examples, dict(reply.metrics), task.version)
+
+
+KindRule = Callable[[Acceptance, Task, Reply], Update]
+RULES: dict[str, KindRule] = {"train": _train, "evaluate": _evaluate}
+"""Per task kind: what a valid answer looks like. Later kinds (split steps, secure-aggregation
+stages) register theirs here."""
+
+
+def accept(rule: Acceptance, task: Task, reply: Reply, version: int | None = None) -> Update:
+    """The update ``reply`` carries for ``task``, or :class:`Rejected` saying why not.
+
+    ``version`` is the server's current model version, for the staleness check (None: skip it,
+    as the transport does while the reply is still on the wire).
+    """
+    _identity(task, reply)
+    kind = RULES.get(task.kind)
+    if kind is None:
+        raise Rejected(f"no acceptance rule for task kind {task.kind!r}")
+    if version is not None and rule.max_staleness is not None:
+        stale = version - task.version
+        if stale > rule.max_staleness:
+            raise Rejected(f"update is {stale} versions stale (max_staleness={rule.max_staleness})")
+    return kind(rule, task, reply)
+
+
+def staleness(update: Update, version: int) -> int:
+    return version - update.version
+
+
+def weighted(pairs: Sequence[tuple[int, Mapping[str, float]]], key: str) -> float:
+    """Example-weighted mean of one metric over replies that report it (NaN if none do)."""
+    got = [(n, m[key]) for n, m in pairs if key in m]
+    total = sum(n for n, _ in got)
+    return sum(n * v for n, v in got) / total if total else math.nan

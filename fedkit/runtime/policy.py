@@ -1,0 +1,174 @@
+"""Round policies: what the server does with arrivals, as a value.
+
+The engine (fedkit/runtime/server.py) sends tasks, consumes arrivals in completion order and
+asks the policy what to do next; the policy answers with actions. A policy holds no hidden
+state: its state is a value passed in and returned, so a policy is a plain frozen dataclass.
+
+    start(view)                         -> (state, actions)   a round begins
+    on_arrival(view, state, arr, upd)   -> (state, actions)   a task settled (upd: the accepted
+                                                               Update, or None when refused/lost)
+    on_deadline(view, state)            -> (state, actions)   the clock reached the Await deadline
+                                                               (the engine has cancelled the open
+                                                               tasks and recorded them as missed)
+
+Actions: :class:`Send` starts tasks, :class:`Await` sets the deadline of the wait for arrivals,
+:class:`Aggregate` applies updates as one new model version, :class:`Close` ends the round
+(the engine evaluates, records and checkpoints). :class:`SyncRound` is the synchronous round
+(FedAvg's): sample, wait for all or the deadline, aggregate; asynchronous policies (buffered,
+immediate, grouped) answer the same three calls.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal, Protocol
+
+import numpy as np
+
+from fedkit import rng as frng
+from fedkit.types import Arrival, ClientId, Update
+
+
+@dataclass(frozen=True)
+class Send:
+    kind: str
+    clients: tuple[ClientId, ...]
+    attempt: int = 0
+
+
+@dataclass(frozen=True)
+class Await:
+    deadline: float | None  # on the link's clock; None: until every open task has settled
+
+
+@dataclass(frozen=True)
+class Aggregate:
+    updates: tuple[Update, ...]
+
+
+@dataclass(frozen=True)
+class Close:
+    status: str = "ok"
+
+
+Action = Send | Await | Aggregate | Close
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How many clients a round asks: a fraction of the population or a count (at least ``min``)."""
+
+    seed: int
+    fraction: float | None = 1.0
+    count: int | None = None
+    min: int = 1
+
+    def size(self, population: int) -> int:
+        k = self.count if self.count is not None else round((self.fraction or 1.0) * population)
+        return min(population, max(self.min, k, 1))
+
+
+def sample_clients(
+    sampling: Sampling,
+    clients: Sequence[ClientId],
+    rnd: int,
+    attempt: int = 0,
+    exclude: Sequence[ClientId] = (),
+    k: int | None = None,
+) -> list[ClientId]:
+    """Seeded uniform sampling without replacement, returned in the population's order."""
+    pool = sorted(set(clients) - set(exclude))
+    n = len(pool)
+    k = min(n, sampling.size(len(clients)) if k is None else k)
+    if k <= 0:
+        return []
+    gen = frng.rng(sampling.seed, "sample", rnd, attempt)
+    chosen = np.sort(gen.choice(n, size=k, replace=False))
+    return [pool[i] for i in chosen]
+
+
+@dataclass(frozen=True)
+class View:
+    """What a policy may look at: the round, the link's clock, the population, the model version."""
+
+    round: int
+    now: float
+    population: tuple[ClientId, ...]
+    version: int
+    sampling: Sampling
+
+    def sample(self, attempt: int = 0, exclude: Sequence[ClientId] = (), k: int | None = None) -> list[ClientId]:
+        return sample_clients(self.sampling, self.population, self.round, attempt, exclude, k)
+
+
+class Policy(Protocol):
+    def start(self, view: View) -> tuple[Any, list[Action]]: ...
+
+    def on_arrival(
+        self, view: View, state: Any, arrival: Arrival, update: Update | None
+    ) -> tuple[Any, list[Action]]: ...
+
+    def on_deadline(self, view: View, state: Any) -> tuple[Any, list[Action]]: ...
+
+
+@dataclass(frozen=True)
+class _SyncState:
+    attempt: int
+    asked: tuple[ClientId, ...]
+    waiting: frozenset[ClientId]
+    updates: tuple[Update, ...] = field(default=())
+
+
+@dataclass(frozen=True)
+class SyncRound:
+    """Sample, send, wait for every reply or the deadline, then aggregate (McMahan et al. 2017).
+
+    ``min_replies`` accepted updates are needed to aggregate; with fewer, ``on_too_few: skip``
+    ends the round without a new model and ``retry`` asks up to ``max_retries`` more samples.
+    A retry keeps every update already accepted this round and asks only clients not yet asked
+    this round, so no client's error-feedback memory moves for an update the server dropped.
+    Updates are aggregated in the population's order, whatever order they arrived in.
+    """
+
+    deadline_s: float | None = None
+    min_replies: int = 1
+    on_too_few: Literal["skip", "retry"] = "skip"
+    max_retries: int = 2
+
+    def _send(self, view: View, attempt: int, clients: Sequence[ClientId]) -> list[Action]:
+        deadline = None if self.deadline_s is None else view.now + self.deadline_s
+        return [Send("train", tuple(clients), attempt), Await(deadline)]
+
+    def start(self, view: View) -> tuple[_SyncState, list[Action]]:
+        sampled = view.sample(0)
+        return _SyncState(0, tuple(sampled), frozenset(sampled)), self._send(view, 0, sampled)
+
+    def on_arrival(
+        self, view: View, state: _SyncState, arrival: Arrival, update: Update | None
+    ) -> tuple[_SyncState, list[Action]]:
+        state = replace(
+            state,
+            waiting=state.waiting - {arrival.task.client},
+            updates=state.updates + ((update,) if update is not None else ()),
+        )
+        return (state, []) if state.waiting else self._settle(view, state)
+
+    def on_deadline(self, view: View, state: _SyncState) -> tuple[_SyncState, list[Action]]:
+        return self._settle(view, replace(state, waiting=frozenset()))
+
+    def _settle(self, view: View, state: _SyncState) -> tuple[_SyncState, list[Action]]:
+        got = len(state.updates)
+        if got >= self.min_replies:
+            order = {c: i for i, c in enumerate(sorted(view.population))}
+            ups = tuple(sorted(state.updates, key=lambda u: order.get(u.client, math.inf)))
+            return state, [Aggregate(ups), Close("ok")]
+        if self.on_too_few == "retry" and state.attempt < self.max_retries:
+            need = view.sampling.size(len(view.population))
+            more = view.sample(state.attempt + 1, exclude=state.asked, k=need - got)
+            if more:
+                attempt = state.attempt + 1
+                state = replace(state, attempt=attempt, asked=state.asked + tuple(more), waiting=frozenset(more))
+                return state, self._send(view, attempt, more)
+        return state, [Close(f"skipped: {got} replies < min_replies={self.min_replies}")]

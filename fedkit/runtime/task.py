@@ -1,0 +1,73 @@
+"""Typed task configuration: what a client needs to run one task, frozen and versioned.
+
+The server builds one of these per task; on the wire it travels as its JSON object
+(``TaskHeader.config_json``) and the client parses it back with :func:`parse`, where an unknown
+key, a wrong type or a newer schema version is an error naming the field, never silently
+dropped. Each task kind has its configuration class in :data:`KINDS`; split-learning steps and
+secure-aggregation stages add theirs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Literal
+
+from pydantic import Field, ValidationError
+
+from fedkit.models.train import TrainConfig
+from fedkit.types import Strict
+
+SCHEMA = 1  # the schema_version this client and server speak
+
+
+class ModelRef(Strict):
+    """How to build the model: its spec (registry name or import path plus kwargs) and shape."""
+
+    spec: dict[str, Any]
+    input_shape: tuple[int, ...]
+    num_classes: int = Field(ge=1)
+
+
+class DownlinkRef(Strict):
+    """How to rebuild the params from the payload (fedkit/runtime/downlink.py)."""
+
+    mode: Literal["full", "delta"] = "full"
+    version: int | None = None  # round whose reference this payload establishes
+    base: int | None = None  # delta mode: the reference round the client must hold
+
+
+class TrainTask(Strict):
+    schema_version: Literal[1] = 1
+    seed: int
+    model: ModelRef
+    train: TrainConfig
+    uplink: str = "identity"
+    downlink: DownlinkRef = DownlinkRef()
+
+
+class EvaluateTask(Strict):
+    schema_version: Literal[1] = 1
+    seed: int
+    model: ModelRef
+    downlink: DownlinkRef = DownlinkRef()
+
+
+KINDS: dict[str, type[Strict]] = {"train": TrainTask, "evaluate": EvaluateTask}
+
+
+def parse(kind: str, config: Any) -> Strict:
+    """The typed configuration of a task of ``kind`` (a ValueError names what is wrong)."""
+    cls = KINDS.get(kind)
+    if cls is None:
+        raise ValueError(f"unknown task kind {kind[:64]!r}; this client serves: {', '.join(KINDS)}")
+    if isinstance(config, cls):
+        return config
+    if not isinstance(config, Mapping):
+        raise ValueError(f"{kind} task config must be an object, got {type(config).__name__}")
+    try:
+        return cls.model_validate(dict(config))
+    except ValidationError as e:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or '(top)'}: {err['msg']}" for err in e.errors()[:5]
+        )
+        raise ValueError(f"{kind} task config rejected: {problems}") from None
