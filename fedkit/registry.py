@@ -129,7 +129,7 @@ def resolve_import(path: str, what: str) -> Callable[..., Any]:
             )
         obj, owner = getattr(obj, attr), f"{mod}:{'.'.join(attrs[: i + 1])}"
     if not callable(obj):
-        raise ImportPathError(f"{what} {path!r} is a {type(obj).__name__}, not callable")
+        raise ImportPathError(f"{what} {path!r} is not callable (it is a {type(obj).__name__})")
     return obj  # type: ignore[no-any-return]
 
 
