@@ -19,7 +19,6 @@ makes it mandatory), multikrum m=None (keep n - f). Every strategy takes the ser
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -28,6 +27,7 @@ from typing import Any
 from fedkit.aggregation.base import Aggregator, check_real
 from fedkit.aggregation.reduce import krum, median, trimmed_mean, weighted_mean
 from fedkit.aggregation.server_opt import adagrad, adam, momentum, sgd, yogi
+from fedkit.registry import did_you_mean, unknown
 
 
 @dataclass(frozen=True)
@@ -77,25 +77,17 @@ STRATEGIES: Mapping[str, Mapping[str, Any]] = MappingProxyType(
 """Strategy name -> its parameters and their defaults (read-only)."""
 
 
-def _did_you_mean(word: str, choices: list[str]) -> str:
-    close = difflib.get_close_matches(word.lower(), choices, n=1)
-    return f"; did you mean {close[0]!r}?" if close else ""
-
-
 def _resolve(name: str, params: Mapping[str, Any]) -> tuple[_Spec, dict[str, Any]]:
     """Look up ``name``, merge ``params`` over its defaults, and check they build."""
     if name not in _SPECS:
-        names = sorted(_SPECS)
-        raise ValueError(
-            f"unknown strategy {name!r}{_did_you_mean(name, names)} (known: {', '.join(names)})"
-        )
+        raise unknown("strategy", name, _SPECS)
     spec = _SPECS[name]
     allowed = list(spec.defaults)
     for key in params:
         if key not in spec.defaults:
             raise ValueError(
-                f"strategy {name!r} has no parameter {key!r}{_did_you_mean(key, allowed)} "
-                f"(allowed: {', '.join(allowed) if allowed else 'none'})"
+                f"strategy {name!r} has no parameter {key!r}{did_you_mean(key, allowed)}; "
+                f"allowed: {', '.join(allowed) if allowed else 'none'}"
             )
     return spec, {**spec.defaults, **params}
 

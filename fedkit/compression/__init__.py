@@ -17,16 +17,9 @@ from fedkit.compression import (  # noqa: F401  (importing a module registers it
     topk,
     zstd,
 )
-from fedkit.compression.base import (
-    REGISTRY,
-    Codec,
-    decode,
-    make,
-    parse_spec,
-    register,
-    spec_string,
-)
+from fedkit.compression.base import REGISTRY, Codec, parse_spec, register
 from fedkit.compression.ef import ErrorFeedback, with_error_feedback
+from fedkit.compression.spec import decode, make, spec_string
 
 __all__ = [
     "REGISTRY",

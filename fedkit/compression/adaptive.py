@@ -15,18 +15,22 @@ server decodes it from the bytes alone, as with any codec.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
 from fedkit.compression import base
 from fedkit.compression.select import FAMILIES, plan
-from fedkit.types import Encoded, Params
+from fedkit.compression.spec import decode as decode_any
+from fedkit.compression.spec import make
+from fedkit.types import DecodeError, Encoded, Params
 
 
 @base.register("adaptive")
 @dataclass(frozen=True)
 class Adaptive:
+    alone_hint: ClassVar[str] = "; put later stages in then='...'"
+
     family: str = "powersgd"
     candidates: tuple[Any, ...] = (1, 2, 4, 8)
     uniform: Any = 2
@@ -48,7 +52,7 @@ class Adaptive:
         if not self.budget_scale > 0:
             raise ValueError("adaptive: budget_scale must be > 0")
         for c in cands:  # each candidate must build: catches bad ratios/bits/ranks early
-            base.make(self._concrete(c))
+            make(self._concrete(c))
 
     def _concrete(self, setting: Any) -> str:
         stage = f"{self.family}({FAMILIES[self.family]}={base.format_value(setting)})"
@@ -82,11 +86,11 @@ class Adaptive:
                 budget_scale=self.budget_scale,
             )
             if chosen != concrete:  # new per-layer settings: their state (e.g. warm starts) restarts
-                concrete, inner_state = chosen, base.make(chosen).init(x)
-        inner_state, enc = base.make(concrete).encode(inner_state, x, rng)
+                concrete, inner_state = chosen, make(chosen).init(x)
+        inner_state, enc = make(concrete).encode(inner_state, x, rng)
         return (concrete, inner_state, count + 1), enc
 
     def decode(self, enc: Encoded) -> Params:
         if enc.codec.startswith("adaptive("):
-            raise base.DecodeError("an adaptive payload must name its concrete per-layer codec")
-        return base.decode(enc)
+            raise DecodeError("an adaptive payload must name its concrete per-layer codec")
+        return decode_any(enc)

@@ -1,4 +1,6 @@
-"""The codec protocol, the registry, and the spec language that composes codecs into pipelines.
+"""The codec protocol, the registry, and the parser of the spec language that composes codecs
+into pipelines. Building a codec from a spec (``make``, ``decode``) lives in
+:mod:`fedkit.compression.spec`, above every codec module, so this module knows no subclass.
 
 A codec turns a list of arrays into :class:`~fedkit.types.Encoded` bytes and back. ``encode``
 may keep client-side state (error-feedback residuals, PowerSGD warm starts); ``decode`` never
@@ -50,15 +52,14 @@ zstd output above ``MAX_BYTES`` (module constants; lower them on a server with a
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import functools
 import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar, Literal, Protocol
 
 import numpy as np
 
-from fedkit.types import DecodeError, Encoded, Params
+from fedkit.registry import Registry, did_you_mean
+from fedkit.types import Encoded, Params
 
 MAX_ELEMENTS = 1 << 28
 """Decode refuses payloads that claim more elements than this in total (1 GiB of float32)."""
@@ -87,19 +88,9 @@ class Codec(Protocol):
 
 
 CodecFactory = Callable[..., Any]
-REGISTRY: dict[str, CodecFactory] = {}
-
-
-def register(name: str) -> Callable[[CodecFactory], CodecFactory]:
-    """Register a pipeline stage class (see :class:`Stage`) or a standalone codec factory."""
-
-    def deco(factory: CodecFactory) -> CodecFactory:
-        if name in REGISTRY:
-            raise ValueError(f"codec {name!r} registered twice")
-        REGISTRY[name] = factory
-        return factory
-
-    return deco
+REGISTRY: Registry[CodecFactory] = Registry("codec")
+register = REGISTRY.register
+"""Register a pipeline stage class (see :class:`Stage`) or a standalone codec factory."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -329,76 +320,15 @@ def format_value(v: Any) -> str:
     raise TypeError(f"cannot format {v!r} in a codec spec")
 
 
-def spec_string(
-    stages: Sequence[tuple[str, Mapping[str, Any]] | str], error_feedback: bool = False
-) -> str:
-    """Build a canonical spec from ``(name, params)`` pairs (e.g. from a YAML dict).
-
-    >>> spec_string([("topk", {"ratio": 0.01}), ("quant", {"bits": 4})], error_feedback=True)
-    'ef:topk(ratio=0.01)|quant(bits=4)'
-    """
-    parts = []
-    for st in stages:
-        name, params = (st, {}) if isinstance(st, str) else st
-        args = ",".join(f"{k}={format_value(v)}" for k, v in params.items())
-        parts.append(f"{name}({args})" if args else name)
-    return make(("ef:" if error_feedback else "") + "|".join(parts)).spec
-
-
-def _suggest(word: str, options: Sequence[str]) -> str:
-    close = difflib.get_close_matches(word, list(options), n=1)
-    return f"; did you mean {close[0]!r}?" if close else ""
-
-
 def build_stage(name: str, params: Mapping[str, Any]) -> Any:
     """Instantiate one registered stage, with helpful errors for unknown names/parameters."""
-    if name not in REGISTRY:
-        raise ValueError(
-            f"unknown codec {name!r}{_suggest(name, list(REGISTRY))} "
-            f"(known: {', '.join(sorted(REGISTRY))})"
-        )
     factory = REGISTRY[name]
     if dataclasses.is_dataclass(factory):
         known = [f.name for f in dataclasses.fields(factory)]
         for key in params:
             if key not in known:
                 raise ValueError(
-                    f"codec {name!r} has no parameter {key!r}{_suggest(key, known)} "
-                    f"(parameters: {', '.join(known) or 'none'})"
+                    f"codec {name!r} has no parameter {key!r}{did_you_mean(key, known)}; "
+                    f"parameters: {', '.join(known) or 'none'}"
                 )
     return factory(**params)
-
-
-def make(spec: str) -> Codec:
-    """Build a codec from its spec string.
-
-    >>> make("topk(ratio=0.010) | quant(bits=8, stochastic=false) | zstd").spec
-    'topk(ratio=0.01)|quant(bits=8)|zstd(level=3)'
-    """
-    from fedkit.compression.adaptive import Adaptive
-    from fedkit.compression.ef import with_error_feedback
-    from fedkit.compression.pipeline import build_pipeline
-
-    parsed = parse_spec(spec)
-    stages = [build_stage(n, p) for n, p in parsed.stages]
-    if any(isinstance(s, Adaptive) for s in stages):
-        if len(stages) != 1:
-            raise ValueError("adaptive(...) must be the only stage; put later stages in then='...'")
-        codec: Codec = stages[0]
-    else:
-        codec = build_pipeline(stages)
-    return with_error_feedback(codec) if parsed.error_feedback else codec
-
-
-@functools.lru_cache(maxsize=256)
-def _cached(spec: str) -> Codec:
-    return make(spec)
-
-
-def decode(enc: Encoded) -> Params:
-    """Decode any payload from its bytes alone."""
-    try:
-        codec = _cached(enc.codec)
-    except (ValueError, TypeError) as e:
-        raise DecodeError(f"cannot build codec for payload: {e}") from None
-    return codec.decode(enc)

@@ -29,10 +29,11 @@ from typing import Any
 
 import numpy as np
 
-from fedkit.compression.base import format_value, make
+from fedkit.compression.base import format_value
 from fedkit.compression.frame import dtype_code
 from fedkit.compression.pipeline import FLOAT_CODES
 from fedkit.compression.powersgd import matrix_shape, mode
+from fedkit.compression.spec import make
 
 FAMILIES: dict[str, str] = {"powersgd": "rank", "topk": "ratio", "quant": "bits"}
 """Codec families the table helper knows, with the per-tensor parameter it varies."""

@@ -39,6 +39,7 @@ from typing import Any
 
 import numpy as np
 
+from fedkit.registry import Registry
 from fedkit.rng import rng
 
 __all__ = ["DATASETS", "Dataset", "load_dataset", "register_dataset"]
@@ -71,25 +72,13 @@ class Dataset:
 
 
 Loader = Callable[..., Dataset]
-DATASETS: dict[str, Loader] = {}
-
-
-def register_dataset(name: str) -> Callable[[Loader], Loader]:
-    """Add a loader to ``DATASETS`` so scenarios can refer to it by ``name``."""
-
-    def deco(fn: Loader) -> Loader:
-        if name in DATASETS:
-            raise ValueError(f"dataset {name!r} registered twice")
-        DATASETS[name] = fn
-        return fn
-
-    return deco
+DATASETS: Registry[Loader] = Registry("dataset")
+register_dataset = DATASETS.register
+"""Add a loader to ``DATASETS`` so scenarios can refer to it by ``name`` (decorator)."""
 
 
 def load_dataset(name: str, seed: int, **params: Any) -> Dataset:
     """Load dataset ``name``; ``params`` go to its loader, ``seed`` drives every random split."""
-    if name not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; known: {', '.join(sorted(DATASETS))}")
     return DATASETS[name](seed, **params)
 
 

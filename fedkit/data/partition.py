@@ -19,24 +19,15 @@ from typing import Any
 
 import numpy as np
 
+from fedkit.registry import Registry
 from fedkit.rng import rng as keyed_rng
 
 __all__ = ["PARTITIONERS", "partition", "register_partitioner"]
 
 Partitioner = Callable[..., list[np.ndarray]]
-PARTITIONERS: dict[str, Partitioner] = {}
-
-
-def register_partitioner(name: str) -> Callable[[Partitioner], Partitioner]:
-    """Add a partitioner to ``PARTITIONERS`` so scenarios can refer to it by ``name``."""
-
-    def deco(fn: Partitioner) -> Partitioner:
-        if name in PARTITIONERS:
-            raise ValueError(f"partitioner {name!r} registered twice")
-        PARTITIONERS[name] = fn
-        return fn
-
-    return deco
+PARTITIONERS: Registry[Partitioner] = Registry("partition")
+register_partitioner = PARTITIONERS.register
+"""Add a partitioner to ``PARTITIONERS`` so scenarios can refer to it by ``name`` (decorator)."""
 
 
 def partition(
@@ -55,10 +46,7 @@ def partition(
     >>> [p.tolist() for p in partition("iid", np.zeros(5, dtype=int), 2, seed=0)]
     [[1, 2, 4], [0, 3]]
     """
-    if kind not in PARTITIONERS:
-        raise ValueError(
-            f"unknown partition kind {kind!r}; known: {', '.join(sorted(PARTITIONERS))}"
-        )
+    fn = PARTITIONERS[kind]
     labels = np.asarray(labels)
     if labels.ndim != 1:
         raise ValueError(f"labels must be 1-D, got shape {labels.shape}")
@@ -72,7 +60,7 @@ def partition(
         raise ValueError("labels must be >= 0")
     if kind == "natural":
         params["groups"] = groups
-    parts = PARTITIONERS[kind](labels, num_clients, keyed_rng(seed, "partition"), **params)
+    parts = fn(labels, num_clients, keyed_rng(seed, "partition"), **params)
     parts = [np.asarray(p, dtype=np.int64) for p in parts]
     _check_cover(parts, n, num_clients, kind)
     return parts

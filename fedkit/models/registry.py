@@ -1,40 +1,34 @@
 """Reference models by name, plus any ``module:function`` factory a user points to.
 
+Import paths resolve through :meth:`fedkit.registry.Registry.lookup`: the current directory is
+importable, and a module that fails to import reports its real error.
+
 A factory is ``fn(input_shape, num_classes, **kwargs) -> nn.Module``. Models are described by a
 JSON-able spec (``{"name": ..., **kwargs}``) so a server can tell a device what to build.
 """
 
 from __future__ import annotations
 
-import importlib
 import math
-import os
-import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
+from fedkit.registry import Registry
+
 ModelFactory = Callable[..., nn.Module]
-MODELS: dict[str, ModelFactory] = {}
+MODELS: Registry[ModelFactory] = Registry("model", entry="model factory")
 
 
-def register(name: str) -> Callable[[ModelFactory], ModelFactory]:
-    def deco(fn: ModelFactory) -> ModelFactory:
-        MODELS[name] = fn
-        return fn
-
-    return deco
-
-
-@register("logreg")
+@MODELS.register("logreg")
 def logreg(input_shape: Sequence[int], num_classes: int) -> nn.Module:
     """Multinomial logistic regression (FedProx's MCLR)."""
     return nn.Sequential(nn.Flatten(), nn.Linear(math.prod(input_shape), num_classes))
 
 
-@register("mlp")
+@MODELS.register("mlp")
 def mlp(
     input_shape: Sequence[int], num_classes: int, hidden: Sequence[int] = (64,), dropout: float = 0.0
 ) -> nn.Module:
@@ -49,7 +43,7 @@ def mlp(
     return nn.Sequential(*layers)
 
 
-@register("cnn")
+@MODELS.register("cnn")
 def cnn(input_shape: Sequence[int], num_classes: int, channels: Sequence[int] = (16, 32)) -> nn.Module:
     """A small CNN sized for 8x8 digits (works on any (C, H, W) input)."""
     if len(input_shape) == 1:
@@ -74,40 +68,10 @@ def cnn(input_shape: Sequence[int], num_classes: int, channels: Sequence[int] = 
     )
 
 
-def resolve_callable(path: str, what: str) -> Callable[..., Any]:
-    """The function at ``package.module:attr``. The current directory is importable (it is put
-    on ``sys.path`` when missing), and a failing import shows the real error."""
-    mod, sep, attr = path.partition(":")
-    if not sep or not mod or not attr:
-        raise ValueError(f"{what} {path!r} must be 'package.module:function'")
-    if "" not in sys.path and os.getcwd() not in sys.path:
-        sys.path.append(os.getcwd())
-    try:
-        module = importlib.import_module(mod)
-    except Exception as e:  # the user's module may raise anything while importing
-        raise ValueError(f"cannot import {what} {path!r}: {type(e).__name__}: {e}") from None
-    fn = getattr(module, attr, None)
-    if fn is None:
-        raise ValueError(f"cannot import {what} {path!r}: module {mod!r} has no attribute {attr!r}")
-    if not callable(fn):
-        raise ValueError(f"{what} {path!r} is not callable")
-    return fn
-
-
-def _resolve(name: str) -> ModelFactory:
-    if name in MODELS:
-        return MODELS[name]
-    if ":" in name:
-        return resolve_callable(name, "model factory")
-    raise ValueError(
-        f"unknown model {name!r}; known: {', '.join(sorted(MODELS))}, or 'package.module:function'"
-    )
-
-
 def build_model(spec: Mapping[str, Any], input_shape: Sequence[int], num_classes: int) -> nn.Module:
     """Build the module a spec describes; ``spec['name']`` is a registry name or import path."""
     kwargs = {k: v for k, v in spec.items() if k != "name"}
-    module = _resolve(str(spec["name"]))(tuple(input_shape), int(num_classes), **kwargs)
+    module = MODELS.lookup(str(spec["name"]))(tuple(input_shape), int(num_classes), **kwargs)
     if not isinstance(module, nn.Module):
         raise TypeError(f"model factory {spec['name']!r} returned {type(module).__name__}, not nn.Module")
     return module

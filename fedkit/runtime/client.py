@@ -31,8 +31,8 @@ from torch import nn
 from fedkit import rng as frng
 from fedkit.compression import make
 from fedkit.models import LocalData, build_model, evaluate, get_params, keyed_torch, set_params
-from fedkit.models.registry import resolve_callable
 from fedkit.models.train import TrainConfig, TrainFn, sgd_train
+from fedkit.registry import resolve_import
 from fedkit.runtime import task as tasks
 from fedkit.runtime.downlink import receive
 from fedkit.types import ClientId, Params, Reply, Task
@@ -110,7 +110,7 @@ _codec = functools.lru_cache(maxsize=64)(make)  # codecs are parsed once per spe
 
 
 def train_fn(cfg: TrainConfig) -> TrainFn:
-    return sgd_train if cfg.fn is None else resolve_callable(cfg.fn, "training function")
+    return sgd_train if cfg.fn is None else resolve_import(cfg.fn, "training function")
 
 
 def _receive(state: ClientState, task: Task, ctx: Context) -> tuple[ClientState, Params]:

@@ -28,7 +28,7 @@ from fedkit.models import (
     keyed_torch,
     set_params,
 )
-from fedkit.models.registry import resolve_callable
+from fedkit.registry import resolve_import
 from fedkit.runtime.accept import Acceptance
 from fedkit.runtime.client import ClientState
 from fedkit.runtime.policy import Sampling, SyncRound
@@ -99,13 +99,13 @@ def _aggregator(s: Scenario) -> Any:
     name = str(s.strategy["name"])
     params = {k: v for k, v in s.strategy.items() if k != "name"}
     if ":" in name:
-        return resolve_callable(name, "strategy factory")(**params)
+        return resolve_import(name, "strategy factory")(**params)
     return make_aggregator(name, **params)
 
 
 def _server_eval(s: Scenario, module: torch.nn.Module, ds: Dataset) -> Callable[[Params], dict[str, float]]:
     test = LocalData(torch.from_numpy(ds.x_test).float(), torch.from_numpy(ds.y_test).long())
-    custom = resolve_callable(s.evaluation.fn, "evaluation function") if s.evaluation.fn else None
+    custom = resolve_import(s.evaluation.fn, "evaluation function") if s.evaluation.fn else None
 
     def central_eval(params: Params) -> dict[str, float]:
         set_params(module, params)
@@ -134,7 +134,7 @@ def build_server(s: Scenario) -> tuple[Plan, Params]:
         train = train.model_copy(update=extra)
     metrics = default_metrics
     if s.evaluation.metrics_fn:
-        metrics = resolve_callable(s.evaluation.metrics_fn, "metrics function")
+        metrics = resolve_import(s.evaluation.metrics_fn, "metrics function")
     per = s.clients.per_round
     plan = Plan(
         seed=s.seed,

@@ -10,7 +10,8 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from fedkit.scenario.schema import Scenario, Strict, did_you_mean
+from fedkit.registry import did_you_mean
+from fedkit.scenario.schema import Scenario, Strict
 
 
 class ScenarioError(ValueError):

@@ -8,7 +8,6 @@ sections (devices, split, privacy) slot in as new optional fields.
 
 from __future__ import annotations
 
-import difflib
 import inspect
 from collections.abc import Callable, Mapping
 from typing import Any, Literal
@@ -22,12 +21,8 @@ from pydantic import (
 )
 
 from fedkit.models.train import TrainConfig
+from fedkit.registry import did_you_mean
 from fedkit.types import Strict
-
-
-def did_you_mean(word: str, options: list[str]) -> str:
-    close = difflib.get_close_matches(word, options, n=1, cutoff=0.6)
-    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def check_named(
@@ -46,14 +41,7 @@ def check_named(
     if not isinstance(section, Mapping) or "name" not in section:
         raise ValueError(f"{what} needs a 'name'; known: {', '.join(known)}")
     name = str(section["name"])
-    try:
-        fn = lookup(name)
-    except (KeyError, ValueError) as e:
-        if ":" in name:  # an import path: the real import error says more than "unknown"
-            raise ValueError(str(e)) from None
-        raise ValueError(
-            f"unknown {what} {name!r}{did_you_mean(name, known)}; known: {', '.join(known)}"
-        ) from None
+    fn = lookup(name)  # its error names the closest known name, or the real import error
     params = list(inspect.signature(fn, eval_str=True).parameters.values())[skip:]
     if any(p.kind is p.VAR_KEYWORD for p in params):
         return dict(section)
@@ -89,43 +77,43 @@ def check_named(
 def dataset_section(v: Any) -> dict[str, Any]:
     from fedkit.data import DATASETS
 
-    return check_named(v, "dataset", DATASETS.__getitem__, sorted(DATASETS), skip=1)
+    return check_named(v, "dataset", DATASETS.__getitem__, DATASETS.names(), skip=1)
 
 
 def partition_section(v: Any) -> dict[str, Any]:
     from fedkit.data import PARTITIONERS
 
     return check_named(
-        v, "partition", PARTITIONERS.__getitem__, sorted(PARTITIONERS), skip=3, reserved=("groups",)
+        v, "partition", PARTITIONERS.__getitem__, PARTITIONERS.names(), skip=3, reserved=("groups",)
     )
 
 
 def model_section(v: Any) -> dict[str, Any]:
-    from fedkit.models.registry import MODELS, _resolve
+    from fedkit.models.registry import MODELS
 
-    return check_named(v, "model", _resolve, sorted(MODELS), skip=2)
+    return check_named(v, "model", MODELS.lookup, MODELS.names(), skip=2)
 
 
 def strategy_section(v: Any) -> dict[str, Any]:
     from fedkit.aggregation import make_aggregator
-    from fedkit.models.registry import resolve_callable
+    from fedkit.registry import resolve_import
 
     if not isinstance(v, Mapping) or "name" not in v:
         raise ValueError("strategy needs a 'name', e.g. {name: fedavg}")
     params = {k: x for k, x in v.items() if k != "name"}
     name = str(v["name"])
     if ":" in name:  # a user's factory: fn(**params) -> an aggregator (init, step)
-        check_named(v, "strategy", lambda n: resolve_callable(n, "strategy factory"), [], skip=0)
+        check_named(v, "strategy", lambda n: resolve_import(n, "strategy factory"), [], skip=0)
         return dict(v)
     make_aggregator(name, **params)  # raises ValueError naming what is allowed
     return dict(v)
 
 
 def import_path(v: str | None, what: str) -> str | None:
-    from fedkit.models.registry import resolve_callable
+    from fedkit.registry import resolve_import
 
     if v is not None:
-        resolve_callable(v, what)  # the real import error, not "unknown"
+        resolve_import(v, what)  # the real import error, not "unknown"
     return v
 
 

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import importlib
+from typing import Any
+
 import numpy as np
 import pytest
 
 from fedkit.data import PARTITIONERS, describe, partition
+from fedkit.registry import Registry
 from fedkit.rng import rng
 
 
@@ -128,9 +132,12 @@ def test_entry_point_errors() -> None:
 
 
 def test_cover_check_catches_a_broken_partitioner(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(PARTITIONERS, "iid", lambda labels, k, rng: [np.arange(len(labels) - 1)])
+    broken: Registry[Any] = Registry("partition")
+    broken.register("short")(lambda labels, k, rng: [np.arange(len(labels) - 1)])
+    broken.register("double")(lambda labels, k, rng: [np.arange(5), np.arange(5)])
+    module = importlib.import_module("fedkit.data.partition")  # the package re-exports a function
+    monkeypatch.setattr(module, "PARTITIONERS", broken)
     with pytest.raises(RuntimeError, match="unassigned"):
-        partition("iid", _labels(10), 1, 0)
-    monkeypatch.setitem(PARTITIONERS, "iid", lambda labels, k, rng: [np.arange(5), np.arange(5)])
+        partition("short", _labels(10), 1, 0)
     with pytest.raises(RuntimeError, match="twice"):
-        partition("iid", _labels(5), 2, 0)
+        partition("double", _labels(5), 2, 0)

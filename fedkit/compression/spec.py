@@ -1,0 +1,66 @@
+"""Spec string -> codec: the one place that composes registered stages into a codec.
+
+It sits above every codec module (the stages, ``pipeline``, ``ef``), so :mod:`.base` keeps only
+the protocol, the registry and the parser and knows none of its subclasses. Codecs that build
+other codecs from specs at run time (``adaptive``) import this module; the grammar is
+documented in :mod:`fedkit.compression.base`.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from fedkit.compression.base import Codec, Stage, build_stage, format_value, parse_spec
+from fedkit.compression.ef import with_error_feedback
+from fedkit.compression.identity import Identity
+from fedkit.compression.pipeline import build_pipeline
+from fedkit.types import DecodeError, Encoded, Params
+
+__all__ = ["decode", "make", "spec_string"]
+
+
+def make(spec: str) -> Codec:
+    """Build a codec from its spec string.
+
+    >>> make("topk(ratio=0.010) | quant(bits=8, stochastic=false) | zstd").spec
+    'topk(ratio=0.01)|quant(bits=8)|zstd(level=3)'
+    """
+    parsed = parse_spec(spec)
+    stages = [build_stage(n, p) for n, p in parsed.stages]
+    for (name, _), st in zip(parsed.stages, stages, strict=True):
+        if len(stages) > 1 and not isinstance(st, Stage | Identity):  # a standalone codec
+            raise ValueError(f"{name}(...) must be the only stage{getattr(st, 'alone_hint', '')}")
+    codec = build_pipeline(stages)
+    return with_error_feedback(codec) if parsed.error_feedback else codec
+
+
+def spec_string(
+    stages: Sequence[tuple[str, Mapping[str, Any]] | str], error_feedback: bool = False
+) -> str:
+    """Build a canonical spec from ``(name, params)`` pairs (e.g. from a YAML dict).
+
+    >>> spec_string([("topk", {"ratio": 0.01}), ("quant", {"bits": 4})], error_feedback=True)
+    'ef:topk(ratio=0.01)|quant(bits=4)'
+    """
+    parts = []
+    for st in stages:
+        name, params = (st, {}) if isinstance(st, str) else st
+        args = ",".join(f"{k}={format_value(v)}" for k, v in params.items())
+        parts.append(f"{name}({args})" if args else name)
+    return make(("ef:" if error_feedback else "") + "|".join(parts)).spec
+
+
+@functools.lru_cache(maxsize=256)
+def _cached(spec: str) -> Codec:
+    return make(spec)
+
+
+def decode(enc: Encoded) -> Params:
+    """Decode any payload from its bytes alone."""
+    try:
+        codec = _cached(enc.codec)
+    except (ValueError, TypeError) as e:
+        raise DecodeError(f"cannot build codec for payload: {e}") from None
+    return codec.decode(enc)
