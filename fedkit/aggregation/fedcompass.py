@@ -23,8 +23,8 @@ has to be given work:
 Arrivals: a client's first task (``max_steps`` for everyone at start) is aggregated alone, at
 once. Later, an arrival by its group's latest time is buffered with the group; when the last
 member arrives -- or :meth:`Compass.on_timer` fires at the latest time -- the group's buffer plus
-the general buffer of late arrivals is aggregated as one step, and its arrived members are given
-new work fastest first. A late arrival goes to the general buffer and gets new work at once.
+the general buffer of late arrivals is aggregated as one step (a client in both counts once,
+with its newer update), and its arrived members are given new work fastest first. A late arrival goes to the general buffer and gets new work at once.
 
 Aggregation (delta form): ``x <- x + sum_i alpha s(tau_i) / N * delta_i``; ``N`` is the number
 of clients, ``s`` polynomial with ``a = 0.5``, ``alpha = 0.9`` as in the reference config.
@@ -249,8 +249,10 @@ class Compass:
         self, state: CompassState, gid: int, now: float
     ) -> tuple[CompassState, Decision]:
         g = state.groups[gid]
-        pending_items = (*state.general, *state.buffers.get(gid, ()))
-        items = tuple((u, staleness(state.version, v)) for u, v in pending_items)
+        # a client both late (general) and on time (group) counts once, with its newer update,
+        # as the reference's dict merge does
+        merged = {u.client: (u, v) for u, v in (*state.general, *state.buffers.get(gid, ()))}
+        items = tuple((u, staleness(state.version, v)) for u, v in merged.values())
         version = state.version + 1
         buffers = {k: v for k, v in state.buffers.items() if k != gid}
         groups = dict(state.groups)
