@@ -39,6 +39,20 @@ class ServerOpt(Protocol):
     def apply(self, state: State, params: Params, delta: Params) -> tuple[State, Params]: ...
 
 
+class Reweight(Protocol):
+    """A stateful stage before the reduce: rescales each update from what the server has seen
+    of that client so far (FedAU's participation intervals). ``apply`` is called once per round,
+    also with no updates, so per-round counters keep ticking."""
+
+    def init(self) -> State: ...
+
+    def apply(self, state: State, updates: Sequence[Update]) -> tuple[State, list[Update]]: ...
+
+
+REWEIGHT_PREFIX = "reweight."
+"""Aggregator state keys of the reweight stage carry this prefix; the rest is the optimizer's."""
+
+
 @dataclass(frozen=True)
 class Aggregator:
     """One strategy = how deltas are combined x how the server moves along the result.
@@ -56,17 +70,34 @@ class Aggregator:
 
     reduce: Reduce
     server_opt: ServerOpt
+    reweight: Reweight | None = None
 
     def init(self, params: Params) -> State:
         if len(params) == 0:
             raise ValueError("cannot aggregate a model with no parameter arrays")
-        return self.server_opt.init(params)
+        state = self.server_opt.init(params)
+        if self.reweight is not None:
+            state = {**state, **{REWEIGHT_PREFIX + k: v for k, v in self.reweight.init().items()}}
+        return state
 
     def step(self, state: State, params: Params, updates: Sequence[Update]) -> tuple[State, Params]:
-        """Reduce ``updates`` (deltas local - global) and apply the result to ``params``."""
-        delta = self.reduce(updates)
-        check_like(delta, params, what="reduced delta")
-        return self.server_opt.apply(state, params, delta)
+        """Reduce ``updates`` (deltas local - global) and apply the result to ``params``.
+
+        With a ``reweight`` stage, call this every round, with ``[]`` when nobody replied: the
+        stage's state advances and the params come back unchanged."""
+        if self.reweight is None:
+            delta = self.reduce(updates)
+            check_like(delta, params, what="reduced delta")
+            return self.server_opt.apply(state, params, delta)
+        n = len(REWEIGHT_PREFIX)
+        rw = {k[n:]: v for k, v in state.items() if k.startswith(REWEIGHT_PREFIX)}
+        opt = {k: v for k, v in state.items() if not k.startswith(REWEIGHT_PREFIX)}
+        rw, updates = self.reweight.apply(rw, updates)
+        if updates:
+            delta = self.reduce(updates)
+            check_like(delta, params, what="reduced delta")
+            opt, params = self.server_opt.apply(opt, params, delta)
+        return {**opt, **{REWEIGHT_PREFIX + k: v for k, v in rw.items()}}, params
 
 
 def state_to_arrays(state: State) -> dict[str, np.ndarray]:

@@ -171,3 +171,31 @@ class Krum:
 def krum(f: int = 0, m: int | None = 1) -> Reduce:
     """Krum reducer tolerating ``f`` Byzantine clients; ``m > 1`` (or None) gives Multi-Krum."""
     return Krum(f, m)
+
+
+@dataclass(frozen=True)
+class SumOver:
+    """``sum_i delta_i / n`` for a fixed ``n``: the mean over a population of ``n`` clients in
+    which the absent ones count as zero (FedAU divides by all N clients, not by |S|)."""
+
+    n: int
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "n", check_int("n", self.n, lo=1))
+
+    def __call__(self, updates: Sequence[Update]) -> Params:
+        ref = _check_updates(updates)
+        if len(updates) > self.n:
+            raise ValueError(f"{len(updates)} updates but the population has n={self.n} clients")
+        out: Params = []
+        for k, (shape, dtype) in enumerate(ref):
+            acc = np.zeros(shape, dtype=_F64)
+            for u in updates:
+                acc += np.asarray(u.delta[k], dtype=_F64)
+            out.append(cast_like(acc / float(self.n), dtype))
+        return out
+
+
+def sum_over(n: int) -> Reduce:
+    """Reducer ``sum of deltas / n`` (a mean over ``n`` clients, absent ones counting zero)."""
+    return SumOver(n)

@@ -9,12 +9,19 @@ References (see ``reduce.py`` and ``server_opt.py`` for the maths):
 - fedadam, fedyogi, fedadagrad: Reddi et al., "Adaptive Federated Optimization", ICLR 2021.
 - fedmedian, fedtrimmedavg: Yin et al., ICML 2018.
 - krum, multikrum: Blanchard et al., NeurIPS 2017.
+- fedau: Wang & Ji, ICLR 2024 (see ``fedau.py``): participants weighted by their estimated
+  participation interval, summed over all ``num_clients`` N; ``cutoff`` is the paper's K.
 
 Defaults follow Flower's current ``flwr.serverapp.strategy`` signatures where it has them
 (FedAdam/FedAdagrad lr=0.1, FedYogi lr=0.01, tau=1e-3, beta1=0.9, beta2=0.99, FedAdagrad
 without momentum, FedTrimmedAvg beta=0.2, Krum f=0). Elsewhere: fedavgm momentum=0.9 (Hsu et al.
 use 0.9; Flower defaults to 0.0, which is FedAvg), fedprox mu=0.01 (inside the paper's grid; Flower
-makes it mandatory), multikrum m=None (keep n - f). Every strategy takes the server ``lr``.
+makes it mandatory), multikrum m=None (keep n - f), fedau lr=1 and no cutoff (the official
+code's defaults: eta_g = 1, K = 100000); fedau's ``num_clients`` has no default: the engine or
+the scenario must give N. Every strategy takes the server ``lr``.
+
+The asynchronous strategies (fedasync, fedbuff, fedcompass) are not one synchronous step; see
+``async_strategies.py``.
 """
 
 from __future__ import annotations
@@ -25,7 +32,8 @@ from types import MappingProxyType
 from typing import Any
 
 from fedkit.aggregation.base import Aggregator, check_real
-from fedkit.aggregation.reduce import krum, median, trimmed_mean, weighted_mean
+from fedkit.aggregation.fedau import FedAUReweight
+from fedkit.aggregation.reduce import krum, median, sum_over, trimmed_mean, weighted_mean
 from fedkit.aggregation.server_opt import adagrad, adam, momentum, sgd, yogi
 from fedkit.registry import did_you_mean, unknown
 
@@ -40,6 +48,13 @@ class _Spec:
 def _fedprox(lr: float, mu: float) -> Aggregator:
     check_real("mu", mu, lo=0.0)
     return Aggregator(weighted_mean, sgd(lr))
+
+
+def _fedau(lr: float, num_clients: int | None, cutoff: int | None) -> Aggregator:
+    if num_clients is None:
+        raise ValueError("fedau needs num_clients, the total number N of clients it divides by")
+    rw = FedAUReweight(cutoff, num_clients)
+    return Aggregator(sum_over(num_clients), sgd(lr), reweight=rw)
 
 
 _SPECS: dict[str, _Spec] = {
@@ -69,6 +84,7 @@ _SPECS: dict[str, _Spec] = {
     "multikrum": _Spec(
         {"f": 0, "m": None, "lr": 1.0}, lambda f, m, lr: Aggregator(krum(f, m), sgd(lr))
     ),
+    "fedau": _Spec({"lr": 1.0, "num_clients": None, "cutoff": None}, _fedau),
 }
 
 STRATEGIES: Mapping[str, Mapping[str, Any]] = MappingProxyType(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fedkit.aggregation import krum, mean, median, trimmed_mean, weighted_mean
+from fedkit.aggregation import krum, mean, median, sum_over, trimmed_mean, weighted_mean
 from fedkit.types import Update
 
 
@@ -160,3 +160,12 @@ def test_bad_robust_parameters() -> None:
         krum(f=2)(scalars(1, 2, 3, 4))
     with pytest.raises(ValueError, match="at most n - f = 3"):
         krum(f=1, m=4)(scalars(1, 2, 3, 4))
+
+
+def test_sum_over_divides_by_the_population() -> None:
+    out = sum_over(4)([up("a", [2.0, 1.0], n=7), up("b", [6.0, -1.0], n=1)])
+    np.testing.assert_array_equal(out[0], [2.0, 0.0])  # (2 + 6) / 4, num_examples ignored
+    with pytest.raises(ValueError, match="3 updates but the population has n=2"):
+        sum_over(2)(scalars(1.0, 2.0, 3.0))
+    with pytest.raises(ValueError, match="n must be >= 1"):
+        sum_over(0)

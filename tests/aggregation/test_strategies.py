@@ -25,7 +25,7 @@ from fedkit.aggregation import (
 from fedkit.types import Update
 
 # Parameters that make every strategy work with the 5-client rounds below.
-ARGS = {"krum": {"f": 1}, "multikrum": {"f": 1}}
+ARGS = {"krum": {"f": 1}, "multikrum": {"f": 1}, "fedau": {"num_clients": 5}}
 
 
 def rounds(n_rounds: int, seed: int = 0) -> list[list[Update]]:
@@ -63,6 +63,7 @@ def test_registry_names_and_defaults() -> None:
         "fedtrimmedavg",
         "krum",
         "multikrum",
+        "fedau",
     }
     assert make_aggregator("fedavg") == Aggregator(weighted_mean, sgd(1.0))
     assert make_aggregator("fedavgm").server_opt == momentum(1.0, 0.9, False)
