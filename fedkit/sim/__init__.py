@@ -1,1 +1,3 @@
-"""Simulation: the in-process link (device profiles and virtual clock come later)."""
+"""Simulation: the in-process link, the event clock (``clock``), device profiles and completion
+time (``devices``), availability (``availability``), trace files (``traces``), synchronous
+round timing (``timing``) and FedAU participation patterns (``participation``)."""
