@@ -14,10 +14,19 @@ from fedkit.aggregation.base import (
     state_to_arrays,
 )
 from fedkit.aggregation.reduce import krum, mean, median, trimmed_mean, weighted_mean
+from fedkit.aggregation.robust import (
+    ROOT_CLIENT,
+    bulyan,
+    centered_clip,
+    centered_clipping,
+    fltrust,
+    norm_bound,
+)
 from fedkit.aggregation.server_opt import adagrad, adam, momentum, sgd, yogi
 from fedkit.aggregation.strategies import STRATEGIES, client_config, make_aggregator
 
 __all__ = [
+    "ROOT_CLIENT",
     "STRATEGIES",
     "Aggregator",
     "Reduce",
@@ -25,12 +34,17 @@ __all__ = [
     "State",
     "adagrad",
     "adam",
+    "bulyan",
+    "centered_clip",
+    "centered_clipping",
     "client_config",
+    "fltrust",
     "krum",
     "make_aggregator",
     "mean",
     "median",
     "momentum",
+    "norm_bound",
     "sgd",
     "state_from_arrays",
     "state_to_arrays",

@@ -9,12 +9,17 @@ References (see ``reduce.py`` and ``server_opt.py`` for the maths):
 - fedadam, fedyogi, fedadagrad: Reddi et al., "Adaptive Federated Optimization", ICLR 2021.
 - fedmedian, fedtrimmedavg: Yin et al., ICML 2018.
 - krum, multikrum: Blanchard et al., NeurIPS 2017.
+- bulyan, centeredclip, fltrust, normbound: see ``robust.py`` (El Mhamdi et al. 2018,
+  Karimireddy et al. 2021, Cao et al. 2021, Sun et al. 2019). ``fltrust`` expects the server's
+  root-set update among the updates as client ``robust.ROOT_CLIENT``.
 
 Defaults follow Flower's current ``flwr.serverapp.strategy`` signatures where it has them
 (FedAdam/FedAdagrad lr=0.1, FedYogi lr=0.01, tau=1e-3, beta1=0.9, beta2=0.99, FedAdagrad
 without momentum, FedTrimmedAvg beta=0.2, Krum f=0). Elsewhere: fedavgm momentum=0.9 (Hsu et al.
 use 0.9; Flower defaults to 0.0, which is FedAvg), fedprox mu=0.01 (inside the paper's grid; Flower
-makes it mandatory), multikrum m=None (keep n - f). Every strategy takes the server ``lr``.
+makes it mandatory), multikrum m=None (keep n - f), bulyan f=0, centeredclip tau=1.0 with 3
+iterations from zero, normbound max_norm=1.0 (set both to about the honest update norm). Every
+strategy takes the server ``lr``.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from typing import Any
 
 from fedkit.aggregation.base import Aggregator, check_real
 from fedkit.aggregation.reduce import krum, median, trimmed_mean, weighted_mean
+from fedkit.aggregation.robust import FLTrust, bulyan, centered_clipping, norm_bound
 from fedkit.aggregation.server_opt import adagrad, adam, momentum, sgd, yogi
 
 
@@ -68,6 +74,15 @@ _SPECS: dict[str, _Spec] = {
     "krum": _Spec({"f": 0, "lr": 1.0}, lambda f, lr: Aggregator(krum(f, m=1), sgd(lr))),
     "multikrum": _Spec(
         {"f": 0, "m": None, "lr": 1.0}, lambda f, m, lr: Aggregator(krum(f, m), sgd(lr))
+    ),
+    "bulyan": _Spec({"f": 0, "lr": 1.0}, lambda f, lr: Aggregator(bulyan(f), sgd(lr))),
+    "centeredclip": _Spec(
+        {"tau": 1.0, "iters": 3, "lr": 1.0},
+        lambda tau, iters, lr: Aggregator(centered_clipping(tau, iters), sgd(lr)),
+    ),
+    "fltrust": _Spec({"lr": 1.0}, lambda lr: Aggregator(FLTrust(), sgd(lr))),
+    "normbound": _Spec(
+        {"max_norm": 1.0, "lr": 1.0}, lambda max_norm, lr: Aggregator(norm_bound(max_norm), sgd(lr))
     ),
 }
 
