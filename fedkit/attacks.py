@@ -35,7 +35,9 @@ from fedkit.types import ClientId, Params, Update
 _F64 = np.float64
 
 
-def _real(name: str, value: Any, *, lo: float, lo_open: bool = False, hi: float | None = None) -> float:
+def _real(
+    name: str, value: Any, *, lo: float, lo_open: bool = False, hi: float | None = None
+) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
         raise ValueError(f"{name} must be a finite number, got {value!r}")
     v = float(value)
@@ -208,7 +210,11 @@ def flip_labels(labels: np.ndarray, num_classes: int) -> np.ndarray:
     y = np.asarray(labels)
     if not np.issubdtype(y.dtype, np.integer):
         raise ValueError(f"flip_labels needs integer labels, got dtype {y.dtype}")
-    if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral) or num_classes < 2:
+    if (
+        isinstance(num_classes, bool)
+        or not isinstance(num_classes, numbers.Integral)
+        or num_classes < 2
+    ):
         raise ValueError(f"num_classes must be an integer >= 2, got {num_classes!r}")
     if y.size and (y.min() < 0 or y.max() >= num_classes):
         raise ValueError(f"labels must lie in [0, {num_classes - 1}], got [{y.min()}, {y.max()}]")
@@ -232,7 +238,9 @@ KINDS: tuple[str, ...] = tuple(sorted({*UPDATE_ATTACKS, *DATA_ATTACKS}))
 def make_attack(kind: str, **params: Any) -> Attack:
     """Build an update attack by kind, e.g. ``make_attack("scaling", factor=10)``."""
     if kind in DATA_ATTACKS:
-        raise ValueError(f"{kind!r} poisons data, not updates: apply flip_labels to the client's labels")
+        raise ValueError(
+            f"{kind!r} poisons data, not updates: apply flip_labels to the client's labels"
+        )
     if kind not in UPDATE_ATTACKS:
         raise ValueError(f"unknown attack {kind!r}; known: {', '.join(KINDS)}")
     try:

@@ -89,7 +89,9 @@ class Bulyan:
         ref = _check_updates(updates)
         n, f = len(updates), self.f
         if n < 4 * f + 3:
-            raise ValueError(f"bulyan with f={f} needs at least 4f + 3 = {4 * f + 3} updates, got {n}")
+            raise ValueError(
+                f"bulyan with f={f} needs at least 4f + 3 = {4 * f + 3} updates, got {n}"
+            )
         pool = list(range(n))
         flat = np.stack([_flat(u) for u in updates])
         dist = _sq_distances(flat)

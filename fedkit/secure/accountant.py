@@ -142,9 +142,7 @@ def noise_for_epsilon(
     check_int("rounds", rounds, lo=1)
 
     def eps(z: float) -> float:
-        return epsilon(
-            z, q, rounds, delta, method=method, sampling=sampling, population=population
-        )
+        return epsilon(z, q, rounds, delta, method=method, sampling=sampling, population=population)
 
     hi = 1.0
     if eps(hi) > target:
