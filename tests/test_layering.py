@@ -20,6 +20,8 @@ RULES = {
     "aggregation": ("torch", "grpc", "fedkit.models", "fedkit.runtime", "fedkit.transport", "fedkit.scenario"),
     "compression": ("torch", "grpc", "fedkit.models", "fedkit.runtime", "fedkit.transport", "fedkit.scenario"),
     "data": ("torch", "grpc", "fedkit.models", "fedkit.runtime", "fedkit.transport", "fedkit.scenario"),
+    "secure": ("torch", "grpc", "fedkit.models", "fedkit.runtime", "fedkit.transport", "fedkit.scenario"),
+    "attacks.py": ("torch", "grpc", "fedkit.models", "fedkit.runtime", "fedkit.transport", "fedkit.scenario"),
     "models": ("grpc", "fedkit.runtime", "fedkit.transport", "fedkit.scenario"),
     "runtime": ("grpc", "fedkit.transport", "fedkit.scenario", "fedkit.cli", "fedkit.experiment"),
     "sim": ("grpc", "fedkit.transport", "fedkit.scenario", "fedkit.cli"),

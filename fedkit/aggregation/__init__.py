@@ -22,6 +22,14 @@ from fedkit.aggregation.fedau import FedAUReweight
 from fedkit.aggregation.fedbuff import FedBuff
 from fedkit.aggregation.fedcompass import Compass
 from fedkit.aggregation.reduce import krum, mean, median, sum_over, trimmed_mean, weighted_mean
+from fedkit.aggregation.robust import (
+    ROOT_CLIENT,
+    bulyan,
+    centered_clip,
+    centered_clipping,
+    fltrust,
+    norm_bound,
+)
 from fedkit.aggregation.server_opt import adagrad, adam, momentum, sgd, yogi
 from fedkit.aggregation.staleness import STALENESS, make_staleness
 from fedkit.aggregation.strategies import STRATEGIES, client_config, make_aggregator
@@ -29,6 +37,7 @@ from fedkit.aggregation.strategies import STRATEGIES, client_config, make_aggreg
 __all__ = [
     "ASYNC_STRATEGIES",
     "STALENESS",
+    "ROOT_CLIENT",
     "STRATEGIES",
     "Aggregator",
     "Compass",
@@ -41,7 +50,11 @@ __all__ = [
     "State",
     "adagrad",
     "adam",
+    "bulyan",
+    "centered_clip",
+    "centered_clipping",
     "client_config",
+    "fltrust",
     "krum",
     "make_aggregator",
     "make_async",
@@ -49,6 +62,7 @@ __all__ = [
     "mean",
     "median",
     "momentum",
+    "norm_bound",
     "sgd",
     "state_from_arrays",
     "state_to_arrays",

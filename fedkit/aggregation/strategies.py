@@ -11,6 +11,9 @@ References (see ``reduce.py`` and ``server_opt.py`` for the maths):
 - krum, multikrum: Blanchard et al., NeurIPS 2017.
 - fedau: Wang & Ji, ICLR 2024 (see ``fedau.py``): participants weighted by their estimated
   participation interval, summed over all ``num_clients`` N; ``cutoff`` is the paper's K.
+- bulyan, centeredclip, fltrust, normbound: see ``robust.py`` (El Mhamdi et al. 2018,
+  Karimireddy et al. 2021, Cao et al. 2021, Sun et al. 2019). ``fltrust`` expects the server's
+  root-set update among the updates as client ``robust.ROOT_CLIENT``.
 
 Defaults follow Flower's current ``flwr.serverapp.strategy`` signatures where it has them
 (FedAdam/FedAdagrad lr=0.1, FedYogi lr=0.01, tau=1e-3, beta1=0.9, beta2=0.99, FedAdagrad
@@ -18,7 +21,9 @@ without momentum, FedTrimmedAvg beta=0.2, Krum f=0). Elsewhere: fedavgm momentum
 use 0.9; Flower defaults to 0.0, which is FedAvg), fedprox mu=0.01 (inside the paper's grid; Flower
 makes it mandatory), multikrum m=None (keep n - f), fedau lr=1 and no cutoff (the official
 code's defaults: eta_g = 1, K = 100000); fedau's ``num_clients`` has no default: the engine or
-the scenario must give N. Every strategy takes the server ``lr``.
+the scenario must give N; bulyan f=0, centeredclip tau=1.0 with 3 iterations from zero,
+normbound max_norm=1.0 (set both to about the honest update norm). Every strategy takes the
+server ``lr``.
 
 The asynchronous strategies (fedasync, fedbuff, fedcompass) are not one synchronous step; see
 ``async_strategies.py``.
@@ -34,6 +39,7 @@ from typing import Any
 from fedkit.aggregation.base import Aggregator, check_real
 from fedkit.aggregation.fedau import FedAUReweight
 from fedkit.aggregation.reduce import krum, median, sum_over, trimmed_mean, weighted_mean
+from fedkit.aggregation.robust import FLTrust, bulyan, centered_clipping, norm_bound
 from fedkit.aggregation.server_opt import adagrad, adam, momentum, sgd, yogi
 from fedkit.registry import did_you_mean, unknown
 
@@ -85,6 +91,15 @@ _SPECS: dict[str, _Spec] = {
         {"f": 0, "m": None, "lr": 1.0}, lambda f, m, lr: Aggregator(krum(f, m), sgd(lr))
     ),
     "fedau": _Spec({"lr": 1.0, "num_clients": None, "cutoff": None}, _fedau),
+    "bulyan": _Spec({"f": 0, "lr": 1.0}, lambda f, lr: Aggregator(bulyan(f), sgd(lr))),
+    "centeredclip": _Spec(
+        {"tau": 1.0, "iters": 3, "lr": 1.0},
+        lambda tau, iters, lr: Aggregator(centered_clipping(tau, iters), sgd(lr)),
+    ),
+    "fltrust": _Spec({"lr": 1.0}, lambda lr: Aggregator(FLTrust(), sgd(lr))),
+    "normbound": _Spec(
+        {"max_norm": 1.0, "lr": 1.0}, lambda max_norm, lr: Aggregator(norm_bound(max_norm), sgd(lr))
+    ),
 }
 
 STRATEGIES: Mapping[str, Mapping[str, Any]] = MappingProxyType(

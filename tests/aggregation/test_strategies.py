@@ -9,6 +9,7 @@ import pytest
 
 import fedkit.aggregation.base
 from fedkit.aggregation import (
+    ROOT_CLIENT,
     STRATEGIES,
     Aggregator,
     adagrad,
@@ -43,6 +44,13 @@ def rounds(n_rounds: int, seed: int = 0) -> list[list[Update]]:
     ]
 
 
+def for_strategy(name: str, ups: list[Update]) -> list[Update]:
+    """FLTrust also needs the server's root-set update among the updates."""
+    if name != "fltrust":
+        return ups
+    return [*ups, Update(ROOT_CLIENT, [np.ones((2, 3), np.float32), np.ones(3, np.float32)], 100)]
+
+
 def params0() -> list[np.ndarray]:
     return [np.ones((2, 3), np.float32), np.zeros(3, np.float32)]
 
@@ -64,6 +72,10 @@ def test_registry_names_and_defaults() -> None:
         "krum",
         "multikrum",
         "fedau",
+        "bulyan",
+        "centeredclip",
+        "fltrust",
+        "normbound",
     }
     assert make_aggregator("fedavg") == Aggregator(weighted_mean, sgd(1.0))
     assert make_aggregator("fedavgm").server_opt == momentum(1.0, 0.9, False)
@@ -127,18 +139,18 @@ def test_checkpoint_round_trip_continues_bit_exactly(name: str, tmp_path) -> Non
 
     state, x = agg.init(params0()), params0()
     for ups in data:
-        state, x = agg.step(state, x, ups)
+        state, x = agg.step(state, x, for_strategy(name, ups))
 
     state2, x2 = agg.init(params0()), params0()
     for ups in data[:2]:
-        state2, x2 = agg.step(state2, x2, ups)
+        state2, x2 = agg.step(state2, x2, for_strategy(name, ups))
     path = tmp_path / "ckpt.npz"
     np.savez(path, **{f"agg/{k}": v for k, v in state_to_arrays(state2).items()})
     del state2
     with np.load(path) as z:
         restored = state_from_arrays({k[len("agg/") :]: z[k] for k in z.files})
     for ups in data[2:]:
-        restored, x2 = agg.step(restored, x2, ups)
+        restored, x2 = agg.step(restored, x2, for_strategy(name, ups))
 
     assert restored.keys() == state.keys()
     for k in state:
@@ -152,6 +164,7 @@ def test_checkpoint_round_trip_continues_bit_exactly(name: str, tmp_path) -> Non
 def test_step_does_not_mutate_its_inputs(name: str) -> None:
     agg = make_aggregator(name, **ARGS.get(name, {}))
     data = rounds(2, seed=3)
+    data = [for_strategy(name, ups) for ups in data]
     state, x = agg.step(agg.init(params0()), params0(), data[0])
     saved_state = {k: [a.copy() for a in v] for k, v in state.items()}
     saved_x = [a.copy() for a in x]
@@ -167,6 +180,7 @@ def test_unknown_strategy_suggests_a_name() -> None:
     with pytest.raises(
         ValueError, match="unknown strategy 'fedadm' \\(did you mean 'fedadam'\\?\\); known: fedadagrad, fedadam"
     ):
+    with pytest.raises(ValueError, match="did you mean .fedadam..*known: bulyan, centeredclip, fedadagrad, fedadam"):
         make_aggregator("fedadm")
     with pytest.raises(ValueError, match="unknown strategy 'zzz'; known: "):
         make_aggregator("zzz")
