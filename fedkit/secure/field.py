@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-_DTYPES = {32: np.uint32, 64: np.uint64}
+_DTYPES: dict[int, type[np.unsignedinteger]] = {32: np.uint32, 64: np.uint64}
 
 
 @dataclass(frozen=True)

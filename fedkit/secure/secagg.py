@@ -35,6 +35,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
 
@@ -551,7 +552,7 @@ def _recv_unmask(state: ServerState, msg: UnmaskShares) -> ServerState:
     return replace(state, revealed={**state.revealed, msg.client: msg})
 
 
-_RECEIVE: dict[type, Callable[[ServerState, Message], ServerState]] = {
+_RECEIVE: dict[type, Callable[[ServerState, Any], ServerState]] = {
     AdvertiseKeys: _recv_advertise, ShareKeys: _recv_share,
     MaskedInput: _recv_masked, UnmaskShares: _recv_unmask,
 }

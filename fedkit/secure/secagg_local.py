@@ -15,6 +15,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -67,6 +68,7 @@ def run_local(
         return state
 
     alive = list(names)
+    out: Any = None
     for stage, close in zip(sa.STAGES, _CLOSERS, strict=True):
         alive = [c for c in alive if c not in set(drop.get(stage, ()))]
         sent: list[tuple[str, bytes]] = []
@@ -90,7 +92,6 @@ def run_local(
         keep(server)
         if stage == sa.STAGES[-1]:
             server_s += time.perf_counter() - t0
-            aggregate = out
             break
         inbox = {c: sa.encode_message(m) for c, m in out.items()}
         server_s += time.perf_counter() - t0
@@ -99,7 +100,7 @@ def run_local(
         alive = [c for c in alive if c in inbox]
         for c in alive:
             down[c] += len(inbox[c])
-    return LocalRun(aggregate, up, down, cpu, server_s, tuple(history))
+    return LocalRun(out, up, down, cpu, server_s, tuple(history))
 
 
 _CLIENT_STEP: dict[str, Callable] = {
