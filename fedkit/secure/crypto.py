@@ -42,13 +42,17 @@ def public_key(sk: bytes) -> bytes:
     return X25519PrivateKey.from_private_bytes(sk).public_key().public_bytes_raw()
 
 
-def agree(sk: bytes, peer_pk: bytes, info: bytes) -> bytes:
-    """A 32-byte key shared by the two ends: HKDF(X25519(sk, peer_pk), info)."""
+def private_key(sk: bytes) -> X25519PrivateKey:
+    """Load a raw private key once (loading costs as much as an exchange) for many ``agree``."""
     _check_len("private key", sk)
+    return X25519PrivateKey.from_private_bytes(sk)
+
+
+def agree(sk: bytes | X25519PrivateKey, peer_pk: bytes, info: bytes) -> bytes:
+    """A 32-byte key shared by the two ends: HKDF(X25519(sk, peer_pk), info)."""
+    key = sk if isinstance(sk, X25519PrivateKey) else private_key(sk)
     _check_len("public key", peer_pk)
-    shared = X25519PrivateKey.from_private_bytes(sk).exchange(
-        X25519PublicKey.from_public_bytes(peer_pk))
-    return derive(shared, info)
+    return derive(key.exchange(X25519PublicKey.from_public_bytes(peer_pk)), info)
 
 
 def seal(key: bytes, nonce: bytes, plaintext: bytes, aad: bytes) -> bytes:

@@ -38,6 +38,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from fedkit import rng as frng
 from fedkit.secure import crypto, shamir
@@ -317,12 +318,12 @@ def _self_seed(secret: bytes) -> bytes:
     return crypto.derive(secret, b"fedkit/secagg/self-mask")
 
 
-def _share_key(sk: bytes, peer_pk: bytes, round: int, sender: str, receiver: str) -> bytes:
+def _share_key(sk: X25519PrivateKey, peer_pk: bytes, round: int, sender: str, receiver: str) -> bytes:
     # one key per direction, so the two ends of a pair never reuse a (key, nonce)
     return crypto.agree(sk, peer_pk, b"fedkit/secagg/share" + _ctx(round, sender, receiver))
 
 
-def _pair_seed(sk: bytes, peer_pk: bytes, round: int, a: str, b: str) -> bytes:
+def _pair_seed(sk: X25519PrivateKey, peer_pk: bytes, round: int, a: str, b: str) -> bytes:
     lo, hi = sorted((a, b))
     return crypto.agree(sk, peer_pk, b"fedkit/secagg/pair-mask" + _ctx(round, lo, hi))
 
@@ -389,7 +390,7 @@ def share_keys(state: ClientState, msg: Neighbours) -> tuple[ClientState, ShareK
     xs = list(range(1, k + 1))
     b_sh = shamir.split(int.from_bytes(_self_seed(state.secret), "big"), t, xs, coeffs[: t - 1])
     s_sh = shamir.split(int.from_bytes(_mask_sk(state.secret), "big"), t, xs, coeffs[t - 1 :])
-    enc_sk = _enc_sk(state.secret)
+    enc_sk = crypto.private_key(_enc_sk(state.secret))
     sealed = []
     for j, p in enumerate(peers):
         plain = _pack([state.client.encode(), p.client.encode(),
@@ -414,7 +415,7 @@ def masked_input(
                          f"({state.config.dim},), got {x.dtype} {x.shape}")
     if x.size and int(x.max()) > spec.levels:
         raise ValueError(f"secagg client {me}: input exceeds the field's {spec.levels} levels")
-    enc_sk, held = _enc_sk(state.secret), {}
+    enc_sk, held = crypto.private_key(_enc_sk(state.secret)), {}
     for sender, ct in msg.sealed:
         if sender not in state.peers or sender in held:
             raise SecAggError(f"secagg client {me}: share from {sender!r}, not a neighbour "
@@ -430,7 +431,7 @@ def masked_input(
             raise SecAggError(f"secagg client {me}: share from {sender} is misaddressed")
         held[sender] = (parts[2], parts[3])
     y = x + crypto.prg(_self_seed(state.secret), x.size, spec.dtype)
-    mask_sk = _mask_sk(state.secret)
+    mask_sk = crypto.private_key(_mask_sk(state.secret))
     for v in sorted(held):
         pm = crypto.prg(_pair_seed(mask_sk, state.peers[v].mask_pk, state.round, me, v),
                         x.size, spec.dtype)
@@ -459,11 +460,13 @@ def unmask(state: ClientState, msg: UnmaskRequest) -> tuple[ClientState, UnmaskS
 
 @dataclass(frozen=True)
 class Aggregate:
-    """The protocol's output: the field sum of the survivors' inputs."""
+    """The protocol's output: the field sum of the survivors' inputs (and the graph used)."""
 
     round: int
     total: np.ndarray
     survivors: tuple[str, ...]
+    degree: int
+    threshold: int
 
 
 @dataclass(frozen=True)
@@ -673,14 +676,15 @@ def close_unmask(state: ServerState) -> tuple[ServerState, Aggregate]:
             if crypto.public_key(sk) != state.keys[u].mask_pk:
                 raise SecAggError(f"secagg: rebuilt mask key of {u} does not match its "
                                   "public key (inconsistent shares)")
+            sk_u = crypto.private_key(sk)
             for v in state.graph[u]:
                 if v in u3:
-                    pm = crypto.prg(_pair_seed(sk, state.keys[v].mask_pk, r, u, v),
+                    pm = crypto.prg(_pair_seed(sk_u, state.keys[v].mask_pk, r, u, v),
                                     total.size, spec.dtype)
                     # v added sign(v, u) * pm; take it back out
                     total = total - pm if _sign(v, u) > 0 else total + pm
     new = replace(state, stage="done", masked_sum=None, revealed={})
-    return new, Aggregate(r, total, state.u3)
+    return new, Aggregate(r, total, state.u3, state.degree, t)
 
 
 def _secret_bytes(value: int, owner: str, what: str) -> bytes:
