@@ -178,9 +178,8 @@ def test_step_does_not_mutate_its_inputs(name: str) -> None:
 
 def test_unknown_strategy_suggests_a_name() -> None:
     with pytest.raises(
-        ValueError, match="unknown strategy 'fedadm' \\(did you mean 'fedadam'\\?\\); known: fedadagrad, fedadam"
+        ValueError, match="unknown strategy 'fedadm' \\(did you mean 'fedadam'\\?\\); known: bulyan, centeredclip"
     ):
-    with pytest.raises(ValueError, match="did you mean .fedadam..*known: bulyan, centeredclip, fedadagrad, fedadam"):
         make_aggregator("fedadm")
     with pytest.raises(ValueError, match="unknown strategy 'zzz'; known: "):
         make_aggregator("zzz")
