@@ -48,7 +48,13 @@ from fedkit.rng import seed_int
 from fedkit.split.channel import ByteCount, LocalChannel
 from fedkit.split.client import ClientConfig, client_params, train_split
 from fedkit.split.partition import split
-from fedkit.split.server import LocalServer, ServerConfig, ServerState, server_begin_round, server_end_round
+from fedkit.split.server import (
+    LocalServer,
+    ServerConfig,
+    ServerState,
+    server_begin_round,
+    server_end_round,
+)
 from fedkit.types import ClientId, Params, Update
 
 __all__ = ["SCHEMES", "Scheme", "SplitSetup", "make_setup", "run_round"]
