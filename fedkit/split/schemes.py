@@ -45,6 +45,7 @@ from fedkit.aggregation.reduce import weighted_mean
 from fedkit.models.train import TrainConfig
 from fedkit.rng import rng as keyed_rng
 from fedkit.rng import seed_int
+from fedkit.split.bottleneck import with_bottleneck
 from fedkit.split.channel import ByteCount, LocalChannel
 from fedkit.split.client import ClientConfig, client_params, train_split
 from fedkit.split.partition import split
@@ -57,7 +58,7 @@ from fedkit.split.server import (
 )
 from fedkit.types import ClientId, Params, Update
 
-__all__ = ["SCHEMES", "Scheme", "SplitSetup", "make_setup", "run_round"]
+__all__ = ["SCHEMES", "Scheme", "SplitSetup", "initial", "make_setup", "run_round"]
 
 
 @dataclass(frozen=True)
@@ -106,8 +107,10 @@ def make_setup(
     *,
     seed: int = 0,
     aux: nn.Module | None = None,
+    bottleneck: int | None = None,
 ) -> SplitSetup:
-    """Cut ``model`` for ``scheme``; local_loss gets ``aux`` or a linear auxiliary head."""
+    """Cut ``model`` for ``scheme``; local_loss gets ``aux`` or a linear auxiliary head;
+    ``bottleneck=k`` adds a learned k-channel bottleneck at the (first) cut."""
     if scheme not in SCHEMES:
         raise ValueError(f"unknown split scheme {scheme!r}; known: {', '.join(SCHEMES)}")
     sch = SCHEMES[scheme]
@@ -115,6 +118,8 @@ def make_setup(
     if len(names) != sch.cuts:
         raise ValueError(f"scheme {scheme} takes {sch.cuts} cut(s), got {list(names)}")
     sm = split(model, names)
+    if bottleneck is not None:
+        sm = with_bottleneck(sm, input_shape, bottleneck, seed)
     with torch.no_grad():
         act = sm.parts[0](torch.zeros((2, *input_shape)))
     shape = tuple(int(s) for s in act.shape[1:])
