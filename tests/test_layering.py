@@ -24,6 +24,7 @@ RULES = {
     "attacks.py": ("torch", "grpc", "fedkit.models", "fedkit.runtime", "fedkit.transport", "fedkit.scenario"),
     "models": ("grpc", "fedkit.runtime", "fedkit.transport", "fedkit.scenario"),
     "runtime": ("grpc", "fedkit.transport", "fedkit.scenario", "fedkit.cli", "fedkit.experiment"),
+    "split": ("grpc", "fedkit.runtime", "fedkit.transport", "fedkit.scenario", "fedkit.cli"),
     "sim": ("grpc", "fedkit.transport", "fedkit.scenario", "fedkit.cli"),
     "transport": ("torch", "fedkit.runtime", "fedkit.scenario", "fedkit.models", "fedkit.cli"),
 }

@@ -1,1 +1,32 @@
-"""split."""
+"""Split learning: cut a model at named modules, five schemes over a per-batch channel.
+
+:mod:`~fedkit.split.partition` cuts; :mod:`~fedkit.split.channel` is the client <-> server seam;
+:mod:`~fedkit.split.server` and :mod:`~fedkit.split.client` are the two sides as values;
+:mod:`~fedkit.split.schemes` documents the schemes and runs an in-process round;
+:mod:`~fedkit.split.bottleneck` adds a learned bottleneck at the cut.
+"""
+
+from fedkit.split.bottleneck import with_bottleneck
+from fedkit.split.channel import ByteCount, LocalChannel, SplitBatch, SplitChannel
+from fedkit.split.client import ClientConfig, client_params, train_split
+from fedkit.split.partition import CutPoint, SplitModel, cut_names, cut_points, split
+from fedkit.split.schemes import SCHEMES, SplitSetup, initial, make_setup, run_round
+from fedkit.split.server import (
+    LocalServer,
+    PartState,
+    ServerConfig,
+    ServerState,
+    average_parts,
+    server_begin_round,
+    server_end_round,
+    server_handle,
+    server_init,
+)
+
+__all__ = [
+    "SCHEMES", "ByteCount", "ClientConfig", "CutPoint", "LocalChannel", "LocalServer", "PartState",
+    "ServerConfig", "ServerState", "SplitBatch", "SplitChannel", "SplitModel", "SplitSetup",
+    "average_parts", "client_params", "cut_names", "cut_points", "initial", "make_setup",
+    "run_round", "server_begin_round", "server_end_round", "server_handle", "server_init",
+    "split", "train_split", "with_bottleneck",
+]

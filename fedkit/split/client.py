@@ -1,0 +1,167 @@
+"""The client side of split learning: :func:`train_split` runs a client's local epochs over a
+:class:`~fedkit.split.channel.SplitChannel` and returns its updated part(s) as ``Params``.
+
+The client's part is one ``Params`` list so any FL aggregator can average it: the client part
+(vanilla, splitfed_v1/v2), head + tail (ushape), or client part + auxiliary head (local_loss),
+each module's state_dict in turn. Batches are those of :func:`fedkit.models.train` for the same
+``TrainConfig`` and numpy Generator (``fedkit.rng.rng(seed, "train", round, client)``), so a split
+run sees exactly the batches an FL run would; dropout draws are keyed by (seed, round, client,
+step) and never touch torch's global RNG. FedProx's ``mu`` adds mu * (w - w_start) to the
+gradient, as the proximal term does in FL training. The optimizer state is fresh per task, as in
+FL training.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call
+
+from fedkit.models.params import get_params
+from fedkit.models.train import TrainConfig, _batches
+from fedkit.split.channel import SplitBatch, SplitChannel
+from fedkit.split.optim import opt_init, opt_step, seeded, tensors, trainable
+from fedkit.types import ClientId, Params
+
+__all__ = ["ClientConfig", "client_params", "train_split"]
+
+
+@dataclass(frozen=True, eq=False)
+class ClientConfig:
+    """``modules``: (client,) | (head, tail) for ushape | (client, aux_head) for local_loss."""
+
+    scheme: str
+    modules: tuple[nn.Module, ...]
+    train: TrainConfig = TrainConfig()
+    seed: int = 0
+
+
+def client_params(modules: Sequence[nn.Module]) -> Params:
+    """The client's ``Params``: each module's state_dict in turn."""
+    return [a for m in modules for a in get_params(m)]
+
+
+def _unpack(modules: Sequence[nn.Module], params: Params) -> list[dict[str, torch.Tensor]]:
+    out, i = [], 0
+    for m in modules:
+        n = len(m.state_dict())
+        out.append(tensors(m, params[i : i + n]))
+        i += n
+    if i != len(params):
+        raise ValueError(f"client part has {i} tensors, got {len(params)} arrays")
+    return out
+
+
+Call = Callable[[int, torch.Tensor], torch.Tensor]  # (module index, input) -> output
+Grads = list[torch.Tensor | None]
+Step = Callable[[Call, list[list[torch.Tensor]], torch.Tensor, torch.Tensor, SplitChannel, int], tuple[Grads, float]]
+"""(call, trainable tensors per module, x, y, channel, step) -> (grads in that order, loss)."""
+
+
+def _reply(
+    channel: SplitChannel, msg: SplitBatch, want: str, like: torch.Tensor | None = None
+) -> tuple[torch.Tensor, float]:
+    """The one tensor of the server's reply, checked, and the server's loss if it sent one."""
+    reply = channel.exchange(msg)
+    if reply is None or reply.kind != want or reply.step != msg.step or len(reply.tensors) != 1:
+        got = "nothing" if reply is None else f"{reply.kind} for step {reply.step}"
+        raise ValueError(f"step {msg.step}: expected {want} from the server, got {got}")
+    t = torch.from_numpy(np.require(reply.tensors[0], np.float32, "W"))
+    if like is not None and t.shape != like.shape:
+        raise ValueError(f"step {msg.step}: server sent {want} of shape {tuple(t.shape)}, expected {tuple(like.shape)}")
+    return t, float(reply.metrics.get("loss", np.nan))
+
+
+def _grad(out: torch.Tensor, inputs: list[torch.Tensor], grad_out: torch.Tensor | None = None) -> Grads:
+    if not inputs or not out.requires_grad:
+        return [None] * len(inputs)
+    return list(torch.autograd.grad(out, inputs, grad_out, allow_unused=True))
+
+
+def _server_loss(call: Call, tr: list[list[torch.Tensor]], xb: torch.Tensor, yb: torch.Tensor, ch: SplitChannel, step: int) -> tuple[Grads, float]:
+    a = call(0, xb)
+    msg = SplitBatch(step, "activations", [a.detach().numpy()], yb.numpy())
+    grad_a, loss = _reply(ch, msg, "gradients", like=a)
+    return _grad(a, tr[0], grad_a), loss  # the server's loss, from the reply's metrics
+
+
+def _ushape(call: Call, tr: list[list[torch.Tensor]], xb: torch.Tensor, yb: torch.Tensor, ch: SplitChannel, step: int) -> tuple[Grads, float]:
+    h = call(0, xb)
+    b = _reply(ch, SplitBatch(step, "activations", [h.detach().numpy()]), "activations")[0].requires_grad_(True)
+    loss = F.cross_entropy(call(1, b), yb)
+    gb, *g_tail = torch.autograd.grad(loss, [b, *tr[1]], allow_unused=True)
+    assert gb is not None
+    gh, _ = _reply(ch, SplitBatch(step, "gradients", [gb.numpy()]), "gradients", like=h)
+    return [*_grad(h, tr[0], gh), *g_tail], float(loss.detach())
+
+
+def _local_loss(call: Call, tr: list[list[torch.Tensor]], xb: torch.Tensor, yb: torch.Tensor, ch: SplitChannel, step: int) -> tuple[Grads, float]:
+    a = call(0, xb)
+    loss = F.cross_entropy(call(1, a), yb)
+    if ch.exchange(SplitBatch(step, "activations", [a.detach().numpy()], yb.numpy())) is not None:
+        raise ValueError(f"step {step}: local_loss expects no reply from the server")
+    return _grad(loss, [*tr[0], *tr[1]]), float(loss.detach())
+
+
+STEPS: dict[str, Step] = {
+    "vanilla": _server_loss,
+    "splitfed_v1": _server_loss,
+    "splitfed_v2": _server_loss,
+    "ushape": _ushape,
+    "local_loss": _local_loss,
+}
+_ROLES = {"ushape": 2, "local_loss": 2}  # modules the client holds; others: 1
+
+
+def train_split(
+    cfg: ClientConfig,
+    params: Params,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    channel: SplitChannel,
+    rng: np.random.Generator,
+    *,
+    round: int = 0,
+    client: ClientId = "",
+) -> tuple[Params, dict[str, float]]:
+    """Local split training from ``params``: (new client params, {loss, steps, samples}).
+
+    ``loss`` is the mean batch loss the client sees: the server's (from reply metrics) where the
+    server holds the loss, the tail's in ushape, the auxiliary head's in local_loss.
+    """
+    if cfg.scheme not in STEPS:
+        raise ValueError(f"unknown split scheme {cfg.scheme!r}; known: {', '.join(STEPS)}")
+    if len(cfg.modules) != _ROLES.get(cfg.scheme, 1):
+        raise ValueError(f"scheme {cfg.scheme} needs {_ROLES.get(cfg.scheme, 1)} client modules, got {len(cfg.modules)}")
+    mask = [t for m in cfg.modules for t in trainable(m)]
+    params = list(params)
+    opt = opt_init(cfg.train, [a for a, t in zip(params, mask, strict=True) if t])
+    anchor = [torch.from_numpy(a.copy()) for a, t in zip(params, mask, strict=True) if t] if cfg.train.mu > 0 else None
+    total, steps, samples = 0.0, 0, 0
+    for step, idx in enumerate(_batches(len(y), cfg.train, rng)):
+        parts = _unpack(cfg.modules, params)
+        trains = [[t for t, keep in zip(p.values(), trainable(m), strict=True) if keep] for p, m in zip(parts, cfg.modules, strict=True)]
+
+        def call(i: int, inp: torch.Tensor, step: int = step, parts: list = parts) -> torch.Tensor:  # type: ignore[type-arg]
+            with seeded(cfg.seed, "split-client", round, client, step, i):
+                return functional_call(cfg.modules[i], parts[i], (inp,))
+
+        grads, loss = STEPS[cfg.scheme](call, trains, x[idx], y[idx], channel, step)
+        flat = [t for ts in trains for t in ts]
+        full = [torch.zeros_like(t) if g is None else g for g, t in zip(grads, flat, strict=True)]
+        if anchor is not None:
+            full = [g + cfg.train.mu * (t.detach() - a) for g, t, a in zip(full, flat, anchor, strict=True)]
+        opt, new = opt_step(cfg.train, opt, flat, full)
+        it, every = iter(new), [t for p in parts for t in p.values()]
+        params = [next(it) if keep else t.numpy() for t, keep in zip(every, mask, strict=True)]
+        total += loss  # NaN when a transport sends no server loss: then "loss" is NaN, not made up
+        steps += 1
+        samples += len(idx)
+    if cfg.scheme in _ROLES and not np.isfinite(total):
+        raise FloatingPointError("split training diverged (loss is NaN or Inf); lower the lr")
+    return params, {"loss": total / max(steps, 1), "steps": float(steps), "samples": float(samples)}

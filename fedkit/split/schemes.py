@@ -1,0 +1,189 @@
+"""Split-learning schemes: who holds which part, who holds the loss, how a round runs.
+
+References: vanilla SL, Gupta & Raskar 2018 and Vepakomma et al. 2018 (SplitNN); SplitFed V1/V2,
+Thapa et al., AAAI 2022 (arXiv 2004.12088); U-shaped SL, Vepakomma et al. 2018; local-loss SL,
+Han et al. 2021 ("Accelerating Federated Learning with Split Learning on Locally Generated
+Losses"). Notes: REFERENCES.md A1, A2, A4.
+
+* **vanilla** -- clients in turn, in a seeded order (``rng(seed, "split-order", round)``); one
+  server part. Client k+1 starts from client k's client part, relayed through the server: those
+  bytes count as model exchange (down and up per client). The client part is not averaged.
+* **splitfed_v1** -- clients in parallel; the server forks one server-part copy per client at its
+  first batch and averages the copies after the round, **sample-weighted** (Thapa et al.'s code
+  averages unweighted; the two agree for equal client sizes). Client parts are FedAvg'd. With
+  identity codecs and SGD this is exactly FedAvg of the whole model (tested).
+* **splitfed_v2** -- one server part trained over the clients' batches, one client's local
+  epochs after another in a seeded order; client parts FedAvg'd.
+* **ushape** -- two cuts: head and tail on the client, body on the server. The loss and the labels
+  never leave the client; per step two round trips (see :mod:`fedkit.split.channel`). Head + tail
+  are FedAvg'd; the body is one shared part.
+* **local_loss** -- the client trains its part with a small auxiliary head on a local loss and
+  sends activations (and labels) only; the server trains its part on them; no gradient comes down.
+  Client part + auxiliary head are FedAvg'd. In-process the server consumes the activations as
+  they come (a seeded client order); the result does not depend on the client side waiting.
+
+Where the engine plugs in: :func:`make_setup` builds the modules once; per round the engine calls
+``server_begin_round``, runs :func:`fedkit.split.client.train_split` for each selected client
+over ``link.split_channel(client)`` (the server end calls ``server_handle``), aggregates client
+parts with any FL aggregator (vanilla: relays them instead), and calls ``server_end_round``.
+:func:`run_round` is that loop in process, the reference for the engine and the tests.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from fedkit import compression
+from fedkit.aggregation.reduce import weighted_mean
+from fedkit.models.train import TrainConfig
+from fedkit.rng import rng as keyed_rng
+from fedkit.rng import seed_int
+from fedkit.split.bottleneck import with_bottleneck
+from fedkit.split.channel import ByteCount, LocalChannel
+from fedkit.split.client import ClientConfig, client_params, train_split
+from fedkit.split.partition import split
+from fedkit.split.server import (
+    LocalServer,
+    ServerConfig,
+    ServerState,
+    server_begin_round,
+    server_end_round,
+)
+from fedkit.types import ClientId, Params, Update
+
+__all__ = ["SCHEMES", "Scheme", "SplitSetup", "initial", "make_setup", "run_round"]
+
+
+@dataclass(frozen=True)
+class Scheme:
+    name: str
+    cuts: int  # 1, or 2 for ushape
+    relay: bool  # vanilla: the client part goes from client to client, no averaging
+    labels_up: bool
+    gradients_down: bool
+
+
+SCHEMES: dict[str, Scheme] = {
+    s.name: s
+    for s in (
+        Scheme("vanilla", 1, relay=True, labels_up=True, gradients_down=True),
+        Scheme("splitfed_v1", 1, relay=False, labels_up=True, gradients_down=True),
+        Scheme("splitfed_v2", 1, relay=False, labels_up=True, gradients_down=True),
+        Scheme("ushape", 2, relay=False, labels_up=False, gradients_down=True),
+        Scheme("local_loss", 1, relay=False, labels_up=True, gradients_down=False),
+    )
+}
+
+
+@dataclass(frozen=True, eq=False)
+class SplitSetup:
+    """The modules of a split experiment: what the client trains and what the server trains."""
+
+    scheme: Scheme
+    client_modules: tuple[nn.Module, ...]
+    server_module: nn.Module
+    activation_shape: tuple[int, ...]  # per sample, at the (first) cut
+
+
+def _aux_head(shape: tuple[int, ...], num_classes: int, seed: int) -> nn.Module:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed_int(seed, "split-aux"))
+        return nn.Sequential(nn.Flatten(), nn.Linear(math.prod(shape), num_classes))
+
+
+def make_setup(
+    scheme: str,
+    model: nn.Module,
+    cuts: str | Sequence[str],
+    input_shape: Sequence[int],
+    num_classes: int,
+    *,
+    seed: int = 0,
+    aux: nn.Module | None = None,
+    bottleneck: int | None = None,
+) -> SplitSetup:
+    """Cut ``model`` for ``scheme``; local_loss gets ``aux`` or a linear auxiliary head;
+    ``bottleneck=k`` adds a learned k-channel bottleneck at the (first) cut."""
+    if scheme not in SCHEMES:
+        raise ValueError(f"unknown split scheme {scheme!r}; known: {', '.join(SCHEMES)}")
+    sch = SCHEMES[scheme]
+    names = (cuts,) if isinstance(cuts, str) else tuple(cuts)
+    if len(names) != sch.cuts:
+        raise ValueError(f"scheme {scheme} takes {sch.cuts} cut(s), got {list(names)}")
+    sm = split(model, names)
+    if bottleneck is not None:
+        sm = with_bottleneck(sm, input_shape, bottleneck, seed)
+    with torch.no_grad():
+        act = sm.parts[0](torch.zeros((2, *input_shape)))
+    shape = tuple(int(s) for s in act.shape[1:])
+    if scheme == "ushape":
+        return SplitSetup(sch, (sm.head, sm.tail), sm.body, shape)
+    client: tuple[nn.Module, ...] = (sm.client,)
+    if scheme == "local_loss":
+        client = (sm.client, aux if aux is not None else _aux_head(shape, num_classes, seed))
+    return SplitSetup(sch, client, sm.server, shape)
+
+
+def _mean(params: Params, results: list[tuple[ClientId, Params, int]]) -> Params:
+    """FedAvg of the client parts: params + sample-weighted mean delta."""
+    ups = [Update(c, [a - g for a, g in zip(p, params, strict=True)], n) for c, p, n in results]
+    return [g + d for g, d in zip(params, weighted_mean(ups), strict=True)]
+
+
+def run_round(
+    setup: SplitSetup,
+    params: Params,
+    server: ServerState,
+    data: Mapping[ClientId, tuple[torch.Tensor, torch.Tensor]],
+    round: int,
+    *,
+    train: TrainConfig,
+    server_opt: TrainConfig,
+    seed: int = 0,
+    up: str = "identity",
+    down: str = "identity",
+) -> tuple[Params, ServerState, dict[str, float]]:
+    """One in-process round over every client in ``data``: (client params, server state, metrics).
+
+    Metrics: mean client loss, server loss, samples, and bytes by category (``bytes_*``;
+    ``bytes_model_down`` / ``bytes_model_up`` are the client parts with the ``identity`` codec).
+    """
+    name = setup.scheme.name
+    scfg = ServerConfig(name, setup.server_module, server_opt, seed, setup.activation_shape)
+    ccfg = ClientConfig(name, setup.client_modules, train, seed)
+    box = LocalServer(scfg, server_begin_round(server, round))
+    clients = sorted(data)
+    order = [clients[i] for i in keyed_rng(seed, "split-order", round).permutation(len(clients))]
+    raw = compression.make("identity")
+    model_down, model_up, counted, losses = 0, 0, ByteCount(), []
+    results: list[tuple[ClientId, Params, int]] = []
+    current = params
+    for c in order:
+        start = current if setup.scheme.relay else params
+        model_down += raw.encode(None, start)[1].nbytes
+        ch = LocalChannel(box.handle, c, up=up, down=down, seed=seed, round=round)
+        x, y = data[c]
+        new, m = train_split(ccfg, start, x, y, ch, keyed_rng(seed, "train", round, c), round=round, client=c)
+        model_up += raw.encode(None, new)[1].nbytes
+        counted, current = counted + ch.bytes, new
+        results.append((c, new, len(y)))
+        losses.append(m["loss"])
+    out = current if setup.scheme.relay else _mean(params, results)
+    state, smetrics = server_end_round(scfg, box.state)
+    metrics = {"loss": float(np.mean(losses)), **smetrics, **counted.as_metrics(),
+               "bytes_model_down": float(model_down), "bytes_model_up": float(model_up)}
+    return out, state, metrics
+
+
+def initial(setup: SplitSetup) -> tuple[Params, Params]:
+    """(client params, server params) as the modules were built."""
+    from fedkit.models.params import get_params
+
+    return client_params(setup.client_modules), get_params(copy.deepcopy(setup.server_module))

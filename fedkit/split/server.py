@@ -1,0 +1,267 @@
+"""The server side of split learning as values: part states, one message in, one reply out.
+
+Schemes and their message sequences are documented in :mod:`fedkit.split.schemes` and
+:mod:`fedkit.split.channel`. Here:
+
+* :class:`PartState` is one server part (or U-shape body): ``params`` in state_dict order plus
+  its optimizer state. SplitFed V1 keeps one copy per client for the round (``copies``, forked
+  from ``shared`` at the client's first batch); every other scheme updates ``shared``.
+* :func:`server_handle` ``(cfg, state, client, msg) -> (state, reply | None)`` validates the
+  frame (one float tensor, finite, per-sample shape as expected, labels match the batch) and
+  raises ``ValueError`` naming what is wrong *before* touching the state, so a transport can
+  answer INVALID_ARGUMENT and go on with other clients.
+* :func:`server_end_round` averages the V1 copies into ``shared``, **sample-weighted** (each
+  copy by the samples its client sent this round; Thapa et al.'s code uses an unweighted mean,
+  which is the same for equal client sizes). Optimizer buffers are averaged with the same
+  weights; the step count is the largest.
+
+What the server keeps, and how to drop a client: the state is an immutable value, so a transport
+that loses a client mid-stream restores the value it held before that client's first batch
+(sequential schemes) or simply discards that client's V1 copy and sample count. The only
+non-value is ``pending`` (U-shape: the body's autograd graph between sending its output down and
+receiving that output's gradient); it is transient, never checkpointed, and a new activations
+message from the same client replaces it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call
+
+from fedkit.aggregation.reduce import weighted_mean
+from fedkit.models.params import get_params
+from fedkit.models.train import TrainConfig
+from fedkit.split.channel import SplitBatch
+from fedkit.split.optim import OptState, opt_init, opt_step, seeded, tensors, trainable
+from fedkit.types import ClientId, Params, Update
+
+__all__ = [
+    "LocalServer",
+    "PartState",
+    "ServerConfig",
+    "ServerState",
+    "average_parts",
+    "server_begin_round",
+    "server_end_round",
+    "server_handle",
+    "server_init",
+]
+
+
+@dataclass(frozen=True, eq=False)
+class ServerConfig:
+    """What the server side needs to know; ``module`` is an architecture, never written into."""
+
+    scheme: str
+    module: nn.Module
+    opt: TrainConfig = TrainConfig()
+    seed: int = 0
+    activation_shape: tuple[int, ...] | None = None  # per sample; checked on every frame when set
+
+
+@dataclass(frozen=True, eq=False)
+class PartState:
+    params: Params
+    opt: OptState
+
+
+@dataclass(frozen=True, eq=False)
+class ServerState:
+    round: int
+    shared: PartState
+    copies: Mapping[ClientId, PartState] = field(default_factory=dict)  # splitfed_v1
+    samples: Mapping[ClientId, int] = field(default_factory=dict)  # this round, per client
+    loss: float = 0.0  # sum of server-side batch losses this round
+    steps: int = 0
+    pending: Mapping[ClientId, Any] = field(default_factory=dict)  # ushape, transient
+
+
+def _fresh_part(cfg: ServerConfig, params: Params) -> PartState:
+    mask = trainable(cfg.module)
+    return PartState(list(params), opt_init(cfg.opt, [p for p, t in zip(params, mask, strict=True) if t]))
+
+
+def server_init(cfg: ServerConfig, params: Params | None = None) -> ServerState:
+    """The server side at round 0, from ``params`` or the module's own initial weights."""
+    return ServerState(0, _fresh_part(cfg, get_params(cfg.module) if params is None else params))
+
+
+def server_begin_round(state: ServerState, round: int) -> ServerState:
+    return ServerState(round, state.shared)
+
+
+def average_parts(parts: list[PartState], weights: list[int]) -> PartState:
+    """Sample-weighted mean of part copies (params and optimizer buffers)."""
+    if not parts:
+        raise ValueError("no server part copies to average")
+    if sum(weights) <= 0:
+        raise ValueError(f"copies need positive sample weights, got {weights}")
+
+    def mean(arrays: list[Params]) -> Params:
+        ups = [Update(str(i), a, w) for i, (a, w) in enumerate(zip(arrays, weights, strict=True))]
+        return weighted_mean(ups)
+
+    bufs = tuple(mean([p.opt.buffers[k] for p in parts]) for k in range(len(parts[0].opt.buffers)))
+    opt = OptState(max(p.opt.step for p in parts), bufs)
+    return PartState(mean([p.params for p in parts]), opt)
+
+
+def server_end_round(cfg: ServerConfig, state: ServerState) -> tuple[ServerState, dict[str, float]]:
+    """Close the round: average V1 copies into ``shared``; report server-side loss and samples."""
+    shared = state.shared
+    if state.copies:
+        clients = sorted(state.copies)
+        shared = average_parts([state.copies[c] for c in clients], [state.samples[c] for c in clients])
+    metrics = {"server_loss": state.loss / max(state.steps, 1), "server_steps": float(state.steps),
+               "server_samples": float(sum(state.samples.values()))}
+    return ServerState(state.round, shared), metrics
+
+
+# --------------------------------------------------------------------------------------------
+# one message
+
+
+def _check(cfg: ServerConfig, msg: SplitBatch, labels: bool) -> None:
+    if len(msg.tensors) != 1:
+        raise ValueError(f"step {msg.step}: expected one {msg.kind} tensor, got {len(msg.tensors)}")
+    (a,) = msg.tensors
+    if a.dtype.kind != "f":
+        raise ValueError(f"step {msg.step}: {msg.kind} must be floating point, got {a.dtype}")
+    if a.ndim < 1 or a.shape[0] == 0:
+        raise ValueError(f"step {msg.step}: {msg.kind} need a non-empty batch dimension, got {a.shape}")
+    if not np.isfinite(a).all():
+        raise ValueError(f"step {msg.step}: {msg.kind} contain NaN or Inf")
+    if msg.kind == "activations" and cfg.activation_shape is not None and a.shape[1:] != cfg.activation_shape:
+        raise ValueError(
+            f"step {msg.step}: activations per sample are {a.shape[1:]}, the cut gives {cfg.activation_shape}"
+        )
+    if labels:
+        y = msg.labels
+        if y is None:
+            raise ValueError(f"step {msg.step}: scheme {cfg.scheme} needs labels with the activations")
+        if y.dtype.kind not in "iu" or y.shape != (a.shape[0],):
+            raise ValueError(f"step {msg.step}: labels must be {a.shape[0]} integers, got {y.dtype} {y.shape}")
+    elif msg.labels is not None:
+        raise ValueError(f"step {msg.step}: scheme {cfg.scheme} keeps labels on the client; got labels")
+
+
+def _forward(cfg: ServerConfig, part: PartState, client: ClientId, msg: SplitBatch, rnd: int) -> Any:
+    ts = tensors(cfg.module, part.params)
+    a = torch.from_numpy(np.require(msg.tensors[0], np.float32, "W")).requires_grad_(True)
+    with seeded(cfg.seed, "split-server", rnd, client, msg.step):
+        out = functional_call(cfg.module, ts, (a,))
+    return ts, a, out
+
+
+def _update(cfg: ServerConfig, part: PartState, ts: dict[str, torch.Tensor], grads: list[torch.Tensor]) -> PartState:
+    mask = trainable(cfg.module)
+    names = list(ts)
+    train = [ts[n] for n, t in zip(names, mask, strict=True) if t]
+    opt, new = opt_step(cfg.opt, part.opt, train, grads)
+    it = iter(new)
+    params = [next(it) if t else ts[n].detach().numpy() for n, t in zip(names, mask, strict=True)]
+    return PartState(params, opt)
+
+
+def _labels(out: torch.Tensor, y: np.ndarray, step: int) -> torch.Tensor:
+    if y.min() < 0 or y.max() >= out.shape[1]:
+        raise ValueError(f"step {step}: labels must be in 0..{out.shape[1] - 1}, got {y.min()}..{y.max()}")
+    return torch.from_numpy(y.astype(np.int64))
+
+
+def _part(cfg: ServerConfig, state: ServerState, client: ClientId) -> PartState:
+    if cfg.scheme == "splitfed_v1":
+        return state.copies.get(client, state.shared)
+    return state.shared
+
+
+def _store(cfg: ServerConfig, state: ServerState, client: ClientId, part: PartState, **kw: Any) -> ServerState:
+    if cfg.scheme == "splitfed_v1":
+        return replace(state, copies={**state.copies, client: part}, **kw)
+    return replace(state, shared=part, **kw)
+
+
+def _count(state: ServerState, client: ClientId, n: int, loss: float) -> dict[str, Any]:
+    return {"samples": {**state.samples, client: state.samples.get(client, 0) + n},
+            "loss": state.loss + loss, "steps": state.steps + 1}
+
+
+def _loss_step(cfg: ServerConfig, state: ServerState, client: ClientId, msg: SplitBatch) -> tuple[ServerState, SplitBatch | None]:
+    """The server holds the loss: vanilla, splitfed_v1/v2 (reply: dL/dA) and local_loss (no reply)."""
+    _check(cfg, msg, labels=True)
+    part = _part(cfg, state, client)
+    ts, a, out = _forward(cfg, part, client, msg, state.round)
+    assert msg.labels is not None
+    loss = F.cross_entropy(out, _labels(out, msg.labels, msg.step))
+    train = [t for t, m in zip(ts.values(), trainable(cfg.module), strict=True) if m]
+    ga, *grads = torch.autograd.grad(loss, [a, *train])
+    value = float(loss.detach())
+    state = _store(cfg, state, client, _update(cfg, part, ts, grads), **_count(state, client, len(a), value))
+    if cfg.scheme == "local_loss":
+        return state, None
+    return state, SplitBatch(msg.step, "gradients", [ga.numpy()], metrics={"loss": value})
+
+
+def _body_forward(cfg: ServerConfig, state: ServerState, client: ClientId, msg: SplitBatch) -> tuple[ServerState, SplitBatch | None]:
+    """U-shape, first half: run the body, keep its graph, send its output down."""
+    _check(cfg, msg, labels=False)
+    ts, a, out = _forward(cfg, state.shared, client, msg, state.round)
+    if not isinstance(out, torch.Tensor):
+        raise ValueError("the U-shape body must return one tensor")
+    pending = {**state.pending, client: (msg.step, ts, a, out)}
+    state = replace(state, pending=pending, samples={**state.samples, client: state.samples.get(client, 0) + len(a)})
+    return state, SplitBatch(msg.step, "activations", [out.detach().numpy()])
+
+
+def _body_backward(cfg: ServerConfig, state: ServerState, client: ClientId, msg: SplitBatch) -> tuple[ServerState, SplitBatch | None]:
+    """U-shape, second half: dL/dB up -> update the body -> dL/dH down."""
+    if client not in state.pending or state.pending[client][0] != msg.step:
+        raise ValueError(f"step {msg.step}: gradients from {client!r} without a matching body forward")
+    step, ts, a, out = state.pending[client]
+    _check(cfg, msg, labels=False)
+    if msg.tensors[0].shape != tuple(out.shape):
+        raise ValueError(f"step {step}: gradient shape {msg.tensors[0].shape} != body output {tuple(out.shape)}")
+    g = torch.from_numpy(np.require(msg.tensors[0], np.float32, "W"))
+    train = [t for t, m in zip(ts.values(), trainable(cfg.module), strict=True) if m]
+    ga, *grads = torch.autograd.grad(out, [a, *train], grad_outputs=g)
+    pending = {k: v for k, v in state.pending.items() if k != client}
+    state = replace(state, shared=_update(cfg, state.shared, ts, grads), pending=pending, steps=state.steps + 1)
+    return state, SplitBatch(step, "gradients", [ga.numpy()])
+
+
+HANDLERS = {
+    ("vanilla", "activations"): _loss_step,
+    ("splitfed_v1", "activations"): _loss_step,
+    ("splitfed_v2", "activations"): _loss_step,
+    ("local_loss", "activations"): _loss_step,
+    ("ushape", "activations"): _body_forward,
+    ("ushape", "gradients"): _body_backward,
+}
+
+
+def server_handle(
+    cfg: ServerConfig, state: ServerState, client: ClientId, msg: SplitBatch
+) -> tuple[ServerState, SplitBatch | None]:
+    """Handle one incoming message of ``client``; raises ValueError (state untouched) on a bad one."""
+    handler = HANDLERS.get((cfg.scheme, msg.kind))
+    if handler is None:
+        raise ValueError(f"scheme {cfg.scheme!r} does not accept {msg.kind} from the client")
+    return handler(cfg, state, client, msg)
+
+
+class LocalServer:
+    """A mutable box around the server state for in-process channels (the engine's seat)."""
+
+    def __init__(self, cfg: ServerConfig, state: ServerState) -> None:
+        self.cfg, self.state = cfg, state
+
+    def handle(self, client: ClientId, msg: SplitBatch) -> SplitBatch | None:
+        self.state, reply = server_handle(self.cfg, self.state, client, msg)
+        return reply
