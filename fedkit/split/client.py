@@ -23,7 +23,7 @@ from torch import nn
 from torch.func import functional_call
 
 from fedkit.models.params import get_params
-from fedkit.models.train import TrainConfig, _batches
+from fedkit.models.train import TrainConfig, batches
 from fedkit.split.channel import SplitBatch, SplitChannel
 from fedkit.split.optim import opt_init, opt_step, seeded, tensors, trainable
 from fedkit.types import ClientId, Params
@@ -143,7 +143,7 @@ def train_split(
     opt = opt_init(cfg.train, [a for a, t in zip(params, mask, strict=True) if t])
     anchor = [torch.from_numpy(a.copy()) for a, t in zip(params, mask, strict=True) if t] if cfg.train.mu > 0 else None
     total, steps, samples = 0.0, 0, 0
-    for step, idx in enumerate(_batches(len(y), cfg.train, rng)):
+    for step, idx in enumerate(batches(len(y), cfg.train, rng)):
         parts = _unpack(cfg.modules, params)
         trains = [[t for t, keep in zip(p.values(), trainable(m), strict=True) if keep] for p, m in zip(parts, cfg.modules, strict=True)]
 
