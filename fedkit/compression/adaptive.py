@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from fedkit.compression import base
+from fedkit.compression.limits import Like
 from fedkit.compression.select import FAMILIES, plan
 from fedkit.types import Encoded, Params
 
@@ -86,7 +87,7 @@ class Adaptive:
         inner_state, enc = base.make(concrete).encode(inner_state, x, rng)
         return (concrete, inner_state, count + 1), enc
 
-    def decode(self, enc: Encoded) -> Params:
+    def decode(self, enc: Encoded, like: Like = None) -> Params:
         if enc.codec.startswith("adaptive("):
             raise base.DecodeError("an adaptive payload must name its concrete per-layer codec")
-        return base.decode(enc)
+        return base.decode(enc, like)

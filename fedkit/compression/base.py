@@ -43,8 +43,10 @@ Error feedback is a wrapper, not a stage: ``with_error_feedback(codec)`` or the 
 
 Hostile payloads: every decoder checks sizes against the buffer before allocating and raises
 :class:`~fedkit.types.DecodeError`; sparse and low-rank formats can legitimately describe big
-tensors with few bytes, so decode also refuses more than ``MAX_ELEMENTS`` elements in total and
-zstd output above ``MAX_BYTES`` (module constants; lower them on a server with a known model).
+tensors with few bytes, so a receiver that knows the model decodes with ``decode(enc,
+like=params)``: the payload must then declare exactly that layout, and zstd stops at the largest
+valid frame for it (see :mod:`fedkit.compression.limits`). Without ``like``, decode refuses more
+than ``MAX_ELEMENTS`` elements in total and zstd output above ``MAX_BYTES``.
 """
 
 from __future__ import annotations
@@ -58,6 +60,7 @@ from typing import Any, ClassVar, Literal, Protocol
 
 import numpy as np
 
+from fedkit.compression.limits import Like, resolve
 from fedkit.types import DecodeError, Encoded, Params
 
 MAX_ELEMENTS = 1 << 28
@@ -83,7 +86,9 @@ class Codec(Protocol):
         self, state: Any, x: Params, rng: np.random.Generator | None = None
     ) -> tuple[Any, Encoded]: ...
 
-    def decode(self, enc: Encoded) -> Params: ...
+    def decode(self, enc: Encoded, like: Like = None) -> Params:
+        """Decode ``enc``; ``like`` (the model, a layout or :class:`Limits`) bounds memory."""
+        ...
 
 
 CodecFactory = Callable[..., Any]
@@ -395,10 +400,20 @@ def _cached(spec: str) -> Codec:
     return make(spec)
 
 
-def decode(enc: Encoded) -> Params:
-    """Decode any payload from its bytes alone."""
+def decode(enc: Encoded, like: Like = None) -> Params:
+    """Decode any payload from its bytes alone.
+
+    ``like`` bounds what decoding may allocate, whatever the payload declares: the model's
+    arrays (or ``(shape, dtype)`` pairs) make a payload of any other layout a
+    :class:`DecodeError` before anything is allocated; a ``Limits(max_elements, max_bytes)``
+    caps the totals. Servers must pass it for every untrusted payload.
+    """
+    try:
+        limits = resolve(like)
+    except ValueError as e:
+        raise ValueError(f"decode: {e}") from None
     try:
         codec = _cached(enc.codec)
-    except (ValueError, TypeError) as e:
+    except (ValueError, TypeError, RecursionError) as e:
         raise DecodeError(f"cannot build codec for payload: {e}") from None
-    return codec.decode(enc)
+    return codec.decode(enc, limits)

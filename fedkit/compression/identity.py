@@ -9,6 +9,7 @@ import numpy as np
 
 from fedkit.compression.base import register
 from fedkit.compression.frame import pack_arrays, unpack_arrays
+from fedkit.compression.limits import Like, resolve
 from fedkit.types import DecodeError, Encoded, Params
 
 
@@ -29,7 +30,7 @@ class Identity:
     ) -> tuple[Any, Encoded]:
         return state, Encoded(self.spec, pack_arrays(x))
 
-    def decode(self, enc: Encoded) -> Params:
+    def decode(self, enc: Encoded, like: Like = None) -> Params:
         if enc.codec != self.spec:
             raise DecodeError(f"identity codec cannot decode a {enc.codec!r} payload")
-        return unpack_arrays(enc.data, copy=True)
+        return unpack_arrays(enc.data, copy=True, limits=resolve(like))
