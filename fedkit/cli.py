@@ -203,10 +203,17 @@ def cmd_client(args: argparse.Namespace) -> int:
     if args.insecure == bool(args.ca):
         raise SystemExit("fedkit client: give --ca (the server's CA certificate), or --insecure")
     tls = ClientTls.from_files(args.ca, args.cert, args.key, args.server_name) if args.ca else None
-    token = Path(args.token_file).read_text().strip() if args.token_file else None
     tokens = _pairs([t for t in args.token if "=" in t], "--token")
     plain = [t for t in args.token if "=" not in t]
-    token = plain[0] if plain else token
+    token = plain[0] if plain else None
+    for item in args.token_file:
+        name, sep, path = item.partition("=")
+        sep = sep if "/" not in name else ""  # a bare path that happens to contain '='
+        text = Path(path if sep else item).read_text().strip()
+        if sep:
+            tokens[name] = text
+        else:
+            token = text
     clients = []
     for item in args.data:
         name, sep, path = item.partition("=")
@@ -292,7 +299,8 @@ def parser() -> argparse.ArgumentParser:
                     help="the client's data (x_train, y_train[, x_test, y_test]); repeat for a pool")
     cl.add_argument("--name", help="client name (default: the data file's stem)")
     cl.add_argument("--token", action="append", default=[], metavar="[NAME=]TOKEN")
-    cl.add_argument("--token-file", help="read the token from this file")
+    cl.add_argument("--token-file", action="append", default=[], metavar="[NAME=]FILE",
+                    help="read the token from FILE (keeps it off the command line); repeat for a pool")
     cl.add_argument("--ca", help="CA certificate that signed the server's certificate")
     cl.add_argument("--cert", help="client certificate for mutual TLS")
     cl.add_argument("--key", help="client private key for mutual TLS")
@@ -325,9 +333,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ScenarioError, FileExistsError) as e:
         print(f"fedkit: {e}" if isinstance(e, FileExistsError) else e, file=sys.stderr)
         return EXIT_INVALID
-    except KeyboardInterrupt:
-        console.print("interrupted")
-        return 130
+    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM/SIGHUP turned into launch.Terminated
+        console.print(str(e) or "interrupted")
+        return 128 + int(getattr(e, "signum", 2))
 
 
 if __name__ == "__main__":
