@@ -220,7 +220,17 @@ def cmd_client(args: argparse.Namespace) -> int:
         if not sep:
             name, path = args.name or Path(item).stem, item
         clients.append(LocalClient(name, path, tokens.get(name, token)))
-    join(args.server, clients, tls=tls, insecure=args.insecure)
+    import grpc
+
+    wait_s = args.wait_s if args.wait_s > 0 else None
+    try:
+        join(args.server, clients, tls=tls, insecure=args.insecure, wait_s=wait_s)
+    except ConnectionError as e:
+        print(f"fedkit client: {e}", file=sys.stderr)
+        return 1
+    except grpc.RpcError as e:  # credentials refused: retrying cannot help
+        print(f"fedkit client: server refused us: {e.code().name}: {e.details()}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -306,6 +316,8 @@ def parser() -> argparse.ArgumentParser:
     cl.add_argument("--key", help="client private key for mutual TLS")
     cl.add_argument("--server-name", help="name to check in the server certificate")
     cl.add_argument("--insecure", action="store_true", help="plaintext, no TLS")
+    cl.add_argument("--wait-s", type=float, default=300.0, metavar="SECONDS",
+                    help="give up (exit 1) after this long without joining; 0: keep trying (default 300)")
     cl.set_defaults(fn=cmd_client)
 
     ce = sub.add_parser("certs", help="create a CA, server and client certificates, client tokens")

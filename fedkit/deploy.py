@@ -21,7 +21,7 @@ from fedkit.runtime.client import ModelCache, load_client_data, make_client_fn
 from fedkit.runtime.server import check_update
 from fedkit.scenario import Scenario
 from fedkit.scenario.build import build
-from fedkit.transport.client import run_client
+from fedkit.transport.client import DEFAULT_WAIT_S, run_client
 from fedkit.transport.security import Authenticator, ClientTls, ServerTls
 from fedkit.transport.server import GrpcServer
 from fedkit.types import Reply, Task
@@ -96,10 +96,12 @@ def join(
     tls: ClientTls | None = None,
     insecure: bool = False,
     stop: threading.Event | None = None,
+    wait_s: float | None = DEFAULT_WAIT_S,
 ) -> None:
     """Serve tasks for one or more local clients until the server is done.
 
-    Several clients in one process each get a thread and their own model instance.
+    Several clients in one process each get a thread and their own model instance. A client
+    that cannot join for ``wait_s`` seconds raises ConnectionError (None: keep trying).
     """
     torch.set_num_threads(1)  # the same kernels as the in-process simulation
     states = [(load_client_data(c.data, c.name), c.token) for c in clients]
@@ -108,7 +110,10 @@ def join(
     def one(state: Any, token: str | None) -> None:
         try:
             fn = make_client_fn(state, ModelCache())
-            run_client(address, fn, name=state.id, token=token, tls=tls, insecure=insecure, stop=stop)
+            run_client(
+                address, fn, name=state.id, token=token, tls=tls, insecure=insecure, stop=stop,
+                wait_s=wait_s,
+            )
         except BaseException as e:  # reported after every thread has finished
             errors.append(e)
 

@@ -91,6 +91,8 @@ class _Session:
     outbox: asyncio.Queue[Any] = field(default_factory=asyncio.Queue)
     pending: set[str] = field(default_factory=set)
     joined_at: float = field(default_factory=time.monotonic)
+    alive: Callable[[], bool] = lambda: True
+    """Whether the session's Join stream is still open (its RPC context is not done)."""
 
 
 @dataclass(eq=False)
@@ -115,13 +117,32 @@ class _Hub:
         self.closed: OrderedDict[str, int] = OrderedDict()
         self.done = False
 
-    def open(self, name: str, peer: str) -> _Session:
+    def open(
+        self, name: str, peer: str, proven: bool = False, alive: Callable[[], bool] | None = None
+    ) -> _Session:
+        """A new session for ``name``. Rule for a name that already has a live session: the
+        newest join wins only with proof of possession (``proven``: its mutual-TLS certificate
+        was verified for that name); otherwise it is refused with ALREADY_EXISTS until the old
+        session ends (a stale stream of a device that vanished ends when keepalive notices),
+        so a replayed name + token cannot evict the real device. Takeovers log a warning."""
         old = self.sessions.get(name)
+        if old is not None and old.alive():
+            if not proven:
+                raise TransportError(
+                    grpc.StatusCode.ALREADY_EXISTS,
+                    f"client {name!r} already has a live session (from {old.peer}); a second "
+                    "join needs that client's certificate (mutual TLS) or must wait until it ends",
+                )
+            log.warning(
+                "client %s: session %s from %s taken over by a join from %s (certificate verified)",
+                name, old.session_id, old.peer, peer,
+            )
         if old is not None:
-            log.info("client %s rejoined from %s; replacing session %s", name, peer, old.session_id)
             self.close(old)
             old.outbox.put_nowait(_REPLACED)
         s = _Session(name, secrets.token_hex(16), peer)
+        if alive is not None:
+            s.alive = alive
         self.sessions[name] = s
         self.by_id[s.session_id] = s
         return s
@@ -224,7 +245,12 @@ class _Servicer(pb_grpc.FedKitServicer):
         if self.hub.done:
             yield pb.ServerMessage(shutdown=pb.Shutdown(reason="experiment is done"))
             return
-        s = self.hub.open(name, context.peer())
+        proven = self.srv.tls is not None and self.srv.tls.mutual  # CN == name was checked
+        try:
+            s = self.hub.open(name, context.peer(), proven, alive=lambda: not context.done())
+        except TransportError as e:
+            log.warning("refused join of %s from %s: %s", name, context.peer(), e.message)
+            await context.abort(e.code, e.message)
         log.info("client %s joined from %s (session %s)", name, s.peer, s.session_id)
         srv = self.srv
         getter: asyncio.Future[Any] | None = None

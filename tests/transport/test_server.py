@@ -247,14 +247,14 @@ def test_server_restart_client_reconnects(servers, clients) -> None:
     assert not clients.errors
 
 
-def test_rejoin_replaces_the_old_session(servers, raw) -> None:
+def test_second_join_is_refused_while_the_first_session_lives(servers, raw) -> None:
     srv = servers()
     old = raw(srv.port, "c0")
-    new = raw(srv.port, "c0")
-    assert old.session_id != new.session_id
-    e = rpc_error(lambda: next(old.messages))
-    assert e.code() == grpc.StatusCode.ABORTED and "replaced" in e.details()
+    e = rpc_error(lambda: raw(srv.port, "c0"))  # no certificate to prove it is the same device
+    assert e.code() == grpc.StatusCode.ALREADY_EXISTS and "live session" in e.details()
     assert srv.link.clients() == ["c0"]
+    assert srv.link.exchange(tasks_for(["c0"], 0, enc([])), 0.2) == []  # old still holds the name
+    assert old.next_task().client == "c0"
 
 
 def test_split_is_reserved_and_unimplemented(servers, raw) -> None:
@@ -285,13 +285,16 @@ def test_plaintext_needs_explicit_consent_and_is_logged(caplog) -> None:
     assert any("PLAINTEXT" in m for m in caplog.messages)
 
 
-def test_second_process_under_the_same_name_evicts_the_first(servers, clients) -> None:
+def test_second_process_under_the_same_name_gives_up_and_the_first_keeps_serving(servers, clients, caplog) -> None:
+    caplog.set_level(logging.WARNING, logger="fedkit.transport")
     srv = servers()
     addr = f"127.0.0.1:{srv.port}"
     first = clients.start(addr, plus_one, "twin")
     srv.wait_for_clients(1, timeout=10)
-    clients.start(addr, plus_one, "twin")
-    first.join(timeout=10)
-    assert not first.is_alive(), "the replaced client exits instead of fighting back"
-    assert srv.wait_for_clients(1, timeout=10) == ["twin"]
+    second = clients.start(addr, plus_one, "twin", wait_s=0.5)
+    second.join(timeout=10)
+    assert not second.is_alive() and isinstance(clients.errors[-1], ConnectionError)
+    assert "ALREADY_EXISTS" in str(clients.errors[-1])
+    assert any("client twin: ALREADY_EXISTS" in m for m in caplog.messages)
+    assert first.is_alive()
     assert len(srv.link.exchange(tasks_for(["twin"], 0, enc([])), 10)) == 1
