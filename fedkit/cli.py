@@ -235,19 +235,24 @@ def cmd_client(args: argparse.Namespace) -> int:
 
 
 def cmd_certs(args: argparse.Namespace) -> int:
-    from fedkit.transport.certs import make_certs
-    from fedkit.transport.security import hash_token, new_token
+    from fedkit.transport.certs import add_clients, make_certs, write_tokens
+    from fedkit.transport.security import new_token
 
-    hosts = args.host or ["localhost", "127.0.0.1"]
-    paths = make_certs(args.out, hosts=hosts, clients=args.client, days=args.days)
-    if args.client:
-        tokens = {c: new_token() for c in args.client}
-        for c, t in tokens.items():
-            f = Path(args.out) / f"{c}.token"
-            f.write_text(t + "\n")
-            f.chmod(0o600)
-        hashes = {c: hash_token(t) for c, t in tokens.items()}
-        (Path(args.out) / "tokens.json").write_text(json.dumps(hashes, indent=2) + "\n")
+    if args.add_client and (args.client or args.host):
+        raise SystemExit("fedkit certs: --add-client adds devices to an existing CA; it takes no --client/--host")
+    try:
+        if args.add_client:
+            paths = add_clients(args.out, args.add_client, days=args.days, force=args.force)
+            names = args.add_client
+        else:
+            hosts = args.host or ["localhost", "127.0.0.1"]
+            paths = make_certs(args.out, hosts=hosts, clients=args.client, days=args.days, force=args.force)
+            names = args.client
+    except (FileExistsError, FileNotFoundError, ValueError) as e:
+        print(f"fedkit certs: {e}", file=sys.stderr)
+        return EXIT_INVALID
+    if names:
+        paths |= write_tokens(args.out, {c: new_token() for c in names})
     for key, path in sorted(paths.items()):
         out.print(f"{key}: {path}")
     return 0
@@ -324,6 +329,9 @@ def parser() -> argparse.ArgumentParser:
     ce.add_argument("out")
     ce.add_argument("--host", action="append", default=None, help="server host name or IP (repeat)")
     ce.add_argument("--client", action="append", default=[], help="client name (repeat)")
+    ce.add_argument("--add-client", action="append", default=[], metavar="NAME",
+                    help="add a device to an existing directory, keeping the CA, server key and tokens")
+    ce.add_argument("--force", action="store_true", help="overwrite existing credentials")
     ce.add_argument("--days", type=int, default=365)
     ce.set_defaults(fn=cmd_certs)
 
