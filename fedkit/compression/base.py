@@ -62,6 +62,7 @@ import numpy as np
 
 from fedkit.compression.limits import Like, resolve
 from fedkit.types import DecodeError, Encoded, Params
+from fedkit.untrusted import shorten
 
 MAX_ELEMENTS = 1 << 28
 """Decode refuses payloads that claim more elements than this in total (1 GiB of float32)."""
@@ -232,7 +233,7 @@ def _tokens(spec: str) -> list[tuple[str, Any, int]]:
     while pos < len(spec):
         m = _TOKEN.match(spec, pos)
         if m is None or m.end() == pos:
-            raise ValueError(f"bad codec spec {spec!r}: unexpected character at column {pos}")
+            raise ValueError(f"bad codec spec {shorten(spec)}: unexpected character at column {pos}")
         kind = m.lastgroup or ""
         text = m.group(kind)
         col = m.start(kind)
@@ -250,13 +251,13 @@ def _tokens(spec: str) -> list[tuple[str, Any, int]]:
 def parse_spec(spec: str) -> ParsedSpec:
     """Parse a spec string into stages; raises ``ValueError`` naming the bad column."""
     if not isinstance(spec, str) or not spec.strip():
-        raise ValueError(f"codec spec must be a non-empty string, got {spec!r}")
+        raise ValueError(f"codec spec must be a non-empty string, got {shorten(spec)}")
     toks = _tokens(spec)
     i = 0
 
     def err(msg: str) -> ValueError:
         col = toks[i][2] if i < len(toks) else len(spec)
-        return ValueError(f"bad codec spec {spec!r}: {msg} at column {col}")
+        return ValueError(f"bad codec spec {shorten(spec)}: {msg} at column {col}")
 
     def peek(kind: str, val: Any = None) -> bool:
         return i < len(toks) and toks[i][0] == kind and (val is None or toks[i][1] == val)
@@ -290,7 +291,7 @@ def parse_spec(spec: str) -> ParsedSpec:
             while not peek("punct", ")"):
                 key = expect("name")
                 if key in params:
-                    raise err(f"parameter {key!r} given twice")
+                    raise err(f"parameter {shorten(key)} given twice")
                 expect("punct", "=")
                 if peek("punct", "["):
                     i += 1
@@ -351,6 +352,8 @@ def spec_string(
 
 
 def _suggest(word: str, options: Sequence[str]) -> str:
+    if len(word) > 64:  # no plausible typo; and difflib is quadratic in the length
+        return ""
     close = difflib.get_close_matches(word, list(options), n=1)
     return f"; did you mean {close[0]!r}?" if close else ""
 
@@ -359,7 +362,7 @@ def build_stage(name: str, params: Mapping[str, Any]) -> Any:
     """Instantiate one registered stage, with helpful errors for unknown names/parameters."""
     if name not in REGISTRY:
         raise ValueError(
-            f"unknown codec {name!r}{_suggest(name, list(REGISTRY))} "
+            f"unknown codec {shorten(name)}{_suggest(name, list(REGISTRY))} "
             f"(known: {', '.join(sorted(REGISTRY))})"
         )
     factory = REGISTRY[name]
@@ -368,7 +371,7 @@ def build_stage(name: str, params: Mapping[str, Any]) -> Any:
         for key in params:
             if key not in known:
                 raise ValueError(
-                    f"codec {name!r} has no parameter {key!r}{_suggest(key, known)} "
+                    f"codec {name!r} has no parameter {shorten(key)}{_suggest(key, known)} "
                     f"(parameters: {', '.join(known) or 'none'})"
                 )
     return factory(**params)

@@ -11,6 +11,7 @@ from fedkit.compression.base import register
 from fedkit.compression.frame import pack_arrays, unpack_arrays
 from fedkit.compression.limits import Like, resolve
 from fedkit.types import DecodeError, Encoded, Params
+from fedkit.untrusted import shorten
 
 
 @register("identity")
@@ -32,5 +33,5 @@ class Identity:
 
     def decode(self, enc: Encoded, like: Like = None) -> Params:
         if enc.codec != self.spec:
-            raise DecodeError(f"identity codec cannot decode a {enc.codec!r} payload")
+            raise DecodeError(f"identity codec cannot decode a {shorten(enc.codec)} payload")
         return unpack_arrays(enc.data, copy=True, limits=resolve(like))

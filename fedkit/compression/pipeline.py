@@ -25,6 +25,7 @@ from fedkit.compression.frame import DTYPES, MAX_NDIM, dtype_code, pack_arrays, 
 from fedkit.compression.identity import Identity
 from fedkit.compression.limits import Like, Limits, resolve
 from fedkit.types import DecodeError, Encoded, Params
+from fedkit.untrusted import shorten
 
 VERSION = 1
 FLOAT_CODES = frozenset(dtype_code(np.dtype(t)) for t in ("float32", "float64", "float16"))
@@ -124,7 +125,7 @@ class Pipeline:
 
     def decode(self, enc: Encoded, like: Like = None) -> Params:
         if enc.codec != self.spec:
-            raise DecodeError(f"codec {self.spec!r} cannot decode a {enc.codec!r} payload")
+            raise DecodeError(f"codec {self.spec!r} cannot decode a {shorten(enc.codec)} payload")
         limits = resolve(like)
         try:
             return self._decode(enc.data, limits)

@@ -48,6 +48,7 @@ from fedkit.transport.serde import (
     task_to_proto,
 )
 from fedkit.types import ClientId, Reply, Task
+from fedkit.untrusted import clip, shorten
 
 log = logging.getLogger("fedkit.transport")
 
@@ -168,13 +169,13 @@ class _Hub:
         if h.client != name:
             raise TransportError(
                 grpc.StatusCode.PERMISSION_DENIED,
-                f"reply names client {h.client!r} but the caller is {name!r}",
+                f"reply names client {shorten(h.client)} but the caller is {name!r}",
             )
         s = self.by_id.get(h.session_id)
         if s is None or s.name != name:
             raise TransportError(
                 grpc.StatusCode.FAILED_PRECONDITION,
-                f"session {h.session_id!r} of client {name!r} is not current; rejoin",
+                f"session {shorten(h.session_id)} of client {name!r} is not current; rejoin",
             )
         p = self.pending.get(h.task_id)
         if p is None:
@@ -185,7 +186,7 @@ class _Hub:
                     f"(stale reply for round {h.round})",
                 )
             raise TransportError(
-                grpc.StatusCode.NOT_FOUND, f"unknown task {h.task_id!r} (round {h.round})"
+                grpc.StatusCode.NOT_FOUND, f"unknown task {shorten(h.task_id)} (round {h.round})"
             )
         if p.task.client != name:
             raise TransportError(
@@ -214,20 +215,21 @@ class _Servicer(pb_grpc.FedKitServicer):
         name, token = parse_metadata(context.invocation_metadata())
         problem = None
         if claimed is not None and name is not None and name != claimed:
-            problem = f"metadata names client {name!r} but it joins as {claimed!r}"
+            problem = f"metadata names client {shorten(name)} but it joins as {shorten(claimed)}"
         name = name or claimed
         if problem is None and (not name or len(name) > 256 or not name.isprintable()):
-            problem = f"missing or invalid client name {name!r}"
+            problem = f"missing or invalid client name {shorten(name)}"
         if problem is None and self.srv.tls is not None and self.srv.tls.mutual:
             cn = peer_common_name(context.auth_context())
             if cn != name:
-                problem = f"client certificate CN {cn!r} does not match client name {name!r}"
+                problem = f"client certificate CN {shorten(cn)} does not match client name {name!r}"
         if problem is None and self.srv.auth is not None:
             try:
                 self.srv.auth.check(name or "", token)
             except AuthError as e:
                 problem = str(e)
         if problem is not None:
+            problem = clip(problem)
             log.warning("UNAUTHENTICATED %s from %s: %s", _method(context), context.peer(), problem)
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, problem)
         assert name is not None
@@ -240,7 +242,7 @@ class _Servicer(pb_grpc.FedKitServicer):
         if request.protocol and request.protocol != PROTOCOL:
             await context.abort(
                 grpc.StatusCode.FAILED_PRECONDITION,
-                f"client speaks {request.protocol!r}; this server speaks {PROTOCOL!r}",
+                f"client speaks {shorten(request.protocol)}; this server speaks {PROTOCOL!r}",
             )
         if self.hub.done:
             yield pb.ServerMessage(shutdown=pb.Shutdown(reason="experiment is done"))
@@ -304,7 +306,7 @@ class _Servicer(pb_grpc.FedKitServicer):
                 if r.header is None and chunk.HasField("header"):
                     # which task first, so any refusal below can settle it
                     tid = chunk.header.task_id
-                    r.what = f"reply from {name!r} to task {tid!r}"
+                    r.what = f"reply from {name!r} to task {shorten(tid)}"
                     p = self.hub.check_header(name, chunk.header)
                 r.feed(chunk)
                 if r.done:
@@ -321,16 +323,17 @@ class _Servicer(pb_grpc.FedKitServicer):
                     await loop.run_in_executor(None, self.srv.validate, p.task, reply)
                 except ValueError as e:
                     raise TransportError(
-                        grpc.StatusCode.INVALID_ARGUMENT, f"reply to task {tid!r} rejected: {e}"
+                        grpc.StatusCode.INVALID_ARGUMENT, f"reply to task {shorten(tid)} rejected: {e}"
                     ) from None
                 p = self.hub.check_header(name, r.header)
             p.future.set_result(reply)
             return pb.Ack(task_id=tid)
         except TransportError as e:
-            log.warning("rejected reply from %s (task %s): %s: %s", name, tid, e.code.name, e.message)
+            message = clip(e.message)  # it may quote what the client sent
+            log.warning("rejected reply from %s (task %s): %s: %s", name, shorten(tid), e.code.name, message)
             if p is not None and not p.future.done():
                 p.future.set_result(None)  # answered but refused: the round need not wait for it
-            await context.abort(e.code, e.message)
+            await context.abort(e.code, message)
             raise  # unreachable: abort raises
 
     async def Split(  # noqa: N802

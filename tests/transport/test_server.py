@@ -298,3 +298,49 @@ def test_second_process_under_the_same_name_gives_up_and_the_first_keeps_serving
     assert any("client twin: ALREADY_EXISTS" in m for m in caplog.messages)
     assert first.is_alive()
     assert len(srv.link.exchange(tasks_for(["twin"], 0, enc([])), 10)) == 1
+
+
+def test_attacker_text_is_truncated_and_metrics_must_be_plain_finite_numbers(
+    servers, raw, background, caplog
+) -> None:
+    from fedkit.compression import decode
+
+    caplog.set_level(logging.WARNING, logger="fedkit.transport")
+
+    def validate(task: Task, reply: Reply) -> None:
+        if reply.update is not None:
+            try:
+                decode(reply.update, like=[np.zeros(2, np.float32)])
+            except Exception as e:  # noqa: BLE001  (the engine's acceptance rule does the same)
+                raise ValueError(str(e)) from None
+
+    srv = servers(validate=validate)
+    rc = raw(srv.port, "c0")
+    srv.wait_for_clients(1, timeout=10)
+    params = enc([np.zeros(2, np.float32)])
+    long_codec = "q" * 65_535
+
+    def reply(t, **kw):
+        return list(reply_chunks(Reply(task_id=t.task_id, client="c0", round=t.round, num_examples=1, **kw),
+                                 session_id=rc.session_id))
+
+    cases = [
+        ({"update": Encoded(long_codec, b"")}, "65535 chars"),
+        ({"update": params, "metrics": {"m" * 5000: 1.0}}, "metric name"),
+        ({"update": params, "metrics": {"loss": float("nan")}}, "finite number"),
+        ({"update": params, "metrics": {f"m{i}": 1.0 for i in range(1000)}}, "at most 64"),
+    ]
+    for rnd, (kw, text) in enumerate(cases):
+        fut = background.submit(srv.link.exchange, tasks_for(["c0"], rnd, params), 30)
+        t = rc.next_task()
+        e = rpc_error(rc.push, *reply(t, **kw))
+        assert e.code() == grpc.StatusCode.INVALID_ARGUMENT and text in e.details(), e.details()[:300]
+        assert len(e.details()) < 1_200
+        assert fut.result(timeout=10) == []
+    assert caplog.messages and max(len(m) for m in caplog.messages) < 1_500
+    # a plain, finite metric set still passes
+    fut = background.submit(srv.link.exchange, tasks_for(["c0"], 9, params), 30)
+    t = rc.next_task()
+    rc.push(*reply(t, update=params, metrics={"loss": 0.5, "train/acc": 1}))
+    (r,) = fut.result(timeout=10)
+    assert r.metrics == {"loss": 0.5, "train/acc": 1.0}
