@@ -179,6 +179,7 @@ def cmd_server(args: argparse.Namespace) -> int:
         min_clients=args.min_clients,
         wait_timeout_s=args.wait_timeout,
         port_file=args.port_file,
+        max_sessions=args.max_sessions,
     )
     out_dir = args.resume or args.out or str(Path(scenario.output.dir) / scenario.name)
 
@@ -305,6 +306,8 @@ def parser() -> argparse.ArgumentParser:
     sv.add_argument("--min-clients", type=int, help="clients to wait for before round 1 (default: all)")
     sv.add_argument("--wait-timeout", type=float, help="seconds to wait for them")
     sv.add_argument("--port-file", help="write the bound port here (for --listen HOST:0)")
+    sv.add_argument("--max-sessions", type=int, metavar="N",
+                    help="admit at most N connected clients (works with --insecure too)")
     sv.add_argument("-q", "--quiet", action="store_true")
     sv.set_defaults(fn=cmd_server)
 

@@ -39,6 +39,7 @@ class ServerOptions:
     wait_timeout_s: float | None = None
     max_message_bytes: int | None = None
     port_file: str | None = None
+    max_sessions: int | None = None  # concurrent sessions the server admits (default: no cap)
 
 
 def serve(
@@ -60,7 +61,8 @@ def serve(
 
     extra = {} if opts.max_message_bytes is None else {"max_message_bytes": opts.max_message_bytes}
     server = GrpcServer(
-        opts.listen, tls=opts.tls, auth=opts.auth, validate=validate, insecure=opts.insecure, **extra
+        opts.listen, tls=opts.tls, auth=opts.auth, validate=validate, insecure=opts.insecure,
+        max_sessions=opts.max_sessions, **extra
     )
     port = server.start()
     log.info("listening on port %d", port)

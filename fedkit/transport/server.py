@@ -111,7 +111,8 @@ class _Pending:
 class _Hub:
     """Session and task bookkeeping. Touched only from the event loop thread."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_sessions: int | None = None) -> None:
+        self.max_sessions = max_sessions
         self.sessions: dict[str, _Session] = {}
         self.by_id: dict[str, _Session] = {}
         self.pending: dict[str, _Pending] = {}
@@ -127,6 +128,11 @@ class _Hub:
         session ends (a stale stream of a device that vanished ends when keepalive notices),
         so a replayed name + token cannot evict the real device. Takeovers log a warning."""
         old = self.sessions.get(name)
+        if old is None and self.max_sessions is not None and len(self.sessions) >= self.max_sessions:
+            raise TransportError(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"server is full: {len(self.sessions)} of {self.max_sessions} sessions in use",
+            )
         if old is not None and old.alive():
             if not proven:
                 raise TransportError(
@@ -399,6 +405,9 @@ class GrpcServer:
     ``max_message_bytes`` bounds one gRPC message, ``max_payload_bytes`` one reassembled reply
     (larger ones are refused with RESOURCE_EXHAUSTED before they are buffered). ``validate``
     sees every reply that answers an open task, error replies included, in a worker thread.
+    ``max_sessions`` caps concurrent sessions (joins beyond it get RESOURCE_EXHAUSTED and
+    retry); with ``auth`` it bounds Sybil joins on plaintext too, where tokens are the only
+    enrolment.
     """
 
     def __init__(
@@ -413,11 +422,14 @@ class GrpcServer:
         heartbeat_s: float = 10.0,
         validate: Validator | None = None,
         insecure: bool = False,
+        max_sessions: int | None = None,
     ) -> None:
         if tls is None and not insecure:
             raise ValueError("pass tls=ServerTls(...) or, for plaintext, insecure=True")
         if tls is not None and insecure:
             raise ValueError("tls and insecure=True contradict each other")
+        if max_sessions is not None and max_sessions < 1:
+            raise ValueError(f"max_sessions must be at least 1, got {max_sessions}")
         self.listen = listen
         self.tls = tls
         self.auth = auth
@@ -433,7 +445,7 @@ class GrpcServer:
         self.wire_received = 0
         self.port: int | None = None
         self.link = GrpcLink(self)
-        self._hub = _Hub()
+        self._hub = _Hub(max_sessions)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._server: grpc.aio.Server | None = None

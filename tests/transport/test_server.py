@@ -344,3 +344,26 @@ def test_attacker_text_is_truncated_and_metrics_must_be_plain_finite_numbers(
     rc.push(*reply(t, update=params, metrics={"loss": 0.5, "train/acc": 1}))
     (r,) = fut.result(timeout=10)
     assert r.metrics == {"loss": 0.5, "train/acc": 1.0}
+
+
+def test_session_cap_and_tokens_work_without_tls_and_plaintext_still_warns(servers, raw, clients, caplog) -> None:
+    from fedkit.transport import TokenAuth
+
+    caplog.set_level(logging.WARNING, logger="fedkit.transport")
+    toks = {f"c{i}": f"t{i}" for i in range(3)}
+    srv = servers(insecure=True, auth=TokenAuth.from_tokens(toks), max_sessions=2)
+    assert any("PLAINTEXT" in m for m in caplog.messages)
+    first = raw(srv.port, "c0", "t0")
+    raw(srv.port, "c1", "t1")
+    assert rpc_error(raw, srv.port, "sybil", "t0").code() == grpc.StatusCode.UNAUTHENTICATED
+    full = rpc_error(raw, srv.port, "c2", "t2")
+    assert full.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "2 of 2 sessions" in full.details()
+    clients.start(f"127.0.0.1:{srv.port}", plus_one, "c2", token="t2")  # retries while full
+    first.close()  # a slot frees up
+    _deadline = time.monotonic() + 10
+    while "c2" not in srv.link.clients():
+        assert time.monotonic() < _deadline, "the waiting client never got the free slot"
+        time.sleep(0.05)
+    assert sorted(srv.link.clients()) == ["c1", "c2"] and not clients.errors
+    with pytest.raises(ValueError, match="max_sessions must be at least 1"):
+        GrpcServer(insecure=True, max_sessions=0)
