@@ -30,6 +30,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cert", default=env("FEDKIT_CERT"), help="client certificate (mutual TLS)")
     ap.add_argument("--key", default=env("FEDKIT_KEY"), help="client key (mutual TLS)")
     ap.add_argument("--insecure", action="store_true", default=env("FEDKIT_INSECURE") == "1")
+    ap.add_argument("--wait-s", type=float, default=float(env("FEDKIT_WAIT_S") or 300),
+                    help="exit 1 after this long without joining (0: keep trying)")
     args = ap.parse_args(argv)
     missing = [k for k in ("server", "data", "name") if not getattr(args, k)]
     if missing:
@@ -39,7 +41,12 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     token = Path(args.token_file).read_text().strip() if args.token_file else None
     tls = None if args.insecure else ClientTls.from_files(args.ca, args.cert, args.key)
-    join(args.server, [LocalClient(args.name, args.data, token)], tls=tls, insecure=args.insecure)
+    try:
+        join(args.server, [LocalClient(args.name, args.data, token)], tls=tls, insecure=args.insecure,
+             wait_s=args.wait_s if args.wait_s > 0 else None)
+    except ConnectionError as e:  # logged above; systemd restarts us after RestartSec
+        print(f"fedkit client: {e}", file=sys.stderr)
+        return 1
     return 0
 
 

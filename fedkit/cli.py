@@ -179,6 +179,7 @@ def cmd_server(args: argparse.Namespace) -> int:
         min_clients=args.min_clients,
         wait_timeout_s=args.wait_timeout,
         port_file=args.port_file,
+        max_sessions=args.max_sessions,
     )
     out_dir = args.resume or args.out or str(Path(scenario.output.dir) / scenario.name)
 
@@ -203,34 +204,56 @@ def cmd_client(args: argparse.Namespace) -> int:
     if args.insecure == bool(args.ca):
         raise SystemExit("fedkit client: give --ca (the server's CA certificate), or --insecure")
     tls = ClientTls.from_files(args.ca, args.cert, args.key, args.server_name) if args.ca else None
-    token = Path(args.token_file).read_text().strip() if args.token_file else None
     tokens = _pairs([t for t in args.token if "=" in t], "--token")
     plain = [t for t in args.token if "=" not in t]
-    token = plain[0] if plain else token
+    token = plain[0] if plain else None
+    for item in args.token_file:
+        name, sep, path = item.partition("=")
+        sep = sep if "/" not in name else ""  # a bare path that happens to contain '='
+        text = Path(path if sep else item).read_text().strip()
+        if sep:
+            tokens[name] = text
+        else:
+            token = text
     clients = []
     for item in args.data:
         name, sep, path = item.partition("=")
         if not sep:
             name, path = args.name or Path(item).stem, item
         clients.append(LocalClient(name, path, tokens.get(name, token)))
-    join(args.server, clients, tls=tls, insecure=args.insecure)
+    import grpc
+
+    wait_s = args.wait_s if args.wait_s > 0 else None
+    try:
+        join(args.server, clients, tls=tls, insecure=args.insecure, wait_s=wait_s)
+    except ConnectionError as e:
+        print(f"fedkit client: {e}", file=sys.stderr)
+        return 1
+    except grpc.RpcError as e:  # credentials refused: retrying cannot help
+        print(f"fedkit client: server refused us: {e.code().name}: {e.details()}", file=sys.stderr)
+        return 1
     return 0
 
 
 def cmd_certs(args: argparse.Namespace) -> int:
-    from fedkit.transport.certs import make_certs
-    from fedkit.transport.security import hash_token, new_token
+    from fedkit.transport.certs import add_clients, make_certs, write_tokens
+    from fedkit.transport.security import new_token
 
-    hosts = args.host or ["localhost", "127.0.0.1"]
-    paths = make_certs(args.out, hosts=hosts, clients=args.client, days=args.days)
-    if args.client:
-        tokens = {c: new_token() for c in args.client}
-        for c, t in tokens.items():
-            f = Path(args.out) / f"{c}.token"
-            f.write_text(t + "\n")
-            f.chmod(0o600)
-        hashes = {c: hash_token(t) for c, t in tokens.items()}
-        (Path(args.out) / "tokens.json").write_text(json.dumps(hashes, indent=2) + "\n")
+    if args.add_client and (args.client or args.host):
+        raise SystemExit("fedkit certs: --add-client adds devices to an existing CA; it takes no --client/--host")
+    try:
+        if args.add_client:
+            paths = add_clients(args.out, args.add_client, days=args.days, force=args.force)
+            names = args.add_client
+        else:
+            hosts = args.host or ["localhost", "127.0.0.1"]
+            paths = make_certs(args.out, hosts=hosts, clients=args.client, days=args.days, force=args.force)
+            names = args.client
+    except (FileExistsError, FileNotFoundError, ValueError) as e:
+        print(f"fedkit certs: {e}", file=sys.stderr)
+        return EXIT_INVALID
+    if names:
+        paths |= write_tokens(args.out, {c: new_token() for c in names})
     for key, path in sorted(paths.items()):
         out.print(f"{key}: {path}")
     return 0
@@ -283,6 +306,8 @@ def parser() -> argparse.ArgumentParser:
     sv.add_argument("--min-clients", type=int, help="clients to wait for before round 1 (default: all)")
     sv.add_argument("--wait-timeout", type=float, help="seconds to wait for them")
     sv.add_argument("--port-file", help="write the bound port here (for --listen HOST:0)")
+    sv.add_argument("--max-sessions", type=int, metavar="N",
+                    help="admit at most N connected clients (works with --insecure too)")
     sv.add_argument("-q", "--quiet", action="store_true")
     sv.set_defaults(fn=cmd_server)
 
@@ -292,18 +317,24 @@ def parser() -> argparse.ArgumentParser:
                     help="the client's data (x_train, y_train[, x_test, y_test]); repeat for a pool")
     cl.add_argument("--name", help="client name (default: the data file's stem)")
     cl.add_argument("--token", action="append", default=[], metavar="[NAME=]TOKEN")
-    cl.add_argument("--token-file", help="read the token from this file")
+    cl.add_argument("--token-file", action="append", default=[], metavar="[NAME=]FILE",
+                    help="read the token from FILE (keeps it off the command line); repeat for a pool")
     cl.add_argument("--ca", help="CA certificate that signed the server's certificate")
     cl.add_argument("--cert", help="client certificate for mutual TLS")
     cl.add_argument("--key", help="client private key for mutual TLS")
     cl.add_argument("--server-name", help="name to check in the server certificate")
     cl.add_argument("--insecure", action="store_true", help="plaintext, no TLS")
+    cl.add_argument("--wait-s", type=float, default=300.0, metavar="SECONDS",
+                    help="give up (exit 1) after this long without joining; 0: keep trying (default 300)")
     cl.set_defaults(fn=cmd_client)
 
     ce = sub.add_parser("certs", help="create a CA, server and client certificates, client tokens")
     ce.add_argument("out")
     ce.add_argument("--host", action="append", default=None, help="server host name or IP (repeat)")
     ce.add_argument("--client", action="append", default=[], help="client name (repeat)")
+    ce.add_argument("--add-client", action="append", default=[], metavar="NAME",
+                    help="add a device to an existing directory, keeping the CA, server key and tokens")
+    ce.add_argument("--force", action="store_true", help="overwrite existing credentials")
     ce.add_argument("--days", type=int, default=365)
     ce.set_defaults(fn=cmd_certs)
 
@@ -325,9 +356,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ScenarioError, FileExistsError) as e:
         print(f"fedkit: {e}" if isinstance(e, FileExistsError) else e, file=sys.stderr)
         return EXIT_INVALID
-    except KeyboardInterrupt:
-        console.print("interrupted")
-        return 130
+    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM/SIGHUP turned into launch.Terminated
+        console.print(str(e) or "interrupted")
+        return 128 + int(getattr(e, "signum", 2))
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ from fedkit.runtime.accept import Rejected, accept
 from fedkit.runtime.client import ClientHost, load_client_data
 from fedkit.scenario import Scenario
 from fedkit.scenario.build import build_server
-from fedkit.transport.client import run_client
+from fedkit.transport.client import DEFAULT_WAIT_S, run_client
 from fedkit.transport.security import Authenticator, ClientTls, ServerTls
 from fedkit.transport.server import GrpcServer
 from fedkit.types import Reply, Task
@@ -39,6 +39,7 @@ class ServerOptions:
     wait_timeout_s: float | None = None
     max_message_bytes: int | None = None
     port_file: str | None = None
+    max_sessions: int | None = None  # concurrent sessions the server admits (default: no cap)
 
 
 def serve(
@@ -66,7 +67,8 @@ def serve(
 
     extra = {} if opts.max_message_bytes is None else {"max_message_bytes": opts.max_message_bytes}
     server = GrpcServer(
-        opts.listen, tls=opts.tls, auth=opts.auth, validate=validate, insecure=opts.insecure, **extra
+        opts.listen, tls=opts.tls, auth=opts.auth, validate=validate, insecure=opts.insecure,
+        max_sessions=opts.max_sessions, **extra
     )
     port = server.start()
     log.info("listening on port %d", port)
@@ -102,10 +104,12 @@ def join(
     tls: ClientTls | None = None,
     insecure: bool = False,
     stop: threading.Event | None = None,
+    wait_s: float | None = DEFAULT_WAIT_S,
 ) -> None:
     """Serve tasks for one or more local clients until the server is done.
 
-    Several clients in one process each get a thread and their own model instance.
+    Several clients in one process each get a thread and their own model instance. A client
+    that cannot join for ``wait_s`` seconds raises ConnectionError (None: keep trying).
     """
     torch.set_num_threads(1)  # the same kernels as the in-process simulation
     states = [(load_client_data(c.data, c.name), c.token) for c in clients]
@@ -113,7 +117,10 @@ def join(
 
     def one(state: Any, token: str | None) -> None:
         try:
-            run_client(address, ClientHost(state), name=state.id, token=token, tls=tls, insecure=insecure, stop=stop)
+            run_client(
+                address, ClientHost(state), name=state.id, token=token, tls=tls, insecure=insecure,
+                stop=stop, wait_s=wait_s,
+            )
         except BaseException as e:  # reported after every thread has finished
             errors.append(e)
 

@@ -2,7 +2,11 @@
 
 Each client's data is written to its own ``.npz`` and served by ``fedkit client`` exactly as a
 device would; many clients share a bounded pool of processes. The processes talk TLS with
-per-client tokens made for this run. Everything is torn down on exit, error or Ctrl-C.
+per-client tokens made for this run. Everything is torn down on exit, error, Ctrl-C, SIGTERM or
+SIGHUP: children are killed and the temporary directory (CA key, tokens, copies of every
+client's data) is removed. Tokens travel in files readable only by the user, never on a command
+line (``/proc/*/cmdline`` is world-readable). On Linux the children also die with the driver if
+it is killed outright (``PR_SET_PDEATHSIG``); only then can the temporary directory remain.
 """
 
 from __future__ import annotations
@@ -14,8 +18,9 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,13 +33,70 @@ from fedkit.transport.certs import make_certs
 from fedkit.transport.security import hash_token, new_token
 
 
+class Terminated(KeyboardInterrupt):
+    """The driver got SIGTERM or SIGHUP; unwinds like Ctrl-C so every cleanup path runs
+    (the ``fedkit`` command then exits with 128 + ``signum``)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"terminated by {signal.Signals(signum).name}")
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def _terminate_on_signals() -> Iterator[None]:
+    """Turn SIGTERM/SIGHUP into :class:`Terminated` (main thread only); later ones are ignored
+    so they cannot interrupt the cleanup the first one started."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    sigs = (signal.SIGTERM, signal.SIGHUP)
+
+    def handler(signum: int, frame: object) -> None:
+        for s in sigs:
+            signal.signal(s, signal.SIG_IGN)
+        raise Terminated(signum)
+
+    old = {s: signal.signal(s, handler) for s in sigs}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def _die_with_parent() -> Callable[[], None] | None:
+    """A ``preexec_fn`` that makes the child get SIGKILL when the driver dies (Linux only)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+    except OSError:
+        return None
+
+    def preexec() -> None:
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+    return preexec
+
+
 def _spawn(args: list[str], log: Path) -> subprocess.Popen[bytes]:
     env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
     with open(log, "ab") as f:
         return subprocess.Popen(
             [sys.executable, "-m", "fedkit", *args],
             stdout=f, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+            preexec_fn=_die_with_parent(),
         )
+
+
+def _secret(path: Path, text: str) -> Path:
+    """Write ``text`` to a new file only the user can read."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text + "\n")
+    return path
 
 
 def _kill(procs: list[subprocess.Popen[bytes]], grace_s: float) -> None:
@@ -61,6 +123,7 @@ def _cluster(
     (workdir / "scenario.yaml").write_text(dump(scenario))
     for n, state in clients_data.items():
         save_client_data(workdir / f"{n}.npz", state)
+    token_files = {n: _secret(workdir / f"{n}.token", t) for n, t in tokens.items()}
     port_file = workdir / "port"
     server_args = [
         "server", "--scenario", str(workdir / "scenario.yaml"), "--listen", "127.0.0.1:0",
@@ -72,9 +135,10 @@ def _cluster(
         server_args += ["--resume", str(out)]
     elif overwrite:
         server_args.append("--overwrite")
-    server = _spawn(server_args, workdir / "server.log")
+    server: subprocess.Popen[bytes] | None = None
     clients: list[subprocess.Popen[bytes]] = []
     try:
+        server = _spawn(server_args, workdir / "server.log")
         while not port_file.exists():
             if server.poll() is not None:
                 raise RuntimeError(f"server exited early:\n{(workdir / 'server.log').read_text()}")
@@ -85,14 +149,14 @@ def _cluster(
             mine = names[w::pool]
             args = ["client", "--server", addr, "--ca", str(certs["ca_cert"])]
             for n in mine:
-                args += ["--data", f"{n}={workdir / f'{n}.npz'}", "--token", f"{n}={tokens[n]}"]
+                args += ["--data", f"{n}={workdir / f'{n}.npz'}", "--token-file", f"{n}={token_files[n]}"]
             clients.append(_spawn(args, workdir / f"client-pool-{w}.log"))
         yield server, clients
-    except BaseException:  # error or Ctrl-C: nothing may outlive the driver
-        _kill([server, *clients], grace_s=0.0)
+    except BaseException:  # error, Ctrl-C, SIGTERM, SIGHUP: nothing may outlive the driver
+        _kill([p for p in (server, *clients) if p is not None], grace_s=0.0)
         raise
     finally:
-        _kill([server], grace_s=5.0)
+        _kill([server] if server is not None else [], grace_s=5.0)
         _kill(clients, grace_s=10.0)  # they exit by themselves once the server says done
 
 
@@ -109,7 +173,7 @@ def run_processes(
     check_can_start(out, resume, overwrite)  # before any process starts
     workers = workers or max(2, min(scenario.clients.count, 2 * (os.cpu_count() or 1)))
     seen = len(read_metrics(out)) if resume else 0
-    with tempfile.TemporaryDirectory(prefix="fedkit-procs-") as tmp, _cluster(
+    with _terminate_on_signals(), tempfile.TemporaryDirectory(prefix="fedkit-procs-") as tmp, _cluster(
         Path(tmp), scenario, out, workers, resume, overwrite
     ) as (server, _clients):
         while True:

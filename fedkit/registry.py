@@ -63,8 +63,9 @@ def did_you_mean(word: str, options: Iterable[str]) -> str:
 def unknown(what: str, name: str, known: Iterable[str], hint: str = "") -> UnknownName:
     """The one "unknown <what>" error: closest match first, then every known name."""
     names = sorted(known)
+    shown = repr(name) if len(name) <= 120 else f"{name[:120]!r}... ({len(name)} chars)"  # may be hostile
     return UnknownName(
-        f"unknown {what} {name!r}{did_you_mean(name, names)}; "
+        f"unknown {what} {shown}{did_you_mean(name, names) if len(name) <= 64 else ''}; "
         f"known: {', '.join(names) or '(none)'}{hint}"
     )
 

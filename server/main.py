@@ -19,7 +19,7 @@ from fedkit.cli import main as fedkit_main
 FLAGS = {
     "scenario": "--scenario", "listen": "--listen", "out": "--out", "tls_cert": "--tls-cert",
     "tls_key": "--tls-key", "client_ca": "--client-ca", "tokens": "--tokens",
-    "min_clients": "--min-clients", "wait_timeout": "--wait-timeout",
+    "min_clients": "--min-clients", "wait_timeout": "--wait-timeout", "max_sessions": "--max-sessions",
 }
 
 

@@ -20,6 +20,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from fedkit.compression import base
+from fedkit.compression.limits import Like
 from fedkit.compression.select import FAMILIES, plan
 from fedkit.compression.spec import decode as decode_any
 from fedkit.compression.spec import make
@@ -90,7 +91,7 @@ class Adaptive:
         inner_state, enc = make(concrete).encode(inner_state, x, rng)
         return (concrete, inner_state, count + 1), enc
 
-    def decode(self, enc: Encoded) -> Params:
+    def decode(self, enc: Encoded, like: Like = None) -> Params:
         if enc.codec.startswith("adaptive("):
             raise DecodeError("an adaptive payload must name its concrete per-layer codec")
-        return decode_any(enc)
+        return decode_any(enc, like)

@@ -45,8 +45,10 @@ Error feedback is a wrapper, not a stage: ``with_error_feedback(codec)`` or the 
 
 Hostile payloads: every decoder checks sizes against the buffer before allocating and raises
 :class:`~fedkit.types.DecodeError`; sparse and low-rank formats can legitimately describe big
-tensors with few bytes, so decode also refuses more than ``MAX_ELEMENTS`` elements in total and
-zstd output above ``MAX_BYTES`` (module constants; lower them on a server with a known model).
+tensors with few bytes, so a receiver that knows the model decodes with ``decode(enc,
+like=params)``: the payload must then declare exactly that layout, and zstd stops at the largest
+valid frame for it (see :mod:`fedkit.compression.limits`). Without ``like``, decode refuses more
+than ``MAX_ELEMENTS`` elements in total and zstd output above ``MAX_BYTES``.
 """
 
 from __future__ import annotations
@@ -58,8 +60,10 @@ from typing import Any, ClassVar, Literal, Protocol
 
 import numpy as np
 
+from fedkit.compression.limits import Like
 from fedkit.registry import Registry, did_you_mean
 from fedkit.types import Encoded, Params
+from fedkit.untrusted import shorten
 
 MAX_ELEMENTS = 1 << 28
 """Decode refuses payloads that claim more elements than this in total (1 GiB of float32)."""
@@ -84,7 +88,9 @@ class Codec(Protocol):
         self, state: Any, x: Params, rng: np.random.Generator | None = None
     ) -> tuple[Any, Encoded]: ...
 
-    def decode(self, enc: Encoded) -> Params: ...
+    def decode(self, enc: Encoded, like: Like = None) -> Params:
+        """Decode ``enc``; ``like`` (the model, a layout or :class:`Limits`) bounds memory."""
+        ...
 
 
 CodecFactory = Callable[..., Any]
@@ -218,7 +224,7 @@ def _tokens(spec: str) -> list[tuple[str, Any, int]]:
     while pos < len(spec):
         m = _TOKEN.match(spec, pos)
         if m is None or m.end() == pos:
-            raise ValueError(f"bad codec spec {spec!r}: unexpected character at column {pos}")
+            raise ValueError(f"bad codec spec {shorten(spec)}: unexpected character at column {pos}")
         kind = m.lastgroup or ""
         text = m.group(kind)
         col = m.start(kind)
@@ -236,13 +242,13 @@ def _tokens(spec: str) -> list[tuple[str, Any, int]]:
 def parse_spec(spec: str) -> ParsedSpec:
     """Parse a spec string into stages; raises ``ValueError`` naming the bad column."""
     if not isinstance(spec, str) or not spec.strip():
-        raise ValueError(f"codec spec must be a non-empty string, got {spec!r}")
+        raise ValueError(f"codec spec must be a non-empty string, got {shorten(spec)}")
     toks = _tokens(spec)
     i = 0
 
     def err(msg: str) -> ValueError:
         col = toks[i][2] if i < len(toks) else len(spec)
-        return ValueError(f"bad codec spec {spec!r}: {msg} at column {col}")
+        return ValueError(f"bad codec spec {shorten(spec)}: {msg} at column {col}")
 
     def peek(kind: str, val: Any = None) -> bool:
         return i < len(toks) and toks[i][0] == kind and (val is None or toks[i][1] == val)
@@ -276,7 +282,7 @@ def parse_spec(spec: str) -> ParsedSpec:
             while not peek("punct", ")"):
                 key = expect("name")
                 if key in params:
-                    raise err(f"parameter {key!r} given twice")
+                    raise err(f"parameter {shorten(key)} given twice")
                 expect("punct", "=")
                 if peek("punct", "["):
                     i += 1
@@ -328,7 +334,7 @@ def build_stage(name: str, params: Mapping[str, Any]) -> Any:
         for key in params:
             if key not in known:
                 raise ValueError(
-                    f"codec {name!r} has no parameter {key!r}{did_you_mean(key, known)}; "
+                    f"codec {name!r} has no parameter {shorten(key)}{did_you_mean(key, known)}; "
                     f"parameters: {', '.join(known) or 'none'}"
                 )
     return factory(**params)

@@ -29,6 +29,7 @@ import numpy as np
 
 from fedkit.compression.base import Codec
 from fedkit.compression.frame import dtype_code
+from fedkit.compression.limits import Like
 from fedkit.compression.pipeline import FLOAT_CODES
 from fedkit.types import Encoded, Params
 
@@ -70,8 +71,8 @@ class ErrorFeedback:
         )
         return (new, inner_state), enc
 
-    def decode(self, enc: Encoded) -> Params:
-        return self.inner.decode(enc)
+    def decode(self, enc: Encoded, like: Like = None) -> Params:
+        return self.inner.decode(enc, like)
 
 
 def with_error_feedback(codec: Codec) -> ErrorFeedback:

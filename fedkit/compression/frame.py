@@ -12,6 +12,7 @@ import struct
 
 import numpy as np
 
+from fedkit.compression.limits import Limits
 from fedkit.types import DecodeError, Params
 
 DTYPES: tuple[np.dtype, ...] = tuple(
@@ -54,11 +55,19 @@ def packed_nbytes(arrays: Params, itemsize: int | None = None) -> int:
     return head + sum(a.size * (itemsize or a.dtype.itemsize) for a in arrays)
 
 
-def unpack_arrays(buf: bytes | memoryview, copy: bool = False) -> Params:
-    """Inverse of :func:`pack_arrays`. Arrays view ``buf`` (read-only) unless ``copy``."""
+def unpack_arrays(
+    buf: bytes | memoryview, copy: bool = False, limits: Limits | None = None
+) -> Params:
+    """Inverse of :func:`pack_arrays`. Arrays view ``buf`` (read-only) unless ``copy``.
+
+    With ``limits`` the header must declare the layout's tensors (checked before any copy)
+    and at most ``limits.max_elements`` elements in total.
+    """
     mv = memoryview(buf)
     try:
         (count,) = struct.unpack_from("<I", mv, 0)
+        if limits is not None:
+            limits.check_count(count, "tensor frame")
         off = 4
         specs = []
         for i in range(count):
@@ -70,9 +79,13 @@ def unpack_arrays(buf: bytes | memoryview, copy: bool = False) -> Params:
                 raise DecodeError(f"array {i}: {ndim} dims exceeds the {MAX_NDIM}-dim limit")
             shape = struct.unpack_from(f"<{ndim}Q", mv, off)
             off += 8 * ndim
+            if limits is not None:
+                limits.check_array(i, DTYPES[code], shape, "tensor frame")
             specs.append((DTYPES[code], shape))
     except struct.error as e:
         raise DecodeError(f"tensor header truncated: {e}") from None
+    if limits is not None:
+        limits.check_total(sum(math.prod(s) for _, s in specs), "tensor frame")
     out: Params = []
     for i, (dtype, shape) in enumerate(specs):
         n = math.prod(shape)  # exact Python int: no uint64 wrap-around on hostile dims

@@ -9,7 +9,9 @@ import numpy as np
 
 from fedkit.compression.base import register
 from fedkit.compression.frame import pack_arrays, unpack_arrays
+from fedkit.compression.limits import Like, resolve
 from fedkit.types import DecodeError, Encoded, Params
+from fedkit.untrusted import shorten
 
 
 @register("identity")
@@ -29,7 +31,7 @@ class Identity:
     ) -> tuple[Any, Encoded]:
         return state, Encoded(self.spec, pack_arrays(x))
 
-    def decode(self, enc: Encoded) -> Params:
+    def decode(self, enc: Encoded, like: Like = None) -> Params:
         if enc.codec != self.spec:
-            raise DecodeError(f"identity codec cannot decode a {enc.codec!r} payload")
-        return unpack_arrays(enc.data, copy=True)
+            raise DecodeError(f"identity codec cannot decode a {shorten(enc.codec)} payload")
+        return unpack_arrays(enc.data, copy=True, limits=resolve(like))

@@ -23,7 +23,9 @@ from fedkit.compression import base
 from fedkit.compression.bits import Reader, varint
 from fedkit.compression.frame import DTYPES, MAX_NDIM, dtype_code, pack_arrays, unpack_arrays
 from fedkit.compression.identity import Identity
+from fedkit.compression.limits import Like, Limits, resolve
 from fedkit.types import DecodeError, Encoded, Params
+from fedkit.untrusted import shorten
 
 VERSION = 1
 FLOAT_CODES = frozenset(dtype_code(np.dtype(t)) for t in ("float32", "float64", "float16"))
@@ -121,24 +123,22 @@ class Pipeline:
             data = self.bytes_stage.compress(data)
         return state, Encoded(self.spec, data)
 
-    def decode(self, enc: Encoded) -> Params:
+    def decode(self, enc: Encoded, like: Like = None) -> Params:
         if enc.codec != self.spec:
-            raise DecodeError(f"codec {self.spec!r} cannot decode a {enc.codec!r} payload")
+            raise DecodeError(f"codec {self.spec!r} cannot decode a {shorten(enc.codec)} payload")
+        limits = resolve(like)
         try:
-            return self._decode(enc.data)
+            return self._decode(enc.data, limits)
         except DecodeError:
             raise
         except (ValueError, IndexError, TypeError, OverflowError, struct.error) as e:
             raise DecodeError(f"{self.spec}: malformed payload ({e})") from None
 
-    def _decode(self, data: bytes) -> Params:
+    def _decode(self, data: bytes, limits: Limits) -> Params:
         if self.bytes_stage is not None:
-            data = self.bytes_stage.decompress(data)
+            data = self.bytes_stage.decompress(data, limits.max_bytes)
         if self.lossless:
-            raw = unpack_arrays(data)
-            if sum(a.size for a in raw) > base.MAX_ELEMENTS:
-                raise DecodeError("payload claims more elements than MAX_ELEMENTS")
-            return [a.copy() for a in raw]
+            return [a.copy() for a in unpack_arrays(data, limits=limits)]
         r = Reader(data, self.spec)
         version = r.u8("version")
         if version != VERSION:
@@ -146,6 +146,7 @@ class Pipeline:
         count = r.varint("array count")
         if count > r.remaining:
             raise DecodeError(f"{self.spec}: claims {count} arrays in {r.remaining} bytes")
+        limits.check_count(count, self.spec)
         metas: list[tuple[np.dtype, tuple[int, ...]]] = []
         total = 0
         for i in range(count):
@@ -155,11 +156,9 @@ class Pipeline:
             if ndim > MAX_NDIM:
                 raise DecodeError(f"array {i}: {ndim} dims exceeds the {MAX_NDIM}-dim limit")
             shape = tuple(r.varint("dim") for _ in range(ndim))
+            limits.check_array(i, DTYPES[code], shape, self.spec)
             total += math.prod(shape)
-            if total > base.MAX_ELEMENTS:
-                raise DecodeError(
-                    f"array {i}: payload claims more than MAX_ELEMENTS={base.MAX_ELEMENTS} elements"
-                )
+            limits.check_total(total, f"{self.spec} array {i}")
             metas.append((DTYPES[code], shape))
         out: list[np.ndarray | None] = [None] * count
         float_pos: list[int] = []

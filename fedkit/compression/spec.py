@@ -15,6 +15,7 @@ from typing import Any
 from fedkit.compression.base import Codec, Stage, build_stage, format_value, parse_spec
 from fedkit.compression.ef import with_error_feedback
 from fedkit.compression.identity import Identity
+from fedkit.compression.limits import Like, resolve
 from fedkit.compression.pipeline import build_pipeline
 from fedkit.types import DecodeError, Encoded, Params
 
@@ -57,10 +58,20 @@ def _cached(spec: str) -> Codec:
     return make(spec)
 
 
-def decode(enc: Encoded) -> Params:
-    """Decode any payload from its bytes alone."""
+def decode(enc: Encoded, like: Like = None) -> Params:
+    """Decode any payload from its bytes alone.
+
+    ``like`` bounds what decoding may allocate, whatever the payload declares: the model's
+    arrays (or ``(shape, dtype)`` pairs) make a payload of any other layout a
+    :class:`DecodeError` before anything is allocated; a ``Limits(max_elements, max_bytes)``
+    caps the totals. Servers must pass it for every untrusted payload.
+    """
+    try:
+        limits = resolve(like)
+    except ValueError as e:
+        raise ValueError(f"decode: {e}") from None
     try:
         codec = _cached(enc.codec)
-    except (ValueError, TypeError) as e:
+    except (ValueError, TypeError, RecursionError) as e:
         raise DecodeError(f"cannot build codec for payload: {e}") from None
-    return codec.decode(enc)
+    return codec.decode(enc, limits)

@@ -64,7 +64,7 @@ def _train(rule: Acceptance, task: Task, reply: Reply) -> Update:
     if reply.num_examples <= 0:
         raise Rejected(f"num_examples must be positive, got {reply.num_examples}")
     try:
-        delta = decode(reply.update)
+        delta = decode(reply.update, like=list(rule.layout))  # allocation bounded by the model
     except DecodeError as e:
         raise Rejected(f"malformed update: {e}") from None
     if len(delta) != len(rule.layout):

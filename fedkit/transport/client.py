@@ -5,6 +5,13 @@ the server pushes tasks. When the connection drops (server restart, network chan
 rejoins under the same name with exponential backoff and jitter, so a fleet does not stampede a
 restarting server. It returns when the server says the experiment is done or ``stop`` is set;
 credentials the server refuses are fatal (retrying cannot fix them).
+
+A misconfigured client (wrong CA, plaintext against TLS, missing client certificate, wrong host
+or port) never joins: each new reason is logged at WARNING, and after ``wait_s`` seconds without
+a session the client gives up with ``ConnectionError`` (``fedkit client`` exits 1). Being
+replaced by a newer join under our name (ABORTED), or refused because our previous session is
+still live on the server (ALREADY_EXISTS: it lingers until keepalive notices it is dead), is
+logged and retried with backoff, never final.
 """
 
 from __future__ import annotations
@@ -12,6 +19,7 @@ from __future__ import annotations
 import logging
 import random
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -34,6 +42,12 @@ from fedkit.types import Encoded, Reply, Task
 log = logging.getLogger("fedkit.transport")
 
 PROTOCOL = "fedkit.v1"
+DEFAULT_WAIT_S = 300.0
+"""Seconds a client keeps trying to join before it gives up (``fedkit client --wait-s``)."""
+_HINT_CLOSED = (
+    " (the server hung up during set-up: plaintext against a TLS server, or a server that "
+    "requires a client certificate: give --ca, and --cert/--key for mutual TLS)"
+)
 _FATAL = (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)
 _REJECTED = (
     grpc.StatusCode.INVALID_ARGUMENT,
@@ -100,22 +114,30 @@ def run_client(
     stop: threading.Event | None = None,
     backoff: tuple[float, float] = (0.2, 5.0),
     max_attempts: int | None = None,
+    wait_s: float | None = DEFAULT_WAIT_S,
 ) -> None:
     """Serve tasks from the server at ``address`` until it says done or ``stop`` is set.
 
     ``client_fn`` runs each task; an exception becomes a reply with ``error`` set. After a lost
     connection the client waits ``min(backoff[1], backoff[0] * 2**k)`` scaled by a random factor
-    in [0.5, 1] and rejoins; ``max_attempts`` consecutive failed joins raise ConnectionError
-    (None: retry until ``stop``). UNAUTHENTICATED / PERMISSION_DENIED raise ``grpc.RpcError``;
-    being replaced by another process joining under the same name (ABORTED) returns.
+    in [0.5, 1] and rejoins. It raises ConnectionError, naming the last failure, after
+    ``max_attempts`` consecutive failed joins or ``wait_s`` seconds without a session (since the
+    start or the last session; None: retry until ``stop``). UNAUTHENTICATED /
+    PERMISSION_DENIED raise ``grpc.RpcError``. Being replaced (ABORTED) or refused as a
+    duplicate (ALREADY_EXISTS) is retried.
     """
     if tls is None and not insecure:
         raise ValueError("pass tls=ClientTls(...) or, for plaintext, insecure=True")
+    if wait_s is not None and not wait_s > 0:
+        raise ValueError(f"wait_s must be positive or None (wait forever), got {wait_s!r}")
     stop = stop or threading.Event()
     md = client_metadata(name, token)
     failures = 0
+    since = time.monotonic()
+    warned: str | None = None
     while not stop.is_set():
         joined: list[bool] = []
+        contested = False
         channel = make_channel(
             address, tls=tls, insecure=insecure, max_message_bytes=max_message_bytes
         )
@@ -133,22 +155,38 @@ def run_client(
             if code in _FATAL:
                 log.error("client %s: server refused credentials: %s", name, e.details())
                 raise
-            if code == grpc.StatusCode.ABORTED:
-                # Another process joined under our name; retrying would evict it in turn.
-                log.warning("client %s: %s; exiting", name, e.details())
-                return
             reason = f"{code.name if code else 'error'}: {e.details() if hasattr(e, 'details') else e}"
+            if "Socket closed" in reason:
+                reason += _HINT_CLOSED
+            contested = code in (grpc.StatusCode.ABORTED, grpc.StatusCode.ALREADY_EXISTS)
         except _Reconnect as e:
             reason = str(e)
         finally:
             channel.close()
         if stop.is_set():
             return
-        failures = 1 if joined else failures + 1
+        now = time.monotonic()
+        if joined:  # the wait clock restarts when a session ends
+            since, warned = now, None
+        # a contested name backs off instead of ping-ponging with its twin
+        failures = failures + 1 if contested or not joined else 1
+        if contested:
+            log.warning("client %s: %s; retrying", name, reason)
+            warned = reason.split(":", 1)[0]
         if max_attempts is not None and failures >= max_attempts:
-            raise ConnectionError(f"client {name}: {failures} failed attempts to join {address}")
+            raise ConnectionError(f"client {name}: {failures} failed attempts to join {address}: {reason}")
+        if wait_s is not None and now - since >= wait_s:
+            raise ConnectionError(
+                f"client {name}: could not join {address} for {now - since:.0f} s "
+                f"(--wait-s {wait_s:g}); last error: {reason}"
+            )
         delay = min(backoff[1], backoff[0] * 2 ** (failures - 1)) * random.uniform(0.5, 1.0)
-        log.info("client %s: %s; rejoining in %.2f s", name, reason, delay)
+        if wait_s is not None:
+            delay = min(delay, max(0.0, since + wait_s - now))
+        kind = reason.split(":", 1)[0]
+        level = logging.INFO if joined or kind == warned else logging.WARNING
+        warned = warned if joined else kind
+        log.log(level, "client %s: %s; rejoining %s in %.2f s", name, reason, address, delay)
         stop.wait(delay)
 
 

@@ -19,6 +19,7 @@ import grpc
 
 from fedkit.transport._proto import fedkit_pb2 as pb
 from fedkit.types import DecodeError, Encoded, Reply, Task
+from fedkit.untrusted import check_metrics, shorten
 
 MiB = 1 << 20
 DEFAULT_CHUNK_BYTES = 2 * MiB
@@ -77,7 +78,7 @@ def task_from_proto(header: pb.TaskHeader, payload: bytes | memoryview | Encoded
     ``payload`` is the params frame, or the :class:`Encoded` a :class:`Reassembler` decoded.
     """
     if not _KIND.match(header.kind):
-        raise _invalid(f"task {header.task_id!r}: malformed kind {header.kind[:64]!r}")
+        raise _invalid(f"task {shorten(header.task_id)}: malformed kind {shorten(header.kind)}")
     try:
         config = json.loads(header.config_json) if header.config_json else {}
     except json.JSONDecodeError as e:
@@ -113,12 +114,19 @@ def reply_to_proto(reply: Reply, payload_bytes: int, session_id: str = "") -> pb
     return h
 
 
+def _metrics(metrics: Any, what: str) -> dict[str, float]:
+    try:
+        return check_metrics(dict(metrics))
+    except ValueError as e:
+        raise _invalid(f"{what}: {e}") from None
+
+
 def reply_from_proto(
     header: pb.ReplyHeader, payload: bytes | memoryview | Encoded | None
 ) -> Reply:
     """Inverse of :func:`reply_to_proto`; a malformed frame is INVALID_ARGUMENT."""
     update = None
-    what = f"reply to task {header.task_id!r}"
+    what = f"reply to task {shorten(header.task_id)}"
     if header.has_update:
         update = _as_encoded(payload if payload is not None else b"", what)
     elif payload is not None and (isinstance(payload, Encoded) or len(payload)):
@@ -129,7 +137,7 @@ def reply_from_proto(
         round=header.round,
         num_examples=header.num_examples,
         update=update,
-        metrics=dict(header.metrics),
+        metrics=_metrics(header.metrics, what),
         error=header.error if header.HasField("error") else None,
         version=header.version,
     )

@@ -49,6 +49,7 @@ from fedkit.transport.serde import (
     task_to_proto,
 )
 from fedkit.types import Arrival, ClientId, Reply, Task
+from fedkit.untrusted import clip, shorten
 
 log = logging.getLogger("fedkit.transport")
 
@@ -96,6 +97,8 @@ class _Session:
     outbox: asyncio.Queue[Any] = field(default_factory=asyncio.Queue)
     pending: set[str] = field(default_factory=set)
     joined_at: float = field(default_factory=time.monotonic)
+    alive: Callable[[], bool] = lambda: True
+    """Whether the session's Join stream is still open (its RPC context is not done)."""
 
 
 @dataclass(eq=False)
@@ -114,20 +117,45 @@ class _Pending:
 class _Hub:
     """Session and task bookkeeping. Touched only from the event loop thread."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_sessions: int | None = None) -> None:
+        self.max_sessions = max_sessions
         self.sessions: dict[str, _Session] = {}
         self.by_id: dict[str, _Session] = {}
         self.pending: dict[str, _Pending] = {}
         self.closed: OrderedDict[str, tuple[int, str]] = OrderedDict()  # task id -> (round, why)
         self.done = False
 
-    def open(self, name: str, peer: str) -> _Session:
+    def open(
+        self, name: str, peer: str, proven: bool = False, alive: Callable[[], bool] | None = None
+    ) -> _Session:
+        """A new session for ``name``. Rule for a name that already has a live session: the
+        newest join wins only with proof of possession (``proven``: its mutual-TLS certificate
+        was verified for that name); otherwise it is refused with ALREADY_EXISTS until the old
+        session ends (a stale stream of a device that vanished ends when keepalive notices),
+        so a replayed name + token cannot evict the real device. Takeovers log a warning."""
         old = self.sessions.get(name)
+        if old is None and self.max_sessions is not None and len(self.sessions) >= self.max_sessions:
+            raise TransportError(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"server is full: {len(self.sessions)} of {self.max_sessions} sessions in use",
+            )
+        if old is not None and old.alive():
+            if not proven:
+                raise TransportError(
+                    grpc.StatusCode.ALREADY_EXISTS,
+                    f"client {name!r} already has a live session (from {old.peer}); a second "
+                    "join needs that client's certificate (mutual TLS) or must wait until it ends",
+                )
+            log.warning(
+                "client %s: session %s from %s taken over by a join from %s (certificate verified)",
+                name, old.session_id, old.peer, peer,
+            )
         if old is not None:
-            log.info("client %s rejoined from %s; replacing session %s", name, peer, old.session_id)
             self.close(old)
             old.outbox.put_nowait(_REPLACED)
         s = _Session(name, secrets.token_hex(16), peer)
+        if alive is not None:
+            s.alive = alive
         self.sessions[name] = s
         self.by_id[s.session_id] = s
         return s
@@ -153,13 +181,13 @@ class _Hub:
         if h.client != name:
             raise TransportError(
                 grpc.StatusCode.PERMISSION_DENIED,
-                f"reply names client {h.client!r} but the caller is {name!r}",
+                f"reply names client {shorten(h.client)} but the caller is {name!r}",
             )
         s = self.by_id.get(h.session_id)
         if s is None or s.name != name:
             raise TransportError(
                 grpc.StatusCode.FAILED_PRECONDITION,
-                f"session {h.session_id!r} of client {name!r} is not current; rejoin",
+                f"session {shorten(h.session_id)} of client {name!r} is not current; rejoin",
             )
         p = self.pending.get(h.task_id)
         if p is None:
@@ -174,7 +202,7 @@ class _Hub:
                     f"task {h.task_id!r} of round {rnd} is closed ({why}); a task takes one reply",
                 )
             raise TransportError(
-                grpc.StatusCode.NOT_FOUND, f"unknown task {h.task_id!r} (round {h.round})"
+                grpc.StatusCode.NOT_FOUND, f"unknown task {shorten(h.task_id)} (round {h.round})"
             )
         if p.task.client != name:
             raise TransportError(
@@ -203,20 +231,21 @@ class _Servicer(pb_grpc.FedKitServicer):
         name, token = parse_metadata(context.invocation_metadata())
         problem = None
         if claimed is not None and name is not None and name != claimed:
-            problem = f"metadata names client {name!r} but it joins as {claimed!r}"
+            problem = f"metadata names client {shorten(name)} but it joins as {shorten(claimed)}"
         name = name or claimed
         if problem is None and (not name or len(name) > 256 or not name.isprintable()):
-            problem = f"missing or invalid client name {name!r}"
+            problem = f"missing or invalid client name {shorten(name)}"
         if problem is None and self.srv.tls is not None and self.srv.tls.mutual:
             cn = peer_common_name(context.auth_context())
             if cn != name:
-                problem = f"client certificate CN {cn!r} does not match client name {name!r}"
+                problem = f"client certificate CN {shorten(cn)} does not match client name {name!r}"
         if problem is None and self.srv.auth is not None:
             try:
                 self.srv.auth.check(name or "", token)
             except AuthError as e:
                 problem = str(e)
         if problem is not None:
+            problem = clip(problem)
             log.warning("UNAUTHENTICATED %s from %s: %s", _method(context), context.peer(), problem)
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, problem)
         assert name is not None
@@ -229,12 +258,17 @@ class _Servicer(pb_grpc.FedKitServicer):
         if request.protocol and request.protocol != PROTOCOL:
             await context.abort(
                 grpc.StatusCode.FAILED_PRECONDITION,
-                f"client speaks {request.protocol!r}; this server speaks {PROTOCOL!r}",
+                f"client speaks {shorten(request.protocol)}; this server speaks {PROTOCOL!r}",
             )
         if self.hub.done:
             yield pb.ServerMessage(shutdown=pb.Shutdown(reason="experiment is done"))
             return
-        s = self.hub.open(name, context.peer())
+        proven = self.srv.tls is not None and self.srv.tls.mutual  # CN == name was checked
+        try:
+            s = self.hub.open(name, context.peer(), proven, alive=lambda: not context.done())
+        except TransportError as e:
+            log.warning("refused join of %s from %s: %s", name, context.peer(), e.message)
+            await context.abort(e.code, e.message)
         log.info("client %s joined from %s (session %s)", name, s.peer, s.session_id)
         srv = self.srv
         getter: asyncio.Future[Any] | None = None
@@ -289,7 +323,7 @@ class _Servicer(pb_grpc.FedKitServicer):
                 if r.header is None and chunk.HasField("header"):
                     # which task first, so any refusal below can settle it
                     tid = chunk.header.task_id
-                    r.what = f"reply from {name!r} to task {tid!r}"
+                    r.what = f"reply from {name!r} to task {shorten(tid)}"
                     p = self.hub.check_header(name, chunk.header)
                 r.feed(chunk)
                 if r.done:
@@ -312,17 +346,18 @@ class _Servicer(pb_grpc.FedKitServicer):
                     accepted = await loop.run_in_executor(None, self.srv.validate, p.task, reply)
                 except ValueError as e:
                     raise TransportError(
-                        grpc.StatusCode.INVALID_ARGUMENT, f"reply to task {tid!r} rejected: {e}"
+                        grpc.StatusCode.INVALID_ARGUMENT, f"reply to task {shorten(tid)} rejected: {e}"
                     ) from None
                 p = self.hub.check_header(name, r.header)
             p.future.set_result((reply, "", accepted))
             return pb.Ack(task_id=tid)
         except TransportError as e:
-            log.warning("rejected reply from %s (task %s): %s: %s", name, tid, e.code.name, e.message)
+            message = clip(e.message)  # it may quote what the client sent
+            log.warning("rejected reply from %s (task %s): %s: %s", name, shorten(tid), e.code.name, message)
             if p is not None and not p.future.done() and (owner or not p.claimed):
                 # answered but refused: the round need not wait for it
-                p.future.set_result((None, f"reply refused: {e.message}", None))
-            await context.abort(e.code, e.message)
+                p.future.set_result((None, f"reply refused: {message}", None))
+            await context.abort(e.code, message)
             raise  # unreachable: abort raises
 
     async def Split(  # noqa: N802
@@ -396,6 +431,9 @@ class GrpcServer:
     ``max_message_bytes`` bounds one gRPC message, ``max_payload_bytes`` one reassembled reply
     (larger ones are refused with RESOURCE_EXHAUSTED before they are buffered). ``validate``
     sees every reply that answers an open task, error replies included, in a worker thread.
+    ``max_sessions`` caps concurrent sessions (joins beyond it get RESOURCE_EXHAUSTED and
+    retry); with ``auth`` it bounds Sybil joins on plaintext too, where tokens are the only
+    enrolment.
     """
 
     def __init__(
@@ -410,11 +448,14 @@ class GrpcServer:
         heartbeat_s: float = 10.0,
         validate: Validator | None = None,
         insecure: bool = False,
+        max_sessions: int | None = None,
     ) -> None:
         if tls is None and not insecure:
             raise ValueError("pass tls=ServerTls(...) or, for plaintext, insecure=True")
         if tls is not None and insecure:
             raise ValueError("tls and insecure=True contradict each other")
+        if max_sessions is not None and max_sessions < 1:
+            raise ValueError(f"max_sessions must be at least 1, got {max_sessions}")
         self.listen = listen
         self.tls = tls
         self.auth = auth
@@ -433,7 +474,7 @@ class GrpcServer:
         self._settled: queue.Queue[Arrival] = queue.Queue()  # filled on the loop, read by the engine
         self._open: set[str] = set()  # engine thread: sent, not yet settled or cancelled
         self.link = GrpcLink(self)
-        self._hub = _Hub()
+        self._hub = _Hub(max_sessions)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._server: grpc.aio.Server | None = None

@@ -25,10 +25,10 @@ def test_follows_any_stage(roundtrip, model) -> None:
 def test_bombs_and_garbage_raise_decode_error(monkeypatch) -> None:
     bomb = zstandard.ZstdCompressor().compress(b"\0" * (1 << 20))
     monkeypatch.setattr(base, "MAX_BYTES", 1 << 16)
-    with pytest.raises(DecodeError, match="MAX_BYTES"):
+    with pytest.raises(DecodeError, match="over the limit of 65536"):
         decode(Encoded("zstd(level=3)", bomb))
     stream = zstandard.ZstdCompressor(write_content_size=False).compress(b"\0" * (1 << 20))
-    with pytest.raises(DecodeError, match="MAX_BYTES"):
+    with pytest.raises(DecodeError, match="beyond the limit of 65536"):
         decode(Encoded("zstd(level=3)", stream))
     with pytest.raises(DecodeError):
         decode(Encoded("zstd(level=3)", b"not a zstd frame at all"))

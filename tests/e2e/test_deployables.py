@@ -4,6 +4,7 @@ and a device with a wrong token turned away while the others carry on."""
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -19,6 +20,7 @@ from fedkit.scenario.build import build
 from tests.conftest import tiny_raw
 
 ROOT = Path(__file__).parents[2]
+ENV = dict(os.environ, PYTHONPATH=str(ROOT))  # the deployables run this checkout's fedkit
 pytestmark = pytest.mark.timeout(180)
 
 
@@ -44,7 +46,7 @@ def test_tls_server_token_clients_and_an_intruder(tmp_path: Path) -> None:
     }))
     server = subprocess.Popen([sys.executable, str(ROOT / "server" / "main.py"), "--config",
                                str(tmp_path / "server.yaml")], stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True)
+                              stderr=subprocess.STDOUT, text=True, env=ENV)
     procs = [server]
     try:
         def device(name: str, token_file: Path, data: Path) -> subprocess.Popen:
@@ -52,7 +54,7 @@ def test_tls_server_token_clients_and_an_intruder(tmp_path: Path) -> None:
                 [sys.executable, str(ROOT / "clients" / "main.py"), "--server", f"127.0.0.1:{port}",
                  "--data", str(data), "--name", name, "--token-file", str(token_file),
                  "--ca", str(tmp_path / "certs" / "ca.pem")],
-                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV)
 
         files = []
         for name, state in names:

@@ -3,6 +3,7 @@ survivors finish a round when a client is killed, nothing outlives Ctrl-C."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -182,3 +183,53 @@ def test_ctrl_c_leaves_no_process_behind(tmp_path: Path) -> None:
         return out
     _wait(lambda: not leftovers(), 10, "children to exit")
     assert (run / "checkpoint.npz").exists()  # committed rounds survive the interrupt
+
+
+def _cmdlines() -> dict[int, str]:
+    out = {}
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                out[int(pid)] = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+    return out
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
+def test_sigterm_and_sighup_stop_every_child_and_remove_the_secrets(tmp_path: Path, sig: int) -> None:
+    raw = tiny_raw(rounds=50, clients={"count": 2, "per_round": {"fraction": 1.0}},
+                   train={"steps": 2000, "batch_size": 32})
+    scen = tmp_path / "s.yaml"
+    scen.write_text(yaml.safe_dump(raw))
+    run, tmp = tmp_path / "run", tmp_path / "tmp"
+    tmp.mkdir()
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "fedkit", "run", str(scen), "--mode", "processes", "--out", str(run), "-q"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=dict(os.environ, TMPDIR=str(tmp)),
+    )
+    work = tmp / "not-started"
+    try:
+        _wait(lambda: _rows(run) >= 1, 120, "round 1")
+        (work,) = tmp.glob("fedkit-procs-*")
+        secrets = {f.name: f.read_text().strip() for f in work.glob("*.token")}
+        assert len(secrets) == 2
+        assert all((work / n).stat().st_mode & 0o077 == 0 for n in secrets)  # only the user reads them
+        kids = {pid: cmd for pid, cmd in _cmdlines().items() if str(work) in cmd}
+        assert len(kids) >= 2  # the server and at least one client pool
+        for cmd in kids.values():
+            assert not any(t in cmd for t in secrets.values()), "a token is on a command line"
+        driver.send_signal(sig)
+        assert driver.wait(timeout=30) == 128 + sig
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+        try:
+            _wait(lambda: not any(str(work) in c for c in _cmdlines().values()), 10, "children to exit")
+        finally:  # never leave a stray process to the next test, even when this one fails
+            for pid, cmd in _cmdlines().items():
+                if str(work) in cmd:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
+    assert not work.exists(), "the temp dir with the CA key, tokens and data copies is left"
+    assert (run / "checkpoint.npz").exists()

@@ -86,9 +86,9 @@ def test_bad_updates_are_rejected_and_the_round_goes_on(caplog: pytest.LogCaptur
     assert all(np.isfinite(p).all() for p in state.params)
     text = caplog.text
     assert "client-0: tensor 0: contains NaN or Inf" in text
-    assert "client-1: tensor 0: shape" in text
+    assert "client-1: malformed update: tensor frame: tensor 0 declared as (64, 16, 1)" in text
     assert "client-2: malformed update" in text
-    assert "client-4: update has 1 tensors, the model has 4" in text
+    assert "client-4: malformed update: tensor frame: payload declares 1 tensors, the model has 4" in text
     status = {r["client"]: r["status"] for r in rec.clients}
     assert status == {ids[0]: "rejected", ids[1]: "rejected", ids[2]: "rejected", ids[3]: "lost",
                       ids[4]: "rejected", ids[5]: "ok"}
@@ -127,7 +127,7 @@ def test_acceptance_names_the_problem() -> None:
     ok = Reply("t", "c", 1, 5, make("identity").encode(None, params)[1], version=3)
     assert accept(rule, task, ok, version=4).num_examples == 5
     cases = {
-        "dtype float64, expected float32": replace(ok, update=enc),
+        r"declared as \(2, 2\) float64, the model has \(2, 2\) float32": replace(ok, update=enc),
         "num_examples": replace(ok, num_examples=0),
         "model version 2, the task sent 3": replace(ok, version=2),
         "names task 'u'": replace(ok, task_id="u"),

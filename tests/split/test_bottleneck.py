@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import pytest
 import torch
 
@@ -18,9 +16,9 @@ def test_bottleneck_shrinks_bytes_by_the_factor_and_learns() -> None:
     model = init_model({"name": "cnn"}, SHAPE, 10, seed=1)
     setup = make_setup("splitfed_v2", model, "4", SHAPE, 10, bottleneck=4)  # 32 channels -> 4
     assert setup.activation_shape == (4, 4, 4)
-    tr = replace(TR, lr=0.2)  # the extra layers diverge at the lr=0.3 the plain CNN takes
+    tr = TR.model_copy(update={"lr": 0.2})  # the extra layers diverge at the lr=0.3 the plain CNN takes
     setup, cp, ss, ms = run("splitfed_v2", 2, tr, setup=setup)
-    _, _, _, plain = run("splitfed_v2", 1, replace(tr, epochs=1))  # the same batches, once
+    _, _, _, plain = run("splitfed_v2", 1, tr.model_copy(update={"epochs": 1}))  # the same batches, once
     ratio = 2 * plain[0]["bytes_activations_up"] / ms[0]["bytes_activations_up"]
     assert 7.5 < ratio <= 8.0  # 8x fewer floats; frame headers are the same size
     assert ms[0]["bytes_gradients_down"] == ms[0]["bytes_activations_up"]

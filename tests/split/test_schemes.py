@@ -11,8 +11,7 @@ import torch
 from torch.func import functional_call
 
 from fedkit.data.datasets import load_digits
-from fedkit.models import TrainConfig, init_model
-from fedkit.models import train as fl_train
+from fedkit.models import LocalData, TrainConfig, init_model, set_params, sgd_train
 from fedkit.models.params import get_params
 from fedkit.rng import rng
 from fedkit.split.channel import LocalChannel, SplitBatch
@@ -109,7 +108,9 @@ def test_splitfed_v1_is_fedavg_of_the_whole_model() -> None:
         news = []
         for c in sorted(data):
             x, y = data[c]
-            p, _, _ = fl_train(model, glob, x, y, tr, rng(0, "train", r, c))
+            set_params(model, glob)
+            sgd_train(model, LocalData(x, y), tr, rng(0, "train", r, c))
+            p = get_params(model)
             news.append((p, len(y)))
         total = sum(n for _, n in news)
         glob = [sum(p[i] * (n / total) for p, n in news) for i in range(len(glob))]

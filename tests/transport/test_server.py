@@ -247,14 +247,14 @@ def test_server_restart_client_reconnects(servers, clients) -> None:
     assert not clients.errors
 
 
-def test_rejoin_replaces_the_old_session(servers, raw) -> None:
+def test_second_join_is_refused_while_the_first_session_lives(servers, raw) -> None:
     srv = servers()
     old = raw(srv.port, "c0")
-    new = raw(srv.port, "c0")
-    assert old.session_id != new.session_id
-    e = rpc_error(lambda: next(old.messages))
-    assert e.code() == grpc.StatusCode.ABORTED and "replaced" in e.details()
+    e = rpc_error(lambda: raw(srv.port, "c0"))  # no certificate to prove it is the same device
+    assert e.code() == grpc.StatusCode.ALREADY_EXISTS and "live session" in e.details()
     assert srv.link.clients() == ["c0"]
+    assert exchange(srv.link, tasks_for(["c0"], 0, enc([])), 0.2) == []  # old still holds the name
+    assert old.next_task().client == "c0"
 
 
 def test_split_is_reserved_and_unimplemented(servers, raw) -> None:
@@ -285,13 +285,85 @@ def test_plaintext_needs_explicit_consent_and_is_logged(caplog) -> None:
     assert any("PLAINTEXT" in m for m in caplog.messages)
 
 
-def test_second_process_under_the_same_name_evicts_the_first(servers, clients) -> None:
+def test_second_process_under_the_same_name_gives_up_and_the_first_keeps_serving(servers, clients, caplog) -> None:
+    caplog.set_level(logging.WARNING, logger="fedkit.transport")
     srv = servers()
     addr = f"127.0.0.1:{srv.port}"
     first = clients.start(addr, plus_one, "twin")
     srv.wait_for_clients(1, timeout=10)
-    clients.start(addr, plus_one, "twin")
-    first.join(timeout=10)
-    assert not first.is_alive(), "the replaced client exits instead of fighting back"
-    assert srv.wait_for_clients(1, timeout=10) == ["twin"]
+    second = clients.start(addr, plus_one, "twin", wait_s=0.5)
+    second.join(timeout=10)
+    assert not second.is_alive() and isinstance(clients.errors[-1], ConnectionError)
+    assert "ALREADY_EXISTS" in str(clients.errors[-1])
+    assert any("client twin: ALREADY_EXISTS" in m for m in caplog.messages)
+    assert first.is_alive()
     assert len(exchange(srv.link, tasks_for(["twin"], 0, enc([])), 10)) == 1
+
+
+def test_attacker_text_is_truncated_and_metrics_must_be_plain_finite_numbers(
+    servers, raw, background, caplog
+) -> None:
+    from fedkit.compression import decode
+
+    caplog.set_level(logging.WARNING, logger="fedkit.transport")
+
+    def validate(task: Task, reply: Reply) -> None:
+        if reply.update is not None:
+            try:
+                decode(reply.update, like=[np.zeros(2, np.float32)])
+            except Exception as e:  # noqa: BLE001  (the engine's acceptance rule does the same)
+                raise ValueError(str(e)) from None
+
+    srv = servers(validate=validate)
+    rc = raw(srv.port, "c0")
+    srv.wait_for_clients(1, timeout=10)
+    params = enc([np.zeros(2, np.float32)])
+    long_codec = "q" * 65_535
+
+    def reply(t, **kw):
+        return list(reply_chunks(Reply(task_id=t.task_id, client="c0", round=t.round, num_examples=1, **kw),
+                                 session_id=rc.session_id))
+
+    cases = [
+        ({"update": Encoded(long_codec, b"")}, "65535 chars"),
+        ({"update": params, "metrics": {"m" * 5000: 1.0}}, "metric name"),
+        ({"update": params, "metrics": {"loss": float("nan")}}, "finite number"),
+        ({"update": params, "metrics": {f"m{i}": 1.0 for i in range(1000)}}, "at most 64"),
+    ]
+    for rnd, (kw, text) in enumerate(cases):
+        fut = background.submit(exchange, srv.link, tasks_for(["c0"], rnd, params), 30)
+        t = rc.next_task()
+        e = rpc_error(rc.push, *reply(t, **kw))
+        assert e.code() == grpc.StatusCode.INVALID_ARGUMENT and text in e.details(), e.details()[:300]
+        assert len(e.details()) < 1_200
+        assert fut.result(timeout=10) == []
+    assert caplog.messages and max(len(m) for m in caplog.messages) < 1_500
+    # a plain, finite metric set still passes
+    fut = background.submit(exchange, srv.link, tasks_for(["c0"], 9, params), 30)
+    t = rc.next_task()
+    rc.push(*reply(t, update=params, metrics={"loss": 0.5, "train/acc": 1}))
+    (r,) = fut.result(timeout=10)
+    assert r.metrics == {"loss": 0.5, "train/acc": 1.0}
+
+
+def test_session_cap_and_tokens_work_without_tls_and_plaintext_still_warns(servers, raw, clients, caplog) -> None:
+    from fedkit.transport import TokenAuth
+
+    caplog.set_level(logging.WARNING, logger="fedkit.transport")
+    toks = {f"c{i}": f"t{i}" for i in range(3)}
+    srv = servers(insecure=True, auth=TokenAuth.from_tokens(toks), max_sessions=2)
+    assert any("PLAINTEXT" in m for m in caplog.messages)
+    first = raw(srv.port, "c0", "t0")
+    raw(srv.port, "c1", "t1")
+    assert rpc_error(raw, srv.port, "sybil", "t0").code() == grpc.StatusCode.UNAUTHENTICATED
+    full = rpc_error(raw, srv.port, "c2", "t2")
+    assert full.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "2 of 2 sessions" in full.details()
+    clients.start(f"127.0.0.1:{srv.port}", plus_one, "c2", token="t2")  # retries while full
+    first.close()  # a slot frees up
+    _deadline = time.monotonic() + 10
+    while "c2" not in srv.link.clients():
+        assert time.monotonic() < _deadline, "the waiting client never got the free slot"
+        time.sleep(0.05)
+    assert sorted(srv.link.clients()) == ["c1", "c2"] and not clients.errors
+    with pytest.raises(ValueError, match="max_sessions must be at least 1"):
+        GrpcServer(insecure=True, max_sessions=0)
