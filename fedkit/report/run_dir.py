@@ -215,10 +215,6 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
     return _read_jsonl(Path(path) / "metrics.jsonl")
 
 
-def read_clients(path: str | Path) -> list[dict[str, Any]]:
-    return _read_jsonl(Path(path) / "clients.jsonl")
-
-
 def _ratio(rows: list[dict[str, Any]], ratio: str, nbytes: str) -> float | None:
     """Total dense bytes over total sent bytes (each row's dense = its ratio x its bytes)."""
     sent = sum(r.get(nbytes, 0) for r in rows if r.get(ratio) is not None)

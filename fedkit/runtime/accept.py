@@ -15,18 +15,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from fedkit.compression import decode
+from fedkit.compression.limits import layout_of
 from fedkit.types import DecodeError, Params, Reply, Task, Update
-
-Layout = Sequence[tuple[tuple[int, ...], np.dtype]]
-"""Shape and dtype of every tensor of the model, in order."""
 
 
 class Rejected(ValueError):
     """A reply that does not become an update; ``str()`` says why."""
-
-
-def layout_of(params: Params) -> list[tuple[tuple[int, ...], np.dtype]]:
-    return [(tuple(p.shape), p.dtype) for p in params]
 
 
 @dataclass(frozen=True)
@@ -108,10 +102,6 @@ def accept(rule: Acceptance, task: Task, reply: Reply, version: int | None = Non
         if stale > rule.max_staleness:
             raise Rejected(f"update is {stale} versions stale (max_staleness={rule.max_staleness})")
     return kind(rule, task, reply)
-
-
-def staleness(update: Update, version: int) -> int:
-    return version - update.version
 
 
 def weighted(pairs: Sequence[tuple[int, Mapping[str, float]]], key: str) -> float:

@@ -47,10 +47,6 @@ def default_metrics(kind: str, pairs: Sequence[tuple[int, Mapping[str, float]]])
     return {"fed_loss": weighted(pairs, "loss"), "fed_acc": weighted(pairs, "accuracy")}
 
 
-def constant_train(train: TrainConfig) -> Callable[[int], TrainConfig]:
-    return lambda rnd: train
-
-
 @dataclass(frozen=True)
 class Plan:
     """Everything the server decides, built once from a scenario."""
