@@ -16,13 +16,13 @@ by the cut's activation shape, validates, steps the server part and encodes the 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
-from fedkit.types import ClientId, Encoded
+from fedkit.types import ClientId, Encoded, Task
 
-__all__ = ["SplitEndpoint", "SplitFrame", "SplitRefused"]
+__all__ = ["SplitConnect", "SplitEndpoint", "SplitFrame", "SplitRefused", "SplitStream"]
 
 
 @dataclass(frozen=True)
@@ -74,3 +74,23 @@ class SplitEndpoint(Protocol):
         """The largest frame the endpoint accepts: a transport refuses a declared or buffered
         size above it before buffering (RESOURCE_EXHAUSTED)."""
         ...
+
+
+class SplitStream(Protocol):
+    """The client end of one task's split stream, as a transport provides it."""
+
+    def send(self, frame: SplitFrame, expect_reply: bool = True) -> SplitFrame | None:
+        """Send one frame; with ``expect_reply`` block for the server's reply frame (raising
+        :class:`SplitRefused` with the server's reason when it refused), else return None at
+        once (local_loss: the client never waits on the server)."""
+        ...
+
+    def close(self, reason: str = "") -> None:
+        """End the stream; after frames sent without waiting, this surfaces a refusal of any
+        of them as :class:`SplitRefused`. ``reason`` non-empty: the client gave up."""
+        ...
+
+
+SplitConnect = Callable[[Task], SplitStream]
+"""How a client host opens the split stream of a task (in-process: a direct call into the
+endpoint; over gRPC: the ``Split`` RPC of the client's session)."""
