@@ -13,7 +13,9 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from fedkit.runtime.server import RunFailed
 from fedkit.scenario import ScenarioError, load
+from fedkit.scenario.check import DataError
 
 EXIT_INVALID = 2
 console = Console(stderr=True)
@@ -45,7 +47,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         TextColumn("{task.fields[info]}"),
         TimeElapsedColumn(),
         console=console,
-        disable=args.quiet,
+        disable=args.quiet or not console.is_terminal,  # pipes get plain lines below
     ) as progress:
         task = progress.add_task(scenario.name, total=scenario.rounds, info="")
 
@@ -63,30 +65,42 @@ def cmd_run(args: argparse.Namespace) -> int:
                 if s
             )
             progress.update(task, completed=row["round"], info=info)
+            if not console.is_terminal and not args.quiet:  # a file or a pipe: one line a round
+                console.print(f"{scenario.name}: round {row['round']}/{scenario.rounds} {info}",
+                              soft_wrap=True, highlight=False)
 
         summary = run_scenario(
             scenario, run_dir, mode=args.mode, on_round=on_round, resume=args.resume,
-            overwrite=args.overwrite, workers=args.workers,
+            overwrite=args.overwrite, workers=args.workers, force=args.force,
         )
     acc = summary["final_accuracy"]
     out.print(
         f"{scenario.name}: final accuracy {acc if acc is None else f'{acc:.4f}'}, "
         f"best {summary['best_accuracy'] and round(summary['best_accuracy'], 4)}, "
         f"{_fmt_bytes(summary['total_bytes_up'])} up, {_fmt_bytes(summary['total_bytes_down'])} down, "
-        f"{summary['total_wall_s']:.2f} s  -> {run_dir}"
+        f"{summary['total_wall_s']:.2f} s  -> {run_dir}",
+        soft_wrap=True,
     )
     return 0
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
+    from fedkit.scenario.check import check_data
+
     bad = 0
     for path in args.scenarios:
         try:
-            load(path, args.set)
-            out.print(f"{path}: ok")
+            s = load(path, args.set)
         except ScenarioError as e:
             bad += 1
             print(e, file=sys.stderr)
+            continue
+        problems = [] if args.schema_only else check_data(s)
+        for p in problems:
+            print(f"{path}: {p}", file=sys.stderr)
+        bad += bool(problems)
+        if not problems:
+            out.print(f"{path}: ok")
     return EXIT_INVALID if bad else 0
 
 
@@ -192,7 +206,8 @@ def cmd_server(args: argparse.Namespace) -> int:
                 + (f" acc {acc:.4f}" if acc is not None else "")
             )
 
-    summary = serve(scenario, out_dir, opts, on_round, resume=bool(args.resume), overwrite=args.overwrite)
+    summary = serve(scenario, out_dir, opts, on_round, resume=bool(args.resume), overwrite=args.overwrite,
+                    force=args.force)
     out.print(f"done: final accuracy {summary['final_accuracy']}, params {summary['params_sha256'][:16]} -> {out_dir}")
     return 0
 
@@ -278,11 +293,14 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--workers", type=int, help="client processes in --mode processes")
     r.add_argument("--resume", action="store_true", help="continue from the run directory's checkpoint")
     r.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
+    r.add_argument("--force", action="store_true", help="--resume even if the scenario changed")
     r.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     r.set_defaults(fn=cmd_run)
 
     v = sub.add_parser("validate", help="check scenario files without running them")
     v.add_argument("scenarios", nargs="+")
+    v.add_argument("--schema-only", action="store_true",
+                   help="check the file only, without loading data (a device without the dataset)")
     with_set(v)
     v.set_defaults(fn=cmd_validate)
 
@@ -298,6 +316,7 @@ def parser() -> argparse.ArgumentParser:
     sv.add_argument("--out", help="run directory (default: <output.dir>/<name>)")
     sv.add_argument("--resume", metavar="RUN_DIR", help="continue from RUN_DIR's last checkpoint")
     sv.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
+    sv.add_argument("--force", action="store_true", help="--resume even if the scenario changed")
     sv.add_argument("--tls-cert", help="server certificate (PEM)")
     sv.add_argument("--tls-key", help="server private key (PEM)")
     sv.add_argument("--client-ca", help="require client certificates signed by this CA (mutual TLS)")
@@ -355,6 +374,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.fn(args))
     except (ScenarioError, FileExistsError) as e:
         print(f"fedkit: {e}" if isinstance(e, FileExistsError) else e, file=sys.stderr)
+        return EXIT_INVALID
+    except DataError as e:
+        print(f"fedkit: {e}", file=sys.stderr)
+        return EXIT_INVALID
+    except RunFailed as e:
+        print(f"fedkit: run failed: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:  # disk full, permissions: one line, not a traceback
+        print(f"fedkit: {e.strerror or e}: {e.filename or ''}".rstrip(": "), file=sys.stderr)
         return EXIT_INVALID
     except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM/SIGHUP turned into launch.Terminated
         console.print(str(e) or "interrupted")

@@ -19,7 +19,7 @@ from fedkit.experiment import RoundCallback, run_with_link
 from fedkit.report.run_dir import check_can_start
 from fedkit.runtime.accept import Rejected, accept
 from fedkit.runtime.client import ClientHost, load_client_data
-from fedkit.scenario import Scenario
+from fedkit.scenario import Scenario, dump
 from fedkit.scenario.build import build_server
 from fedkit.transport.client import DEFAULT_WAIT_S, run_client
 from fedkit.transport.security import Authenticator, ClientTls, ServerTls
@@ -49,9 +49,10 @@ def serve(
     on_round: RoundCallback | None = None,
     resume: bool = False,
     overwrite: bool = False,
+    force: bool = False,
 ) -> dict[str, Any]:
     """Run the scenario's rounds with clients that connect over gRPC; returns the summary."""
-    check_can_start(out, resume, overwrite)  # before clients are made to wait
+    check_can_start(out, resume, overwrite, dump(scenario), force)  # before clients wait
     torch.set_num_threads(1)
     plan, init_params = build_server(scenario)  # no client's data: the devices hold it
 
