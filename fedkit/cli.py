@@ -206,8 +206,12 @@ def cmd_server(args: argparse.Namespace) -> int:
                 + (f" acc {acc:.4f}" if acc is not None else "")
             )
 
+    def say(msg: str) -> None:
+        if not args.quiet:
+            out.print(msg, soft_wrap=True, highlight=False)
+
     summary = serve(scenario, out_dir, opts, on_round, resume=bool(args.resume), overwrite=args.overwrite,
-                    force=args.force)
+                    force=args.force, say=say)
     out.print(f"done: final accuracy {summary['final_accuracy']}, params {summary['params_sha256'][:16]} -> {out_dir}")
     return 0
 
