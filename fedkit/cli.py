@@ -148,9 +148,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
             return EXIT_INVALID
         sm = json.loads(summary_file.read_text())
         rows = read_metrics(path)
-        runs[str(path)] = rows
+        name = _run_name(path, [Path(r) for r in args.runs])
+        runs[name] = rows
         table.add_row(
-            str(path),
+            name,
             str(sm["rounds"]),
             f"{sm['final_accuracy']:.4f}" if sm["final_accuracy"] is not None else "-",
             f"{sm['best_accuracy']:.4f}" if sm["best_accuracy"] is not None else "-",
@@ -161,10 +162,21 @@ def cmd_compare(args: argparse.Namespace) -> int:
             f"{sm['total_wall_s']:.2f}",
         )
     out.print(table)
-    plot = Path(args.plot)
-    plots.compare(runs, plot)
-    out.print(f"plot: {plot}")
+    if args.plot:
+        plot = Path(args.plot)
+        plots.compare(runs, plot)
+        out.print(f"plot: {plot}")
     return 0
+
+
+def _run_name(path: Path, all_paths: Sequence[Path]) -> str:
+    """A run's directory name, or as much of its path as tells it apart from the others."""
+    parts = path.resolve().parts
+    for k in range(1, len(parts) + 1):
+        tail = parts[-k:]
+        if sum(p.resolve().parts[-k:] == tail for p in all_paths) == 1:
+            return str(Path(*tail))
+    return str(path)
 
 
 def _pairs(items: Sequence[str], what: str) -> dict[str, str]:
@@ -363,7 +375,7 @@ def parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("compare", help="compare finished runs: a table and one plot")
     c.add_argument("runs", nargs="+")
-    c.add_argument("--plot", default="compare.png")
+    c.add_argument("--plot", help="write the comparison plot here (default: no plot)")
     c.set_defaults(fn=cmd_compare)
     return p
 

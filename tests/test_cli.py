@@ -42,10 +42,13 @@ def test_compare_two_runs(tmp_path: Path, capsys: pytest.CaptureFixture) -> None
     assert main(["run", s, "--out", str(tmp_path / "a"), "-q"]) == 0
     assert main(["run", s, "--out", str(tmp_path / "b"), "-q", "--set", "strategy.name=fedavgm"]) == 0
     plot = tmp_path / "cmp.png"
+    capsys.readouterr()
     assert main(["compare", str(tmp_path / "a"), str(tmp_path / "b"), "--plot", str(plot)]) == 0
     assert plot.stat().st_size > 0
     out = capsys.readouterr().out
-    assert "final acc" in out and str(tmp_path / "b") in out
+    assert "final" in out and "│ b " in out and str(tmp_path / "b") not in out  # run names, not paths
+    assert main(["compare", str(tmp_path / "a"), str(tmp_path / "b")]) == 0
+    assert not list(Path.cwd().glob("compare.png"))  # a plot only where asked
     summary = json.loads((tmp_path / "b" / "summary.json").read_text())
     assert len(summary["params_sha256"]) == 64
 
