@@ -20,6 +20,7 @@ split task's ``Split`` stream; ``run_client(..., split=dialer)`` binds it to eac
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import random
@@ -331,6 +332,7 @@ def _push(
 
 _LINK_DOWN = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED, grpc.StatusCode.DEADLINE_EXCEEDED)
 _GIVE_UP_WAIT_S = 10.0  # how long close(reason) waits for the server to hear it
+_QUEUED = 64  # messages waiting for gRPC's flow control before send blocks (backpressure)
 _END = object()
 
 
@@ -350,7 +352,9 @@ class GrpcSplitStream:
     """The client end of one task's ``Split`` stream: a :class:`~fedkit.split.wire.SplitStream`.
 
     Requests go through a queue the gRPC call drains in its own thread, so ``send`` without a
-    reply returns at once; a reply is read in the caller's thread. Every non-OK status the
+    reply returns at once (it blocks only while 64 messages wait for HTTP/2 flow control: a
+    server slower than the client slows the client down instead of filling its memory); a
+    reply is read in the caller's thread. Every non-OK status the
     server ends the stream with is raised as ``SplitRefused(details, code)`` (e.g.
     ``invalid_argument``), by the ``send`` that waits for a reply or else by ``close``; a lost
     connection is ConnectionError. Use it as a context manager or call ``close``.
@@ -369,14 +373,30 @@ class GrpcSplitStream:
         self._what = f"split stream of task {task.task_id!r}"
         self._chunk = chunk_bytes
         self._down = SplitAssembler(max_frame_bytes, f"reply on the {self._what}")
-        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._queue: queue.Queue[Any] = queue.Queue(_QUEUED)
         self._queue.put(
             pb.SplitMessage(open=pb.SplitOpen(session_id=session_id, task_id=task.task_id, round=task.round))
         )
         self._closed = False
         self._surfaced = False  # the stream's failure was already raised to the caller
         self._call = stub.Split(self._requests(), metadata=md)
-        self._call.add_done_callback(lambda _: self._queue.put(_END))  # frees gRPC's sender
+        self._call.add_done_callback(self._release)
+
+    def _release(self, _: object) -> None:
+        """The call ended: wake gRPC's sender thread if it waits for a request (when the queue
+        is full it is not waiting: it takes the next one, sees the call ended and stops)."""
+        with contextlib.suppress(queue.Full):
+            self._queue.put_nowait(_END)
+
+    def _put(self, m: Any) -> None:
+        """Queue one request; while the queue is full wait, unless the call has ended."""
+        while True:
+            try:
+                self._queue.put(m, timeout=0.05)
+                return
+            except queue.Full:
+                if self._call.done():
+                    return
 
     def _requests(self) -> Iterator[pb.SplitMessage]:
         while (m := self._queue.get()) is not _END:
@@ -384,8 +404,7 @@ class GrpcSplitStream:
 
     def _fail(self, e: Exception) -> Exception:
         self._surfaced = True
-        self._queue.put(_END)
-        self._call.cancel()
+        self._call.cancel()  # _release wakes the sender
         return e
 
     def send(self, frame: SplitFrame, expect_reply: bool = True) -> SplitFrame | None:
@@ -396,7 +415,7 @@ class GrpcSplitStream:
             self._finish()
             raise self._fail(ConnectionError(f"{self._what}: the server ended the stream"))
         for m in split_messages(frame, self._chunk):
-            self._queue.put(m)
+            self._put(m)
         if not expect_reply:
             return None
         while True:
@@ -442,8 +461,8 @@ class GrpcSplitStream:
         self._closed = True
         if self._surfaced:
             return
-        self._queue.put(pb.SplitMessage(close=pb.SplitClose(reason=reason)))
-        self._queue.put(_END)
+        self._put(pb.SplitMessage(close=pb.SplitClose(reason=reason)))
+        self._put(_END)
         if not reason:
             self._finish()
             return
