@@ -75,6 +75,7 @@ _SHUTDOWN = object()
 _REPLACED = object()
 _HEADER_SLACK = 64 * 1024  # room for a chunk's header inside one message
 _CLOSED_MEMORY = 100_000  # task ids of closed rounds remembered to tell "stale" from "unknown"
+_SPLIT_OPEN_S = 30.0  # a Split stream must send its SplitOpen within this time
 
 
 def chunk_size(max_message_bytes: int, chunk_bytes: int | None = None) -> int:
@@ -505,12 +506,13 @@ class _Servicer(pb_grpc.FedKitServicer):
         tid, bound = "?", False
         reason = "stream cancelled (client disconnected or server stopping)"
         try:
-            first = await _next_message(messages, None)
+            first = await _next_message(messages, None, _SPLIT_OPEN_S)
             if first is not None:
                 srv.wire_received += first.ByteSize()
             if first is None or first.WhichOneof("body") != "open":
                 raise TransportError(
-                    grpc.StatusCode.INVALID_ARGUMENT, "a Split stream must start with SplitOpen"
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"a Split stream must start with SplitOpen (within {_SPLIT_OPEN_S:g} s)",
                 )
             tid = first.open.task_id
             p = self.hub.check_split_open(name, first.open)
@@ -520,6 +522,8 @@ class _Servicer(pb_grpc.FedKitServicer):
             up = SplitAssembler(cap, what, ordered=True)
             while True:
                 msg = await _next_message(messages, p.future)
+                if msg is not None:
+                    srv.wire_received += msg.ByteSize()
                 if p.future.done():
                     raise TransportError(
                         grpc.StatusCode.FAILED_PRECONDITION, f"task {tid!r} is closed ({_why_closed(p)})"
@@ -528,7 +532,6 @@ class _Servicer(pb_grpc.FedKitServicer):
                     raise TransportError(
                         grpc.StatusCode.INVALID_ARGUMENT, f"{what}: stream ended without SplitClose"
                     )
-                srv.wire_received += msg.ByteSize()
                 kind = msg.WhichOneof("body")
                 if kind == "close":
                     if up.busy:
@@ -569,15 +572,18 @@ class _Servicer(pb_grpc.FedKitServicer):
 
 
 async def _next_message(
-    messages: AsyncIterator[pb.SplitMessage], closed: asyncio.Future[Any] | None
+    messages: AsyncIterator[pb.SplitMessage],
+    closed: asyncio.Future[Any] | None,
+    timeout: float | None = None,
 ) -> pb.SplitMessage | None:
-    """The next request (None at its end), or None at once when ``closed`` is done first."""
+    """The next request; None at its end, or at once when ``closed`` is done first or
+    ``timeout`` seconds pass."""
     nxt = asyncio.ensure_future(messages.__anext__())
     try:
-        if closed is not None:
-            await asyncio.wait((nxt, closed), return_when=asyncio.FIRST_COMPLETED)
-            if not nxt.done():
-                return None
+        waits = (nxt,) if closed is None else (nxt, closed)
+        await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        if not nxt.done():
+            return None
         return await nxt
     except StopAsyncIteration:
         return None
