@@ -17,7 +17,14 @@ import torch
 from fedkit.aggregation import state_from_arrays, state_to_arrays
 from fedkit.models import build_model, set_params
 from fedkit.report import plots
-from fedkit.report.run_dir import RunDir, check_can_start, load_params, summarize
+from fedkit.report.run_dir import (
+    RunDir,
+    check_can_start,
+    load_params,
+    params_hash,
+    save_params,
+    summarize,
+)
 from fedkit.runtime.client import ClientHost, ClientState, ModelCache
 from fedkit.runtime.downlink import DownlinkState
 from fedkit.runtime.link import Link
@@ -26,14 +33,18 @@ from fedkit.runtime.task import ModelRef
 from fedkit.scenario import Scenario, dump
 from fedkit.scenario.build import build, initial_state
 from fedkit.sim.link import CostFn, InProcessLink
+from fedkit.split.wire import SplitConnect
 from fedkit.types import ClientId, Params
 
 RoundCallback = Callable[[Mapping[str, Any]], None]
 
 
-def inprocess_link(clients: Mapping[ClientId, ClientState], cost: CostFn | None = None) -> Link:
+def inprocess_link(
+    clients: Mapping[ClientId, ClientState], cost: CostFn | None = None, connect: SplitConnect | None = None
+) -> Link:
+    """Every client in this process; ``connect``: how they reach the split endpoint."""
     models = ModelCache()  # one module shared by every simulated client
-    return InProcessLink({cid: ClientHost(c, models) for cid, c in clients.items()}, cost)
+    return InProcessLink({cid: ClientHost(c, models, connect=connect) for cid, c in clients.items()}, cost)
 
 
 def resume_state(plan: Plan, init_params: Params, rd: RunDir, resume: bool) -> ServerState:
@@ -45,12 +56,18 @@ def resume_state(plan: Plan, init_params: Params, rd: RunDir, resume: bool) -> S
     if ck is None:
         return initial_state(plan, init_params)
     sec = ck.sections
+    split = None
+    if plan.split is not None:
+        if "split" not in sec:
+            raise ValueError(f"{rd.path}: the checkpoint holds no split server part (not a split run?)")
+        split = plan.split.from_arrays(sec["split"])
     return ServerState(
         ck.round,
         ck.params,
         state_from_arrays(sec.get("agg", {})),
         DownlinkState.from_arrays(sec.get("down", {})),
         int(sec.get("engine", {}).get("version", ck.round)),
+        split,
     )
 
 
@@ -86,6 +103,8 @@ def run_with_link(
                 "down": st.downlink.to_arrays(),
                 "engine": {"version": np.array(st.version)},
             }
+            if st.split is not None:
+                sections["split"] = plan.split.to_arrays(st.split)
             rd.write_checkpoint(st.round, st.params, sections, {"metrics": row, "clients": rec.clients})
         rd.append_rows(row, rec.clients)
         if on_round is not None:
@@ -94,6 +113,9 @@ def run_with_link(
     final = run(plan, link, state, record)
     rows = rd.metrics()
     summary = summarize(rows, final.params, s.seed, s.name)
+    if final.split is not None:  # split learning: params.npz is the client part; this the server's
+        save_params(rd.path / "server_params.npz", final.split.shared.params)
+        summary["server_params_sha256"] = params_hash(final.split.shared.params)
     rd.write_final(final.params, summary)
     if s.output.plot:
         plots.curves(rows, rd.path / "curves.png", title=s.name)
@@ -119,7 +141,7 @@ def run_scenario(
     check_can_start(out, resume, overwrite)
     torch.set_num_threads(1)  # the kernels every mode uses: bit-identical params across modes
     exp = build(scenario)
-    link = inprocess_link(exp.clients)
+    link = inprocess_link(exp.clients, connect=None if exp.plan.split is None else exp.plan.split.connect())
     try:
         return run_with_link(scenario, exp.plan, exp.init_params, link, out, on_round, resume, overwrite)
     finally:
