@@ -7,7 +7,7 @@ PIP    := $(PY) -m pip -q --disable-pip-version-check
 TORCH  ?= torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint proto bench bench-training bench-codecs bench-grpc bench-compression bench-events bench-secagg clean
+.PHONY: demo test lint proto bench bench-training bench-codecs bench-grpc bench-split-grpc bench-compression bench-events bench-secagg clean
 
 $(VENV)/.base:
 	$(PYTHON) -m venv $(VENV)
@@ -38,7 +38,7 @@ proto: $(VENV)/.dev
 	$(PY) -m fedkit.transport.protogen
 
 # Each benchmark writes a table to benchmarks/results/.
-bench: bench-training bench-codecs bench-grpc bench-compression bench-events bench-secagg
+bench: bench-training bench-codecs bench-grpc bench-split-grpc bench-compression bench-events bench-secagg
 
 bench-training: $(VENV)/.installed
 	$(PY) benchmarks/bench_training.py
@@ -48,6 +48,9 @@ bench-codecs: $(VENV)/.installed
 
 bench-grpc: $(VENV)/.installed
 	$(PY) benchmarks/bench_grpc.py
+
+bench-split-grpc: $(VENV)/.installed
+	$(PY) benchmarks/bench_split_grpc.py
 
 clean:
 	rm -rf $(VENV) runs

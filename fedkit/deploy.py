@@ -65,7 +65,7 @@ def serve(
         except Rejected as e:
             raise ValueError(str(e)) from None
 
-    extra = {} if opts.max_message_bytes is None else {"max_message_bytes": opts.max_message_bytes}
+    extra: dict[str, Any] = {} if opts.max_message_bytes is None else {"max_message_bytes": opts.max_message_bytes}
     server = GrpcServer(
         opts.listen, tls=opts.tls, auth=opts.auth, validate=validate, insecure=opts.insecure,
         max_sessions=opts.max_sessions, **extra
