@@ -116,6 +116,8 @@ def run_with_link(
     if final.split is not None:  # split learning: params.npz is the client part; this the server's
         save_params(rd.path / "server_params.npz", final.split.shared.params)
         summary["server_params_sha256"] = params_hash(final.split.shared.params)
+        split_bytes = sorted({k for r in rows for k in r if k.startswith("bytes_") and k not in ("bytes_down", "bytes_up")})
+        summary |= {f"total_{k}": sum(r.get(k, 0) for r in rows) for k in split_bytes}
     rd.write_final(final.params, summary)
     if s.output.plot:
         plots.curves(rows, rd.path / "curves.png", title=s.name)
