@@ -159,7 +159,30 @@ def load_model(run_dir: str | Path) -> torch.nn.Module:
     source = path / "params.npz" if (path / "params.npz").exists() else path / "checkpoint.npz"
     if not source.exists():
         raise FileNotFoundError(f"{path}: neither params.npz nor checkpoint.npz")
-    params, _ = load_params(source)
+    params, extra = load_params(source)
+    if (path / "server_params.npz").exists() or any(k.startswith("split/") for k in extra):
+        return _split_model(path, ref, params, extra)
     module = build_model(ref.spec, ref.input_shape, ref.num_classes)
     set_params(module, params)
+    return module.eval()
+
+
+def _split_model(path: Path, ref: ModelRef, client: Params, extra: Mapping[str, np.ndarray]) -> torch.nn.Module:
+    """A split run's composed model (client part, server part, U-shape's tail)."""
+    from fedkit.scenario import load
+    from fedkit.split.schemes import make_setup, whole
+    from fedkit.split.server import state_from_arrays as split_state
+
+    sp = load(path / "scenario.yaml").split
+    if sp is None:
+        raise ValueError(f"{path}: holds a split server part but its scenario has no split section")
+    if (path / "params.npz").exists():
+        server = load_params(path / "server_params.npz")[0]
+    else:
+        server = split_state({k[len("split/"):]: v for k, v in extra.items() if k.startswith("split/")}).shared.params
+    dim = None if sp.bottleneck is None else sp.bottleneck.dim
+    setup = make_setup(sp.scheme, build_model(ref.spec, ref.input_shape, ref.num_classes), sp.cut_list,
+                       ref.input_shape, ref.num_classes, bottleneck=dim)
+    module, join = whole(setup)
+    set_params(module, join(client, server))
     return module.eval()

@@ -56,10 +56,10 @@ def one_thread():  # type: ignore[no-untyped-def]
     torch.set_num_threads(before)
 
 
-@pytest.mark.parametrize("scheme", list(CUTS))
-def test_engine_equals_the_reference_loop(scheme: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("scheme,extra", [*((k, {}) for k in CUTS), ("splitfed_v2", {"bottleneck": {"dim": 4}})])
+def test_engine_equals_the_reference_loop(scheme: str, extra: dict[str, Any], tmp_path: Path) -> None:
     codecs = {"activations": "quant(bits=8)"} | ({} if scheme == "local_loss" else {"gradients": "quant(bits=8)"})
-    s = validate(split_raw(scheme, split=codecs))
+    s = validate(split_raw(scheme, split=codecs | extra))
     run_scenario(s, tmp_path / "run")
     rows = _rows(tmp_path / "run")
     cp_eng, sp_eng = _final(tmp_path / "run")
@@ -80,6 +80,8 @@ def test_engine_equals_the_reference_loop(scheme: str, tmp_path: Path) -> None:
     assert all(np.array_equal(a, b) for a, b in zip(cp_eng, cp, strict=True))
     assert all(np.array_equal(a, b) for a, b in zip(sp_eng, ss.shared.params, strict=True))
     assert 0 <= rows[-1]["test_acc"] <= 1 and rows[-1]["bytes_activations_up"] > 0  # the composed model is evaluated
+    if extra:  # a 4-wide bottleneck at a 16-wide cut: the server part starts with its decoder
+        assert sp.setup.activation_shape == (4,) and len(sp.initial.shared.params) == 6
     if scheme == "local_loss":
         assert all(r["bytes_gradients_down"] == 0 for r in rows)
     if scheme == "ushape":
@@ -227,3 +229,18 @@ def test_sequential_schemes_visit_clients_in_the_seeded_order(tmp_path: Path) ->
     clients = [json.loads(line)["client"] for line in (tmp_path / "o" / "clients.jsonl").read_text().splitlines()]
     names = sorted(clients)
     assert clients == [names[i] for i in rng(3, "split-order", 1).permutation(3)]
+
+
+@pytest.mark.parametrize("scheme", ["ushape", "local_loss"])
+def test_load_model_composes_the_trained_parts(scheme: str, tmp_path: Path) -> None:
+    from fedkit import load_model
+    from fedkit.models import LocalData, evaluate
+    from fedkit.scenario.build import _dataset
+
+    s = validate(split_raw(scheme))
+    rows = (run_scenario(s, tmp_path / "run"), _rows(tmp_path / "run"))[1]
+    ds = _dataset(s)
+    test = LocalData(torch.from_numpy(ds.x_test).float(), torch.from_numpy(ds.y_test).long())
+    assert evaluate(load_model(tmp_path / "run"), test)["accuracy"] == pytest.approx(rows[-1]["test_acc"])
+    (tmp_path / "run" / "params.npz").unlink()  # an unfinished run: the last checkpoint
+    assert evaluate(load_model(tmp_path / "run"), test)["accuracy"] == pytest.approx(rows[-1]["test_acc"])

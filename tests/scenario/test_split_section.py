@@ -54,3 +54,17 @@ def test_a_wrong_cut_exits_2_from_the_cli(tmp_path: Path, capsys: pytest.Capture
     err = capsys.readouterr().err
     assert "unknown cut '3x' (did you mean '3'?); valid cuts: 0, 1, 2, 3, 4" in err
     assert not (tmp_path / "run").exists()
+
+
+def test_a_split_scenario_runs_from_the_cli(tmp_path: Path) -> None:
+    import json
+
+    scenario = Path(__file__).parent / "data" / "split_tiny.yaml"
+    out = tmp_path / "run"
+    assert main(["run", str(scenario), "--out", str(out), "-q"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["rounds"] == 2 and (out / "server_params.npz").exists()
+    assert summary["total_bytes_activations_up"] > 0 and summary["total_bytes_gradients_down"] > 0
+    assert summary["total_bytes_labels_up"] > 0 and summary["total_bytes_activations_down"] == 0
+    row = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    assert row["bytes_down"] > 0 and row["bytes_up"] > 0 and row["test_acc"] is not None
