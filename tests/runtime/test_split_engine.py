@@ -56,7 +56,10 @@ def one_thread():  # type: ignore[no-untyped-def]
     torch.set_num_threads(before)
 
 
-@pytest.mark.parametrize("scheme,extra", [*((k, {}) for k in CUTS), ("splitfed_v2", {"bottleneck": {"dim": 4}})])
+@pytest.mark.parametrize(
+    "scheme,extra", [*((k, {}) for k in CUTS), ("splitfed_v2", {"bottleneck": {"dim": 4}})],
+    ids=[*CUTS, "splitfed_v2-bottleneck"],
+)
 def test_engine_equals_the_reference_loop(scheme: str, extra: dict[str, Any], tmp_path: Path) -> None:
     codecs = {"activations": "quant(bits=8)"} | ({} if scheme == "local_loss" else {"gradients": "quant(bits=8)"})
     s = validate(split_raw(scheme, split=codecs | extra))
