@@ -17,7 +17,14 @@ import torch
 from fedkit.aggregation import state_from_arrays, state_to_arrays
 from fedkit.models import build_model, set_params
 from fedkit.report import plots
-from fedkit.report.run_dir import RunDir, check_can_start, load_params, summarize
+from fedkit.report.run_dir import (
+    RunDir,
+    check_can_start,
+    load_params,
+    params_hash,
+    save_params,
+    summarize,
+)
 from fedkit.runtime.client import ClientHost, ClientState, ModelCache
 from fedkit.runtime.downlink import DownlinkState
 from fedkit.runtime.link import Link
@@ -26,14 +33,18 @@ from fedkit.runtime.task import ModelRef
 from fedkit.scenario import Scenario, dump
 from fedkit.scenario.build import build, initial_state
 from fedkit.sim.link import CostFn, InProcessLink
+from fedkit.split.wire import SplitConnect
 from fedkit.types import ClientId, Params
 
 RoundCallback = Callable[[Mapping[str, Any]], None]
 
 
-def inprocess_link(clients: Mapping[ClientId, ClientState], cost: CostFn | None = None) -> Link:
+def inprocess_link(
+    clients: Mapping[ClientId, ClientState], cost: CostFn | None = None, connect: SplitConnect | None = None
+) -> Link:
+    """Every client in this process; ``connect``: how they reach the split endpoint."""
     models = ModelCache()  # one module shared by every simulated client
-    return InProcessLink({cid: ClientHost(c, models) for cid, c in clients.items()}, cost)
+    return InProcessLink({cid: ClientHost(c, models, connect=connect) for cid, c in clients.items()}, cost)
 
 
 def resume_state(plan: Plan, init_params: Params, rd: RunDir, resume: bool) -> ServerState:
@@ -45,12 +56,18 @@ def resume_state(plan: Plan, init_params: Params, rd: RunDir, resume: bool) -> S
     if ck is None:
         return initial_state(plan, init_params)
     sec = ck.sections
+    split = None
+    if plan.split is not None:
+        if "split" not in sec:
+            raise ValueError(f"{rd.path}: the checkpoint holds no split server part (not a split run?)")
+        split = plan.split.from_arrays(sec["split"])
     return ServerState(
         ck.round,
         ck.params,
         state_from_arrays(sec.get("agg", {})),
         DownlinkState.from_arrays(sec.get("down", {})),
         int(sec.get("engine", {}).get("version", ck.round)),
+        split,
     )
 
 
@@ -86,6 +103,8 @@ def run_with_link(
                 "down": st.downlink.to_arrays(),
                 "engine": {"version": np.array(st.version)},
             }
+            if st.split is not None:
+                sections["split"] = plan.split.to_arrays(st.split)
             rd.write_checkpoint(st.round, st.params, sections, {"metrics": row, "clients": rec.clients})
         rd.append_rows(row, rec.clients)
         if on_round is not None:
@@ -94,6 +113,11 @@ def run_with_link(
     final = run(plan, link, state, record)
     rows = rd.metrics()
     summary = summarize(rows, final.params, s.seed, s.name)
+    if final.split is not None:  # split learning: params.npz is the client part; this the server's
+        save_params(rd.path / "server_params.npz", final.split.shared.params)
+        summary["server_params_sha256"] = params_hash(final.split.shared.params)
+        split_bytes = sorted({k for r in rows for k in r if k.startswith("bytes_") and k not in ("bytes_down", "bytes_up")})
+        summary |= {f"total_{k}": sum(r.get(k, 0) for r in rows) for k in split_bytes}
     rd.write_final(final.params, summary)
     if s.output.plot:
         plots.curves(rows, rd.path / "curves.png", title=s.name)
@@ -121,7 +145,7 @@ def run_scenario(
     check_can_start(out, resume, overwrite, dump(scenario), force)
     torch.set_num_threads(1)  # the kernels every mode uses: bit-identical params across modes
     exp = build(scenario)
-    link = inprocess_link(exp.clients)
+    link = inprocess_link(exp.clients, connect=None if exp.plan.split is None else exp.plan.split.connect())
     try:
         return run_with_link(scenario, exp.plan, exp.init_params, link, out, on_round, resume, overwrite)
     finally:
@@ -137,7 +161,30 @@ def load_model(run_dir: str | Path) -> torch.nn.Module:
     source = path / "params.npz" if (path / "params.npz").exists() else path / "checkpoint.npz"
     if not source.exists():
         raise FileNotFoundError(f"{path}: neither params.npz nor checkpoint.npz")
-    params, _ = load_params(source)
+    params, extra = load_params(source)
+    if (path / "server_params.npz").exists() or any(k.startswith("split/") for k in extra):
+        return _split_model(path, ref, params, extra)
     module = build_model(ref.spec, ref.input_shape, ref.num_classes)
     set_params(module, params)
+    return module.eval()
+
+
+def _split_model(path: Path, ref: ModelRef, client: Params, extra: Mapping[str, np.ndarray]) -> torch.nn.Module:
+    """A split run's composed model (client part, server part, U-shape's tail)."""
+    from fedkit.scenario import load
+    from fedkit.split.schemes import make_setup, whole
+    from fedkit.split.server import state_from_arrays as split_state
+
+    sp = load(path / "scenario.yaml").split
+    if sp is None:
+        raise ValueError(f"{path}: holds a split server part but its scenario has no split section")
+    if (path / "params.npz").exists():
+        server = load_params(path / "server_params.npz")[0]
+    else:
+        server = split_state({k[len("split/"):]: v for k, v in extra.items() if k.startswith("split/")}).shared.params
+    dim = None if sp.bottleneck is None else sp.bottleneck.dim
+    setup = make_setup(sp.scheme, build_model(ref.spec, ref.input_shape, ref.num_classes), sp.cut_list,
+                       ref.input_shape, ref.num_classes, bottleneck=dim)
+    module, join = whole(setup)
+    set_params(module, join(client, server))
     return module.eval()
