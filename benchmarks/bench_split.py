@@ -276,6 +276,15 @@ def plot(data: dict[str, object], out: Path) -> None:
 # B. step overhead
 
 
+def clock() -> tuple[float, float]:
+    return time.perf_counter(), time.thread_time()
+
+
+def since(t0: tuple[float, float]) -> tuple[float, float]:
+    """(wall seconds, this thread's CPU seconds) since ``t0``."""
+    return time.perf_counter() - t0[0], time.thread_time() - t0[1]
+
+
 def fmt_flops(f: float | None) -> str:
     return "same ops (same params out)" if f is None else f"{f / 1e6:.2f} M"
 
@@ -294,6 +303,7 @@ def bench_steps(quick: bool) -> list[str]:
     x, y = digits()
     base = model()
     steps, repeats = (10, 8) if quick else (20, 60)
+    load0 = os.getloadavg()[0]
     lines = [
         "## B. Step overhead: in-process split step vs the unsplit step",
         "",
@@ -305,7 +315,8 @@ def bench_steps(quick: bool) -> list[str]:
         "same over a codec-less channel; a pure-torch floor (two modules, detach at the cut, torch.optim). "
         "Every variant ends at the same parameters (checked), so the work is the same; FLOPs are counted "
         "for the torch-only variants (FlopCounterMode's hooks refuse autograd.grad on leaves). On a "
-        "shared machine the min is the steadier figure.",
+        "shared machine (other jobs on the same 2 cores) the wall min and the thread CPU time "
+        "(`time.thread_time`, not charged for time slices other processes take) are the steadier figures.",
         "",
         "Where the split step's extra time goes (cProfile at batch 32, per step): the floor shows "
         "cutting itself costs ~5%; the rest is the value-style plumbing: the LocalChannel (a keyed numpy "
@@ -316,8 +327,8 @@ def bench_steps(quick: bool) -> list[str]:
         "stack trace per call: split was 2.1x unsplit before `fedkit/split/optim.py` seeded the CPU "
         "generator only).",
         "",
-        "| batch | step | ms/step median | p10-p90 | min | x unsplit (median) | x unsplit (min) | FLOPs/step |",
-        "|---:|---|---:|---:|---:|---:|---:|---:|",
+        "| batch | step | wall ms/step median (p10-p90) | wall min | CPU ms/step median | x unsplit wall median | x unsplit wall min | x unsplit CPU median | FLOPs/step |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for bs in [32, 128]:
         tr = TrainConfig(steps=steps, batch_size=bs, lr=TRAIN.lr)
@@ -327,30 +338,30 @@ def bench_steps(quick: bool) -> list[str]:
         ccfg = ClientConfig("splitfed_v1", setup.client_modules, tr, SEED)
         sm = split(base, CUT)
 
-        def unsplit(tr: TrainConfig = tr) -> tuple[float, list[np.ndarray]]:
+        def unsplit(tr: TrainConfig = tr) -> tuple[tuple[float, float], list[np.ndarray]]:
             m, data, gen = copy.deepcopy(base), LocalData(x, y), rng(SEED, "bench-steps")
-            t0 = time.perf_counter()
+            t0 = clock()
             sgd_train(m, data, tr, gen)
-            return time.perf_counter() - t0, get_params(m)
+            return since(t0), get_params(m)
 
         def split_step(direct: bool = False, scfg: ServerConfig = scfg, ccfg: ClientConfig = ccfg,
-                       cp: list = cp, sp: list = sp) -> tuple[float, list[np.ndarray]]:  # type: ignore[type-arg]
+                       cp: list = cp, sp: list = sp) -> tuple[tuple[float, float], list[np.ndarray]]:  # type: ignore[type-arg]
             box = LocalServer(scfg, server_init(scfg, sp))
             ch = Direct(box.handle) if direct else LocalChannel(box.handle, "c0")
             gen = rng(SEED, "bench-steps")
-            t0 = time.perf_counter()
+            t0 = clock()
             new, _ = train_split(ccfg, cp, x, y, ch, gen)  # type: ignore[arg-type]
             part = box.state.copies.get("c0", box.state.shared)  # splitfed_v1: the client's copy
-            return time.perf_counter() - t0, new + part.params
+            return since(t0), new + part.params
 
-        def floor(tr: TrainConfig = tr, sm=sm) -> tuple[float, list[np.ndarray]]:  # type: ignore[no-untyped-def]
+        def floor(tr: TrainConfig = tr, sm=sm) -> tuple[tuple[float, float], list[np.ndarray]]:  # type: ignore[no-untyped-def]
             from fedkit.models.train import batches
 
             c, s = copy.deepcopy(sm.client), copy.deepcopy(sm.server)
             oc = torch.optim.SGD(c.parameters(), lr=tr.lr)
             os_ = torch.optim.SGD(s.parameters(), lr=tr.lr)
             idx = batches(len(y), tr, rng(SEED, "bench-steps"))
-            t0 = time.perf_counter()
+            t0 = clock()
             for i in idx:
                 oc.zero_grad(set_to_none=True)
                 os_.zero_grad(set_to_none=True)
@@ -360,9 +371,9 @@ def bench_steps(quick: bool) -> list[str]:
                 os_.step()
                 a.backward(cut.grad)
                 oc.step()
-            return time.perf_counter() - t0, get_params(c) + get_params(s)
+            return since(t0), get_params(c) + get_params(s)
 
-        variants: dict[str, Callable[[], tuple[float, list[np.ndarray]]]] = {
+        variants: dict[str, Callable[[], tuple[tuple[float, float], list[np.ndarray]]]] = {
             "unsplit (FL sgd_train)": unsplit,
             "split (train_split + LocalChannel)": split_step,
             "split, codec-less channel": lambda f=split_step: f(True),
@@ -378,19 +389,25 @@ def bench_steps(quick: bool) -> list[str]:
             with FlopCounterMode(display=False) as counter:
                 variants[name]()
             flops[name] = counter.get_total_flops() / steps
-        times: dict[str, list[float]] = {k: [] for k in variants}
+        wall: dict[str, list[float]] = {k: [] for k in variants}
+        cpu: dict[str, list[float]] = {k: [] for k in variants}
         for _ in range(repeats):
             for name, fn in variants.items():
-                times[name].append(fn()[0] / steps * 1e3)
-        med = {k: statistics.median(v) for k, v in times.items()}
-        low = {k: min(v) for k, v in times.items()}
-        base_name = "unsplit (FL sgd_train)"
-        for name, ts in times.items():
+                (w, c), _ = fn()
+                wall[name].append(w / steps * 1e3)
+                cpu[name].append(c / steps * 1e3)
+        med = {k: statistics.median(v) for k, v in wall.items()}
+        low = {k: min(v) for k, v in wall.items()}
+        cmed = {k: statistics.median(v) for k, v in cpu.items()}
+        ref_name = "unsplit (FL sgd_train)"
+        for name, ts in wall.items():
             q = np.percentile(ts, [10, 90])
-            lines.append(f"| {bs} | {name} | {med[name]:.3f} | {q[0]:.3f}-{q[1]:.3f} | {low[name]:.3f} | "
-                         f"{med[name] / med[base_name]:.2f}x | {low[name] / low[base_name]:.2f}x | "
-                         f"{fmt_flops(flops.get(name))} |")
+            lines.append(f"| {bs} | {name} | {med[name]:.3f} ({q[0]:.2f}-{q[1]:.2f}) | {low[name]:.3f} | "
+                         f"{cmed[name]:.3f} | {med[name] / med[ref_name]:.2f}x | {low[name] / low[ref_name]:.2f}x | "
+                         f"{cmed[name] / cmed[ref_name]:.2f}x | {fmt_flops(flops.get(name))} |")
             print(lines[-1], flush=True)
+    lines += ["", f"1-minute load average {load0:.1f} at the start, {os.getloadavg()[0]:.1f} at the end "
+              f"({os.cpu_count()} cores)."]
     return lines
 
 
