@@ -1,10 +1,10 @@
 """10 clients x SplitFed V1: wall time in-process vs ``--mode processes`` (gRPC over loopback TLS).
 
-    python benchmarks/bench_split_modes.py [--rounds 5] [--workers 2 10] [--quick]
+    python benchmarks/bench_split_modes.py [--rounds N] [--workers 2 10] [--quick]
 
 Runs ``scenarios/split_splitfed_v1.yaml`` (digits, the reference CNN cut after conv1, 10 clients,
-2 local epochs of batch 16 per round: about 90 split steps per round, 16x8x8 float32 activations
-up and gradients down each) for ``--rounds`` rounds, in-process and as a server process plus a pool
+2 local epochs of batch 16 per round: about 180 split steps per round, 16x8x8 float32 activations
+up and gradients down each) for ``--rounds`` rounds (default: the scenario's 20), in-process and as a server process plus a pool
 of client processes (``--workers``: how many client processes hold the 10 clients; 10 is one per
 client). Each processes run is checked against the in-process one: the same final parameters (both
 parts) and the same bytes per category. Wall time is the driver's, start to summary (processes:
@@ -48,8 +48,8 @@ def _bytes(run: Path) -> list[dict[str, float]]:
     return [{k: v for k, v in r.items() if k.startswith("bytes_")} for r in rows]
 
 
-def measure(rounds: int, mode: str, workers: int | None, out: Path) -> dict[str, Any]:
-    s = load(SCENARIO, [f"rounds={rounds}", "output.plot=false"])
+def measure(rounds: int | None, mode: str, workers: int | None, out: Path) -> dict[str, Any]:
+    s = load(SCENARIO, [*([f"rounds={rounds}"] if rounds else []), "output.plot=false"])
     load0, cpu0, t0 = os.getloadavg()[0], _cpu(), time.perf_counter()
     summary = run_scenario(s, out, mode=mode, workers=workers)
     wall, cpu = time.perf_counter() - t0, _cpu() - cpu0
@@ -64,21 +64,21 @@ def measure(rounds: int, mode: str, workers: int | None, out: Path) -> dict[str,
     }
 
 
-def table(rows: list[dict[str, Any]], load: tuple[float, float, float], rounds: int) -> str:
+def table(rows: list[dict[str, Any]], load: tuple[float, float, float]) -> str:
     base = rows[0]
     lines = [
         "# 10 clients x SplitFed V1: in-process vs `--mode processes`",
         "",
         f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
         f"load average {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} (1/5/15 min) at the start. "
-        f"Scenario `scenarios/split_splitfed_v1.yaml` for {rounds} rounds (each round: 10 clients x 2 epochs, "
+        f"Scenario `scenarios/split_splitfed_v1.yaml` for {base['rounds']} rounds (each round: 10 clients x 2 epochs, "
         f"{base['bytes'][0]['bytes_activations_up'] / 1e6:.1f} MB of activations up and as many gradient bytes down). "
         "Processes: one server process and a pool of client processes over loopback TLS "
         "(`fedkit.launch.run_processes`). `python benchmarks/bench_split_modes.py` regenerates this file.",
         "",
-        "| mode | client processes | rounds | wall s | start-up s | median s/round | vs in-process | CPU s | "
+        "| mode | client processes | rounds | wall s | vs in-process | start-up s | median s/round | vs in-process | CPU s | "
         "load (avg during) | params identical | bytes identical |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         same = r is base or (
@@ -86,18 +86,20 @@ def table(rows: list[dict[str, Any]], load: tuple[float, float, float], rounds: 
             and r["summary"]["server_params_sha256"] == base["summary"]["server_params_sha256"]
         )
         lines.append(
-            f"| {r['mode']} | {r['workers'] or '-'} | {r['rounds']} | {r['wall_s']:.1f} | {r['startup_s']:.1f} | "
-            f"{r['round_s']:.2f} | {r['wall_s'] / base['wall_s']:.2f}x | {r['cpu_s']:.1f} | {r['load']:.1f} | "
+            f"| {r['mode']} | {r['workers'] or '-'} | {r['rounds']} | {r['wall_s']:.1f} | {r['wall_s'] / base['wall_s']:.2f}x | "
+            f"{r['startup_s']:.1f} | {r['round_s']:.2f} | {r['round_s'] / base['round_s']:.2f}x | {r['cpu_s']:.1f} | {r['load']:.1f} | "
             f"{'yes' if same else 'NO'} | {'yes' if r['bytes'] == base['bytes'] else 'NO'} |"
         )
     lines += [
         "",
-        "Notes: in-process, the ten clients run one after another in the driver (the in-process Link "
-        "simulates their parallelism on its clock); in processes they train concurrently, so on a machine "
-        "with more cores than client processes a round can take less wall time than in-process, and on a "
-        "loaded 2-CPU machine it cannot: every split step adds two protobuf frames, two TLS records and two "
-        "thread hops per side, and the client processes compete for the same cores. Start-up (certificates, "
-        "spawning Python + torch in each process, connecting) is paid once per run.",
+        "Notes: in-process, the ten clients run one after another in one thread (the in-process Link "
+        "simulates their parallelism on its clock). In processes they train concurrently, but the server "
+        "computes every client's server-part steps in its one process, and each split step adds protobuf "
+        "framing, TLS and a thread hop on both sides; with more client processes than free cores they also "
+        "compete for CPU, so on a small machine a round costs more wall time than in-process (CPU s sums "
+        "every process, start-up imports included). Start-up (certificates, spawning Python + torch in each "
+        "process, connecting) is paid once per run and dominates short runs; the per-round columns are the "
+        "steady state.",
         "",
     ]
     return "\n".join(lines)
@@ -105,7 +107,7 @@ def table(rows: list[dict[str, Any]], load: tuple[float, float, float], rounds: 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--rounds", type=int, default=None, help="default: the scenario's")
     ap.add_argument("--workers", type=int, nargs="+", default=[2, 10], help="client processes per processes run")
     ap.add_argument("--quick", action="store_true", help="2 rounds, one pool of 2; prints, writes nothing")
     args = ap.parse_args()
@@ -115,7 +117,7 @@ def main() -> None:
         rows = [measure(rounds, "inprocess", None, Path(tmp) / "inprocess")]
         for w in workers:
             rows.append(measure(rounds, "processes", w, Path(tmp) / f"processes-{w}"))
-    md = table(rows, load, rounds)
+    md = table(rows, load)
     print(md)
     if not args.quick:
         RESULTS.parent.mkdir(parents=True, exist_ok=True)
