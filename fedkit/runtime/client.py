@@ -179,12 +179,19 @@ def compose(mods: Sequence[Mod], handler: ClientFn) -> ClientFn:
 
 
 def run_task(
-    state: ClientState, task: Task, models: ModelCache, mods: Sequence[Mod] = DEFAULT_MODS
+    state: ClientState,
+    task: Task,
+    models: ModelCache,
+    mods: Sequence[Mod] = DEFAULT_MODS,
+    handlers: Mapping[str, ClientFn] = HANDLERS,
 ) -> tuple[ClientState, Reply]:
-    """Run one task. Failures become a reply with ``error`` set (and the state unchanged)."""
+    """Run one task. Failures become a reply with ``error`` set (and the state unchanged).
+    ``handlers`` replace fedkit's own per kind (a Flower client's, fedkit/compat/flower)."""
     try:
         config = tasks.parse(task.kind, task.config)
-        fn = compose(mods, HANDLERS[task.kind])
+        if task.kind not in handlers:
+            raise ValueError(f"this client serves no {task.kind!r} tasks (only: {', '.join(handlers)})")
+        fn = compose(mods, handlers[task.kind])
         new, reply = fn(state, task, Context(task, config, models))
         if reply.delta is not None:
             raise RuntimeError("a mod chain must end with an encoded update (no encode mod?)")
@@ -198,13 +205,20 @@ def run_task(
 class ClientHost:
     """Holds one client's state between tasks; calling it runs a task (what a Link calls)."""
 
-    def __init__(self, state: ClientState, models: ModelCache | None = None, mods: Sequence[Mod] = DEFAULT_MODS):
+    def __init__(
+        self,
+        state: ClientState,
+        models: ModelCache | None = None,
+        mods: Sequence[Mod] = DEFAULT_MODS,
+        handlers: Mapping[str, ClientFn] | None = None,
+    ):
         self.state = state
         self.models = models or ModelCache()
         self.mods = tuple(mods)
+        self.handlers = HANDLERS if handlers is None else dict(handlers)
 
     def __call__(self, task: Task) -> Reply:
-        self.state, reply = run_task(self.state, task, self.models, self.mods)
+        self.state, reply = run_task(self.state, task, self.models, self.mods, self.handlers)
         return reply
 
 
