@@ -183,6 +183,7 @@ def run_task(
     task: Task,
     models: ModelCache,
     mods: Sequence[Mod] = DEFAULT_MODS,
+    *,
     handlers: Mapping[str, ClientFn] = HANDLERS,
 ) -> tuple[ClientState, Reply]:
     """Run one task. Failures become a reply with ``error`` set (and the state unchanged).
@@ -210,6 +211,7 @@ class ClientHost:
         state: ClientState,
         models: ModelCache | None = None,
         mods: Sequence[Mod] = DEFAULT_MODS,
+        *,
         handlers: Mapping[str, ClientFn] | None = None,
     ):
         self.state = state
@@ -218,7 +220,7 @@ class ClientHost:
         self.handlers = HANDLERS if handlers is None else dict(handlers)
 
     def __call__(self, task: Task) -> Reply:
-        self.state, reply = run_task(self.state, task, self.models, self.mods, self.handlers)
+        self.state, reply = run_task(self.state, task, self.models, self.mods, handlers=self.handlers)
         return reply
 
 

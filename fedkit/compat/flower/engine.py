@@ -66,8 +66,6 @@ from fedkit.scenario import Scenario, ScenarioError, dump, validate
 from fedkit.scenario.build import build_clients, build_server, client_names
 from fedkit.types import ClientId, Params, Task
 
-log = logging.getLogger("fedkit.compat.flower")
-
 TASK_KEY = "fedkit.task"
 """ConfigRecord entry carrying the round's typed task config (JSON) to the ClientApp."""
 
@@ -114,11 +112,11 @@ def _serve(scenario_text: str, kind: str, msg: Message, ctx: Context) -> Message
     assert isinstance(arrays, ArrayRecord)
     params = record_to_params(arrays)
     rnd = int(config["server-round"])  # type: ignore[arg-type]
-    spec = cfg.get("uplink", "identity")
-    memory = load_codec_state(ctx.state, make(spec).spec) if kind == "train" else None
+    spec = make(cfg.get("uplink", "identity")).spec
+    memory = load_codec_state(ctx.state, spec) if kind == "train" else None
     state = world.clients[name]
-    if memory is not None:
-        state = replace(state, codec={make(spec).spec: memory})
+    if memory is not None:  # the codec memory Flower carried from this node's last round
+        state = replace(state, codec={spec: memory})
     task = Task(rnd, name, kind, make("identity").encode(None, params)[1], cfg,
                 task_id=msg.metadata.message_id, version=rnd - 1)
     state, reply = run_task(state, task, world.models)
