@@ -188,7 +188,7 @@ def _row(plan: Plan, rlog: RoundLog, central: Mapping[str, float], dense: int, t
         "wire_bytes_down": rlog.wire_bytes_down,
         "wire_bytes_up": rlog.wire_bytes_up,
         "encode_s": sum(float(c.get("encode_s", 0.0)) for c in oks),
-        "decode_s": 0.0,
+        "decode_s": rlog.decode_s,
         "wall_s": time.perf_counter() - t_round,
         "sim_time_s": time.perf_counter() - t_start,
     }

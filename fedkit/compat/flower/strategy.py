@@ -86,6 +86,7 @@ class RoundLog:
     bytes_up: int = 0
     wire_bytes_down: int = 0
     wire_bytes_up: int = 0
+    decode_s: float = 0.0
     metrics: dict[str, float] = field(default_factory=dict)
     clients: list[dict[str, Any]] = field(default_factory=list)
 
@@ -248,7 +249,9 @@ class FedkitStrategy(Strategy):
             nbytes = enc.nbytes if enc is not None else record.count_bytes()
             rlog.bytes_up += nbytes
             n, metrics = reply_metrics(msg.content, self.weighted_by_key)
+            t0 = time.perf_counter()
             delta = reply_delta(msg.content, params)
+            rlog.decode_s += time.perf_counter() - t0
         except (ValueError, DecodeError) as e:
             row |= {"status": "rejected", "reason": str(e)[:500]}
             log.warning("round %d: rejected update from %s: %s", rlog.round, name, e)
