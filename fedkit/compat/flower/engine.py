@@ -229,6 +229,7 @@ def _server_app(scenario: Scenario, plan: Plan, init_params: Params, rd: RunDir,
             if plan.evaluate is not None and (rnd % plan.eval_every == 0 or rnd == plan.rounds):
                 m = plan.evaluate(params)
                 central = {"test_loss": float(m["loss"]), "test_acc": float(m["accuracy"])}
+                central |= {f"test_{k}": float(v) for k, v in m.items() if k not in ("loss", "accuracy")}
             rlog = strategy.rounds[-1]
             row = _row(plan, rlog, central, dense, t_start, starts.get(rnd, t_start))
             rd.append_rows(row, rlog.clients)
