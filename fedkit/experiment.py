@@ -133,9 +133,19 @@ def run_scenario(
     overwrite: bool = False,
     workers: int | None = None,
     force: bool = False,
+    engine: str = "fedkit",
 ) -> dict[str, Any]:
     """Run a scenario in-process or as local processes over gRPC; returns the summary.
-    ``force``: resume even though the scenario differs from the run's."""
+    ``force``: resume even though the scenario differs from the run's. ``engine="flower"``
+    runs it on Flower's simulation engine instead (fedkit/compat/flower/engine.py)."""
+    if engine == "flower":
+        if mode != "inprocess" or resume:
+            raise ValueError("--engine flower runs in-process only, without --resume")
+        from fedkit.compat.flower.engine import run_flower
+
+        return run_flower(scenario, out, on_round, overwrite, workers)
+    if engine != "fedkit":
+        raise ValueError(f"unknown engine {engine!r}; known: fedkit, flower")
     if mode == "processes":
         from fedkit.launch import run_processes
 

@@ -232,11 +232,16 @@ def run_task(
     models: ModelCache,
     mods: Sequence[Mod] = DEFAULT_MODS,
     connect: SplitConnect | None = None,
+    *,
+    handlers: Mapping[str, ClientFn] = HANDLERS,
 ) -> tuple[ClientState, Reply]:
-    """Run one task. Failures become a reply with ``error`` set (and the state unchanged)."""
+    """Run one task. Failures become a reply with ``error`` set (and the state unchanged).
+    ``handlers`` replace fedkit's own per kind (a Flower client's, fedkit/compat/flower)."""
     try:
         config = tasks.parse(task.kind, task.config)
-        fn = compose(mods, HANDLERS[task.kind])
+        if task.kind not in handlers:
+            raise ValueError(f"this client serves no {task.kind!r} tasks (only: {', '.join(handlers)})")
+        fn = compose(mods, handlers[task.kind])
         new, reply = fn(state, task, Context(task, config, models, connect))
         if reply.delta is not None:
             raise RuntimeError("a mod chain must end with an encoded update (no encode mod?)")
@@ -252,7 +257,8 @@ class ClientHost:
 
     ``connect`` opens split tasks' streams: in-process a
     :class:`~fedkit.split.local.LocalConnect` on the server's endpoint, over gRPC the ``Split``
-    RPC of the client's session (a transport may set it once its session exists).
+    RPC of the client's session (a transport may set it once its session exists). ``handlers``
+    replace fedkit's own per task kind (a Flower client's, fedkit/compat/flower).
     """
 
     def __init__(
@@ -261,14 +267,19 @@ class ClientHost:
         models: ModelCache | None = None,
         mods: Sequence[Mod] = DEFAULT_MODS,
         connect: SplitConnect | None = None,
+        *,
+        handlers: Mapping[str, ClientFn] | None = None,
     ):
         self.state = state
         self.models = models or ModelCache()
         self.mods = tuple(mods)
         self.connect = connect
+        self.handlers = HANDLERS if handlers is None else dict(handlers)
 
     def __call__(self, task: Task) -> Reply:
-        self.state, reply = run_task(self.state, task, self.models, self.mods, self.connect)
+        self.state, reply = run_task(
+            self.state, task, self.models, self.mods, self.connect, handlers=self.handlers
+        )
         return reply
 
 
