@@ -158,6 +158,7 @@ def _policy(s: Scenario) -> Policy:
             on_too_few=s.server.on_too_few,
             max_retries=s.server.max_retries,
             kind="train" if s.split is None else SPLIT_KIND,
+            over_select=s.server.over_select,
         )
     return SequentialRound(SPLIT_KIND, s.server.deadline_s, s.server.min_replies, relay=s.split.scheme == "vanilla")
 
@@ -207,8 +208,18 @@ def build_server(s: Scenario) -> tuple[Plan, Params]:
         eval_deadline_s=s.server.deadline_s,
         metrics=metrics,
         split=split_plan,
+        work=_partial_work(s, init_params),
     )
     return plan, init_params
+
+
+def _partial_work(s: Scenario, init_params: Params) -> Any:
+    if s.devices is None or s.server.stragglers != "partial":
+        return None
+    from fedkit.scenario.simulation import partial_work, simulation
+
+    sim = simulation(s)
+    return None if sim is None else partial_work(s, sim, init_params)
 
 
 def initial_state(plan: Plan, init_params: Params) -> ServerState:
