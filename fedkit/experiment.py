@@ -167,6 +167,8 @@ def run_scenario(
     if engine == "flower":
         if mode != "inprocess" or resume:
             raise ValueError("--engine flower runs in-process only, without --resume")
+        if scenario.devices is not None:
+            raise ValueError("--engine flower has no simulated clock: run devices: scenarios on fedkit's")
         from fedkit.compat.flower.engine import run_flower
 
         return run_flower(scenario, out, on_round, overwrite, workers)
