@@ -25,15 +25,18 @@ from fedkit.runtime.server import Plan, RoundRecord, ServerState, run
 from fedkit.runtime.task import ModelRef
 from fedkit.scenario import Scenario, dump
 from fedkit.scenario.build import build, initial_state
-from fedkit.sim.link import CostFn, InProcessLink
+from fedkit.scenario.participation import presence
+from fedkit.sim.link import CostFn, InProcessLink, PresentFn
 from fedkit.types import ClientId, Params
 
 RoundCallback = Callable[[Mapping[str, Any]], None]
 
 
-def inprocess_link(clients: Mapping[ClientId, ClientState], cost: CostFn | None = None) -> Link:
+def inprocess_link(
+    clients: Mapping[ClientId, ClientState], cost: CostFn | None = None, present: PresentFn | None = None
+) -> Link:
     models = ModelCache()  # one module shared by every simulated client
-    return InProcessLink({cid: ClientHost(c, models) for cid, c in clients.items()}, cost)
+    return InProcessLink({cid: ClientHost(c, models) for cid, c in clients.items()}, cost, present)
 
 
 def resume_state(plan: Plan, init_params: Params, rd: RunDir, resume: bool) -> ServerState:
@@ -113,13 +116,16 @@ def run_scenario(
     if mode == "processes":
         from fedkit.launch import run_processes
 
+        if scenario.participation is not None:
+            raise ValueError("participation: patterns are simulated in-process only (--mode inprocess)")
         return run_processes(scenario, out, workers, on_round, resume, overwrite)
     if mode != "inprocess":
         raise ValueError(f"unknown mode {mode!r}; known: inprocess, processes")
     check_can_start(out, resume, overwrite)
     torch.set_num_threads(1)  # the kernels every mode uses: bit-identical params across modes
     exp = build(scenario)
-    link = inprocess_link(exp.clients)
+    labels = {c: st.train.y.numpy() for c, st in exp.clients.items()}
+    link = inprocess_link(exp.clients, present=presence(scenario.participation, scenario.seed, labels))
     try:
         return run_with_link(scenario, exp.plan, exp.init_params, link, out, on_round, resume, overwrite)
     finally:

@@ -94,12 +94,16 @@ class Context:
     config: Any
     models: ModelCache
 
+    def _keys(self) -> tuple[int | str, ...]:
+        repeat = getattr(self.config, "repeat", 0)  # the n-th task of this round (async), n > 0
+        return (self.task.round, self.task.client) + ((repeat,) if repeat else ())
+
     def rng(self, purpose: str) -> np.random.Generator:
         """A generator keyed by (seed, purpose, round, client): the only source of draws."""
-        return frng.rng(self.config.seed, purpose, self.task.round, self.task.client)
+        return frng.rng(self.config.seed, purpose, *self._keys())
 
     def seed_int(self, purpose: str) -> int:
-        return frng.seed_int(self.config.seed, purpose, self.task.round, self.task.client)
+        return frng.seed_int(self.config.seed, purpose, *self._keys())
 
 
 ClientFn = Callable[[ClientState, Task, Context], tuple[ClientState, Reply]]

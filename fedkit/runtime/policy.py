@@ -4,24 +4,32 @@ The engine (fedkit/runtime/server.py) sends tasks, consumes arrivals in completi
 asks the policy what to do next; the policy answers with actions. A policy holds no hidden
 state: its state is a value passed in and returned, so a policy is a plain frozen dataclass.
 
-    start(view)                         -> (state, actions)   a round begins
+    start(view, carried)                -> (state, actions)   a round begins (carried: see below)
     on_arrival(view, state, arr, upd)   -> (state, actions)   a task settled (upd: the accepted
                                                                Update, or None when refused/lost)
     on_deadline(view, state)            -> (state, actions)   the clock reached the Await deadline
-                                                               (the engine has cancelled the open
-                                                               tasks and recorded them as missed)
+                                                               (with ``Await(cancel=True)`` the
+                                                               engine has cancelled the open tasks
+                                                               and recorded them as missed)
 
 Actions: :class:`Send` starts tasks, :class:`Await` sets the deadline of the wait for arrivals,
 :class:`Aggregate` applies updates as one new model version, :class:`Close` ends the round
-(the engine evaluates, records and checkpoints). :class:`SyncRound` is the synchronous round
-(FedAvg's): sample, wait for all or the deadline, aggregate; asynchronous policies (buffered,
-immediate, grouped) answer the same three calls.
+(the engine evaluates, records and checkpoints). A round is one aggregation: one metrics row.
+
+:class:`SyncRound` is the synchronous round (FedAvg's): sample, wait for all or the deadline,
+aggregate, cancel the rest. Asynchronous policies (``fedkit/runtime/async_policy.py``) answer
+the same three calls but close with ``Close(keep_open=True)``: their tasks stay in flight into
+the next round, and the next ``start`` gets the policy's state back as ``carried`` (None on a
+fresh start: the first round, after a round that cancelled its tasks, or after a resume from a
+checkpoint, where in-flight tasks are lost and the policy sends new ones). Arrivals of tasks
+sent in earlier rounds settle into the current round, ``current version - task.version``
+versions stale (refused beyond ``Acceptance.max_staleness``).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal, Protocol
 
@@ -33,14 +41,23 @@ from fedkit.types import Arrival, ClientId, Update
 
 @dataclass(frozen=True)
 class Send:
+    """Start one ``kind`` task per client on the current model. ``train``: per-client updates of
+    the round's TrainConfig (FedCompass sets each client's local ``steps``)."""
+
     kind: str
     clients: tuple[ClientId, ...]
     attempt: int = 0
+    train: Mapping[ClientId, Mapping[str, Any]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
 class Await:
-    deadline: float | None  # on the link's clock; None: until every open task has settled
+    """Wait for arrivals until ``deadline`` (link clock; None: until every open task settled).
+    ``cancel``: at the deadline the engine cancels every open task first (a synchronous round's
+    deadline); False makes it a timer that leaves the tasks in flight (FedCompass's groups)."""
+
+    deadline: float | None
+    cancel: bool = True
 
 
 @dataclass(frozen=True)
@@ -50,7 +67,12 @@ class Aggregate:
 
 @dataclass(frozen=True)
 class Close:
+    """End the round. ``keep_open``: tasks in flight stay open into the next round and the
+    policy's state is handed to its next ``start`` (asynchronous policies); otherwise the
+    engine cancels them (recorded as missed)."""
+
     status: str = "ok"
+    keep_open: bool = False
 
 
 Action = Send | Await | Aggregate | Close
@@ -104,7 +126,7 @@ class View:
 
 
 class Policy(Protocol):
-    def start(self, view: View) -> tuple[Any, list[Action]]: ...
+    def start(self, view: View, carried: Any = None) -> tuple[Any, list[Action]]: ...
 
     def on_arrival(
         self, view: View, state: Any, arrival: Arrival, update: Update | None
@@ -141,8 +163,8 @@ class SyncRound:
         deadline = None if self.deadline_s is None else view.now + self.deadline_s
         return [Send("train", tuple(clients), attempt), Await(deadline)]
 
-    def start(self, view: View) -> tuple[_SyncState, list[Action]]:
-        sampled = view.sample(0)
+    def start(self, view: View, carried: Any = None) -> tuple[_SyncState, list[Action]]:
+        sampled = view.sample(0)  # never carried: every round closes without keep_open
         return _SyncState(0, tuple(sampled), frozenset(sampled)), self._send(view, 0, sampled)
 
     def on_arrival(

@@ -22,6 +22,7 @@ from pydantic import (
 
 from fedkit.models.train import TrainConfig
 from fedkit.registry import did_you_mean
+from fedkit.scenario.participation import Participation
 from fedkit.types import Strict
 
 
@@ -97,6 +98,7 @@ def model_section(v: Any) -> dict[str, Any]:
 def strategy_section(v: Any) -> dict[str, Any]:
     from fedkit.aggregation import make_aggregator
     from fedkit.registry import resolve_import
+    from fedkit.runtime.async_policy import is_async, make_async_policy
 
     if not isinstance(v, Mapping) or "name" not in v:
         raise ValueError("strategy needs a 'name', e.g. {name: fedavg}")
@@ -104,6 +106,9 @@ def strategy_section(v: Any) -> dict[str, Any]:
     name = str(v["name"])
     if ":" in name:  # a user's factory: fn(**params) -> an aggregator (init, step)
         check_named(v, "strategy", lambda n: resolve_import(n, "strategy factory"), [], skip=0)
+        return dict(v)
+    if is_async(name):  # fedasync, fedbuff, fedcompass: a round policy and its server step
+        make_async_policy(name, 1_000_000, **params)
         return dict(v)
     make_aggregator(name, **params)  # raises ValueError naming what is allowed
     return dict(v)
@@ -205,6 +210,8 @@ class Server(Strict):
     min_replies: int = Field(default=1, ge=1)
     on_too_few: Literal["skip", "retry"] = "skip"
     max_retries: int = Field(default=2, ge=0)
+    # refuse updates trained on a model more than this many versions old (async strategies)
+    max_staleness: int | None = Field(default=None, ge=0)
 
 
 class Compression(Strict):
@@ -251,6 +258,7 @@ class Scenario(Strict):
     evaluation: Evaluation = Evaluation()
     server: Server = Server()
     compression: Compression = Field(default_factory=Compression)
+    participation: Participation | None = None
     output: Output = Output()
 
     @field_validator("model", mode="before")
@@ -275,4 +283,35 @@ class Scenario(Strict):
             )
         if s.min > self.clients.count:
             raise ValueError(f"clients.per_round.min={s.min} exceeds clients.count={self.clients.count}")
+        if self.participation is not None:
+            self.participation.check_count(self.clients.count)
+        self._async_fits()
         return self
+
+    def _async_fits(self) -> None:
+        """Async strategies keep tasks in flight across rounds: refuse what assumes a barrier."""
+        from fedkit.runtime.async_policy import is_async
+
+        name = str(self.strategy["name"])
+        if not is_async(name):
+            return
+        conc = self.strategy.get("concurrency")
+        if conc is not None and conc > self.clients.count:
+            raise ValueError(f"strategy.concurrency={conc} exceeds clients.count={self.clients.count}")
+        sync_only = {
+            "clients.per_round": "per_round" in self.clients.model_fields_set,
+            "server.deadline_s": "deadline_s" in self.server.model_fields_set,
+            "server.min_replies": "min_replies" in self.server.model_fields_set,
+            "server.on_too_few": "on_too_few" in self.server.model_fields_set,
+            "server.max_retries": "max_retries" in self.server.model_fields_set,
+            "evaluation.federated": self.evaluation.federated,
+            "compression.downlink_mode: delta": self.compression.downlink_mode == "delta",
+            "participation": self.participation is not None,
+        }
+        bad = [k for k, v in sync_only.items() if v]
+        if bad:
+            hint = " (use strategy.concurrency)" if "clients.per_round" in bad else ""
+            raise ValueError(
+                f"strategy {name!r} is asynchronous: {', '.join(bad)} only apply to synchronous "
+                f"rounds{hint}"
+            )

@@ -6,7 +6,9 @@ pops events in time order, ties broken by send order, advancing the clock. Nothi
 wall clock. ``cost`` is the hook device profiles plug into; without one every task takes zero
 simulated time, so a synchronous round sees every reply at once, as before. A cost of ``inf``
 means the reply never arrives (the client dropped out): its task settles only by the engine's
-deadline, exactly like a silent device over gRPC.
+deadline, exactly like a silent device over gRPC. ``present(task)`` False means the client is
+not there for that task (FedAU's participation patterns): its function is not called and the
+task never arrives.
 """
 
 from __future__ import annotations
@@ -21,16 +23,23 @@ from fedkit.types import Arrival, ClientId, Reply, Task
 CostFn = Callable[[Task, Reply], float]
 """Simulated seconds from sending ``task`` until ``reply`` is back at the server."""
 
+PresentFn = Callable[[Task], bool]
+"""Whether the task's client is there to answer it at all."""
+
 
 class InProcessLink:
-    def __init__(self, clients: Mapping[ClientId, ClientFn], cost: CostFn | None = None):
+    def __init__(
+        self, clients: Mapping[ClientId, ClientFn], cost: CostFn | None = None,
+        present: PresentFn | None = None,
+    ):
         self._fns = dict(clients)
         self._ids = sorted(self._fns)
         self._cost = cost
+        self._present = present
         self._now = 0.0
         self._seq = 0
         self._queue: list[tuple[float, int, str]] = []
-        self._open: dict[str, tuple[Task, Reply]] = {}
+        self._open: dict[str, tuple[Task, Reply | None]] = {}
 
     def clients(self) -> Sequence[ClientId]:
         return self._ids
@@ -45,6 +54,10 @@ class InProcessLink:
             if t.client not in self._fns:
                 raise ValueError(f"task {t.task_id!r} for unknown client {t.client!r}")
         for t in tasks:
+            if self._present is not None and not self._present(t):
+                self._open[t.task_id] = (t, None)  # never queued: it never arrives
+                self._seq += 1
+                continue
             reply = self._fns[t.client](t)
             dt = 0.0 if self._cost is None else float(self._cost(t, reply))
             if math.isnan(dt) or dt < 0:
