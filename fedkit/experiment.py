@@ -24,19 +24,47 @@ from fedkit.runtime.link import Link
 from fedkit.runtime.server import Plan, RoundRecord, ServerState, run
 from fedkit.runtime.task import ModelRef
 from fedkit.scenario import Scenario, dump
-from fedkit.scenario.build import build, initial_state
+from fedkit.scenario.build import Experiment, build, initial_state
 from fedkit.scenario.participation import presence
-from fedkit.sim.link import CostFn, InProcessLink, PresentFn
+from fedkit.sim.link import CostFn, InProcessLink, OnlineFn, PresentFn
 from fedkit.types import ClientId, Params
 
 RoundCallback = Callable[[Mapping[str, Any]], None]
 
 
 def inprocess_link(
-    clients: Mapping[ClientId, ClientState], cost: CostFn | None = None, present: PresentFn | None = None
+    clients: Mapping[ClientId, ClientState],
+    cost: CostFn | None = None,
+    online: OnlineFn | None = None,
+    start_s: float = 0.0,
+    present: PresentFn | None = None,
 ) -> Link:
     models = ModelCache()  # one module shared by every simulated client
-    return InProcessLink({cid: ClientHost(c, models) for cid, c in clients.items()}, cost, present)
+    fns = {cid: ClientHost(c, models) for cid, c in clients.items()}
+    return InProcessLink(fns, cost, online, start_s, present)
+
+
+def scenario_link(exp: Experiment, start_s: float = 0.0) -> Link:
+    """The in-process Link of an experiment: on the simulated clock of its ``devices:``, with
+    its ``participation:`` pattern deciding who answers."""
+    from fedkit.scenario.simulation import simulation
+
+    s = exp.scenario
+    labels = {c: st.train.y.numpy() for c, st in exp.clients.items()}
+    present = presence(s.participation, s.seed, labels)
+    sim = simulation(s, {c: st.num_train for c, st in exp.clients.items()})
+    if sim is None:
+        return inprocess_link(exp.clients, start_s=start_s, present=present)
+    return inprocess_link(exp.clients, sim.cost, sim.online, start_s, present)
+
+
+def resumed_clock(out: str | Path, resume: bool) -> float:
+    """Simulated seconds a resumed run continues from: its checkpointed round's clock."""
+    if not resume or not (Path(out) / "checkpoint.npz").exists():
+        return 0.0
+    ck = RunDir(out, resume=True).read_checkpoint()
+    row = (ck.rows or {}).get("metrics", {}) if ck is not None else {}
+    return float(row.get("sim_time_s") or 0.0)
 
 
 def resume_state(plan: Plan, init_params: Params, rd: RunDir, resume: bool) -> ServerState:
@@ -96,7 +124,7 @@ def run_with_link(
 
     final = run(plan, link, state, record)
     rows = rd.metrics()
-    summary = summarize(rows, final.params, s.seed, s.name)
+    summary = summarize(rows, final.params, s.seed, s.name, target_acc=s.evaluation.target_acc)
     rd.write_final(final.params, summary)
     if s.output.plot:
         plots.curves(rows, rd.path / "curves.png", title=s.name)
@@ -124,8 +152,7 @@ def run_scenario(
     check_can_start(out, resume, overwrite)
     torch.set_num_threads(1)  # the kernels every mode uses: bit-identical params across modes
     exp = build(scenario)
-    labels = {c: st.train.y.numpy() for c, st in exp.clients.items()}
-    link = inprocess_link(exp.clients, present=presence(scenario.participation, scenario.seed, labels))
+    link = scenario_link(exp, resumed_clock(out, resume))
     try:
         return run_with_link(scenario, exp.plan, exp.init_params, link, out, on_round, resume, overwrite)
     finally:

@@ -29,7 +29,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Protocol
 
 from fedkit.compression import make
 from fedkit.compression.frame import packed_nbytes
@@ -37,7 +37,17 @@ from fedkit.models.train import TrainConfig
 from fedkit.runtime import downlink as dl
 from fedkit.runtime.accept import Acceptance, Rejected, accept, weighted
 from fedkit.runtime.link import Link, gather
-from fedkit.runtime.policy import Aggregate, Await, Close, Policy, Sampling, Send, SyncRound, View
+from fedkit.runtime.policy import (
+    Aggregate,
+    Await,
+    Close,
+    Drop,
+    Policy,
+    Sampling,
+    Send,
+    SyncRound,
+    View,
+)
 from fedkit.runtime.task import EvaluateTask, ModelRef, TrainTask
 from fedkit.types import Arrival, ClientId, Encoded, Params, Task, Update
 
@@ -52,6 +62,14 @@ def default_metrics(kind: str, pairs: Sequence[tuple[int, Mapping[str, float]]])
     if kind == "train":
         return {"train_loss": weighted(pairs, "train_loss")}
     return {"fed_loss": weighted(pairs, "loss"), "fed_acc": weighted(pairs, "accuracy")}
+
+
+class Work(Protocol):
+    """Per-client local work: FedProx's partial work for stragglers (fedkit.sim.cost.PartialWork)."""
+
+    def cap(self, rnd: int, client: ClientId, train: TrainConfig, bytes_down: int) -> TrainConfig: ...
+
+    def fraction(self, client: ClientId, asked: TrainConfig, full: TrainConfig) -> float: ...
 
 
 @dataclass(frozen=True)
@@ -74,6 +92,7 @@ class Plan:
     federated_eval: bool = False
     eval_deadline_s: float | None = None
     metrics: MetricsFn = default_metrics
+    work: Work | None = None  # caps each client's local steps (stragglers: partial)
 
     @property
     def sampler(self) -> Sampling:
@@ -104,6 +123,7 @@ class RoundRecord:
     status: str = "ok"
     clients_sampled: int = 0
     clients_finished: int = 0
+    clients_dropped: int = 0  # tasks that missed the deadline or were lost
     bytes_down: int = 0
     bytes_up: int = 0
     dense_down: int = 0  # what the same messages would cost as uncompressed float32 frames
@@ -122,6 +142,7 @@ class RoundRecord:
             **self.metrics,
             "clients_sampled": self.clients_sampled,
             "clients_finished": self.clients_finished,
+            "clients_dropped": self.clients_dropped,
             "bytes_down": self.bytes_down,
             "bytes_up": self.bytes_up,
             "ratio_down": self.dense_down / self.bytes_down if self.bytes_down else None,
@@ -160,10 +181,15 @@ def make_tasks(
             plan.downlink_mode, plan.downlink, state.downlink, state.params, clients, rnd, plan.seed
         )
         base = plan.train(rnd)
+        cap = plan.work.cap if plan.work is not None else None
+
+        def config(c: ClientId) -> TrainConfig:
+            t = base.model_copy(update=dict(train[c])) if c in train else base
+            return t if cap is None else cap(rnd, c, t, out.payloads[c].nbytes)
+
         configs: dict[ClientId, Any] = {
-            c: TrainTask(seed=plan.seed, model=plan.model,
-                         train=base.model_copy(update=dict(train[c])) if c in train else base,
-                         uplink=plan.uplink, downlink=out.configs[c], repeat=repeat.get(c, 0))
+            c: TrainTask(seed=plan.seed, model=plan.model, train=config(c), uplink=plan.uplink,
+                         downlink=out.configs[c], repeat=repeat.get(c, 0))
             for c in clients
         }
     else:  # evaluation sees the server's model exactly, and leaves clients' references alone
@@ -193,6 +219,7 @@ class _Round:
         self.dense = dense_nbytes(state.params)
         self.accepted: list[Update] = []
         self.closed: str | None = None
+        self.work: dict[ClientId, float] = {}  # share of the full local work each client was asked
         self.keep: InFlight | None = None  # set when the policy closes with keep_open
         self.aggregated = False
 
@@ -218,6 +245,9 @@ class _Round:
         rec.bytes_down += sum(t.params.nbytes for t in tasks)
         rec.dense_down += self.dense * len(tasks)
         self.open |= {t.task_id: t for t in tasks}
+        if self.plan.work is not None and a.kind == "train":
+            full = self.plan.train(self.rnd)
+            self.work |= {t.client: self.plan.work.fraction(t.client, t.config.train, full) for t in tasks}
         self.link.send(tasks)
 
     def settle(self, arrival: Arrival) -> Update | None:
@@ -231,7 +261,10 @@ class _Round:
         if r is None or r.error is not None:
             self.state = replace(self.state, downlink=dl.forget(self.state.downlink, c))
         update: Update | None = None
+        if c in self.work:
+            row["work"] = self.work[c]
         if r is None:
+            rec.clients_dropped += 1
             status, reason = "lost", arrival.reason or "no reply"
             log.warning("round %d: client %s: %s", self.rnd, c, reason)
         else:
@@ -259,18 +292,24 @@ class _Round:
             self.accepted.append(update)
         return update
 
-    def miss(self) -> None:
-        """The deadline passed: every open task is cancelled and recorded as missed."""
-        if not self.open:
+    def miss(self, status: str = "missed", clients: Sequence[ClientId] | None = None) -> None:
+        """The deadline passed (or the policy closed the round early: ``cancelled``): every open
+        task (or only those of ``clients``) is cancelled and recorded so."""
+        which = None if clients is None else set(clients)
+        gone = {k: t for k, t in self.open.items() if which is None or t.client in which}
+        if not gone:
             return
-        self.link.cancel(list(self.open))
-        for task in self.open.values():
-            log.warning("round %d: client %s missed the deadline", self.rnd, task.client)
+        self.link.cancel(list(gone))
+        for task in gone.values():
+            if status == "missed":
+                log.warning("round %d: client %s missed the deadline", self.rnd, task.client)
+                self.rec.clients_dropped += 1
             self.state = replace(self.state, downlink=dl.forget(self.state.downlink, task.client))
             self.rec.clients.append({"round": self.rnd, "client": task.client, "kind": task.kind,
-                                     "status": "missed", "time_s": self.link.now(),
+                                     "status": status, "time_s": self.link.now(),
                                      "bytes_down": task.params.nbytes})
-        self.open.clear()
+        for k in gone:
+            del self.open[k]
 
     def aggregate(self, a: Aggregate) -> None:
         st = self.state
@@ -280,6 +319,8 @@ class _Round:
         self.rec.clients_finished += len(a.updates)
         pairs = [(u.num_examples, u.metrics) for u in a.updates]
         self.rec.metrics |= self.plan.metrics("train", pairs)
+        if self.work and a.updates:
+            self.rec.metrics["work_fraction"] = sum(self.work.get(u.client, 1.0) for u in a.updates) / len(a.updates)
 
     def idle(self) -> None:
         """The round closed without aggregating: a stateful reweight stage still counts it
@@ -303,11 +344,13 @@ def _run_policy(r: _Round) -> None:
                 wait = a
             elif isinstance(a, Aggregate):
                 r.aggregate(a)
+            elif isinstance(a, Drop):
+                r.miss("missed", a.clients)
             elif isinstance(a, Close):
                 if a.keep_open:
                     r.keep = InFlight(dict(r.open), pstate)
                 else:
-                    r.miss()
+                    r.miss("cancelled")
                 r.closed = a.status
                 return
         actions = []

@@ -109,12 +109,13 @@ def _policy_and_aggregator(s: Scenario) -> tuple[Any, Any]:
     name = str(s.strategy["name"])
     if is_async(name):
         params = {k: v for k, v in s.strategy.items() if k != "name"}
-        return make_async_policy(name, s.clients.count, **params)
+        return make_async_policy(name, s.clients.count, s.server.deadline_s, **params)
     policy = SyncRound(
         deadline_s=s.server.deadline_s,
         min_replies=s.server.min_replies,
         on_too_few=s.server.on_too_few,
         max_retries=s.server.max_retries,
+        over_select=s.server.over_select,
     )
     return policy, _aggregator(s)
 
@@ -170,8 +171,18 @@ def build_server(s: Scenario) -> tuple[Plan, Params]:
         federated_eval=s.evaluation.federated,
         eval_deadline_s=s.server.deadline_s,
         metrics=metrics,
+        work=_partial_work(s, init_params),
     )
     return plan, init_params
+
+
+def _partial_work(s: Scenario, init_params: Params) -> Any:
+    if s.devices is None or s.server.stragglers != "partial":
+        return None
+    from fedkit.scenario.simulation import partial_work, simulation
+
+    sim = simulation(s)
+    return None if sim is None else partial_work(s, sim, init_params)
 
 
 def initial_state(plan: Plan, init_params: Params) -> ServerState:

@@ -22,6 +22,7 @@ from pydantic import (
 
 from fedkit.models.train import TrainConfig
 from fedkit.registry import did_you_mean
+from fedkit.scenario.devices import Devices
 from fedkit.scenario.participation import Participation
 from fedkit.types import Strict
 
@@ -188,6 +189,9 @@ class Evaluation(Strict):
     every: int = Field(default=1, ge=1)
     fn: str | None = None
     metrics_fn: str | None = None
+    target_acc: float | None = Field(
+        default=None, gt=0, le=1, description="accuracy whose first reach the summary times"
+    )
 
     @field_validator("fn")
     @classmethod
@@ -205,11 +209,18 @@ class Server(Strict):
 
     # How long a round waits for replies over a network (null: until every sampled client has
     # replied or disconnected). A hung device must not stall the experiment, hence a default.
-    # The in-process simulation has no wall-clock deadline.
+    # With a devices: section the simulation charges every task on a simulated clock and
+    # this is in simulated seconds; without one every simulated task takes no time.
     deadline_s: float | None = Field(default=600.0, gt=0)
     min_replies: int = Field(default=1, ge=1)
     on_too_few: Literal["skip", "retry"] = "skip"
     max_retries: int = Field(default=2, ge=0)
+    # Late clients: drop them (FedAvg) or, with a devices: section, have each do the local
+    # steps that fit before the deadline and send that work (FedProx's partial work).
+    stragglers: Literal["drop", "partial"] = "drop"
+    # Sample ceil(over_select x K) clients, aggregate the first K to finish, cancel the rest
+    # (FedScale/Oort's over-commitment, e.g. 1.3).
+    over_select: float = Field(default=1.0, ge=1.0, le=10.0)
     # refuse updates trained on a model more than this many versions old (async strategies)
     max_staleness: int | None = Field(default=None, ge=0)
 
@@ -258,6 +269,7 @@ class Scenario(Strict):
     evaluation: Evaluation = Evaluation()
     server: Server = Server()
     compression: Compression = Field(default_factory=Compression)
+    devices: Devices | None = None
     participation: Participation | None = None
     output: Output = Output()
 
@@ -283,6 +295,12 @@ class Scenario(Strict):
             )
         if s.min > self.clients.count:
             raise ValueError(f"clients.per_round.min={s.min} exceeds clients.count={self.clients.count}")
+        if self.server.stragglers == "partial":
+            if self.devices is None:
+                raise ValueError("server.stragglers: partial needs a devices: section (whose "
+                                 "speeds say how many local steps fit before the deadline)")
+            if self.server.deadline_s is None:
+                raise ValueError("server.stragglers: partial needs a server.deadline_s")
         if self.participation is not None:
             self.participation.check_count(self.clients.count)
         self._async_fits()
@@ -300,10 +318,11 @@ class Scenario(Strict):
             raise ValueError(f"strategy.concurrency={conc} exceeds clients.count={self.clients.count}")
         sync_only = {
             "clients.per_round": "per_round" in self.clients.model_fields_set,
-            "server.deadline_s": "deadline_s" in self.server.model_fields_set,
             "server.min_replies": "min_replies" in self.server.model_fields_set,
             "server.on_too_few": "on_too_few" in self.server.model_fields_set,
             "server.max_retries": "max_retries" in self.server.model_fields_set,
+            "server.stragglers": "stragglers" in self.server.model_fields_set,
+            "server.over_select": "over_select" in self.server.model_fields_set,
             "evaluation.federated": self.evaluation.federated,
             "compression.downlink_mode: delta": self.compression.downlink_mode == "delta",
             "participation": self.participation is not None,

@@ -1,14 +1,15 @@
 """The in-process Link: a seeded discrete-event simulation of the network.
 
 ``send`` runs each client's function at once (the client trains from the model it was sent) and
-schedules the reply's arrival at ``now + cost(task, reply)`` simulated seconds; ``arrivals``
+schedules the reply's arrival at ``now + cost(task, reply, now)`` simulated seconds; ``arrivals``
 pops events in time order, ties broken by send order, advancing the clock. Nothing sleeps on the
-wall clock. ``cost`` is the hook device profiles plug into; without one every task takes zero
-simulated time, so a synchronous round sees every reply at once, as before. A cost of ``inf``
-means the reply never arrives (the client dropped out): its task settles only by the engine's
-deadline, exactly like a silent device over gRPC. ``present(task)`` False means the client is
-not there for that task (FedAU's participation patterns): its function is not called and the
-task never arrives.
+wall clock. ``cost`` is the hook device profiles plug into (:class:`fedkit.sim.cost.DeviceCost`);
+without one every task takes zero simulated time, so a synchronous round sees every reply at
+once, as before. A cost of ``inf`` means the reply never arrives (the client dropped out): its
+task settles only by the engine's deadline, exactly like a silent device over gRPC. ``online``
+(client, time) says who is reachable, so rounds sample only clients that are online.
+``present(task)`` False means the client is not there for that task (FedAU's participation
+patterns): its function is not called and the task never arrives.
 """
 
 from __future__ import annotations
@@ -20,8 +21,12 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from fedkit.runtime.link import ClientFn
 from fedkit.types import Arrival, ClientId, Reply, Task
 
-CostFn = Callable[[Task, Reply], float]
-"""Simulated seconds from sending ``task`` until ``reply`` is back at the server."""
+CostFn = Callable[[Task, Reply, float], float]
+"""``cost(task, reply, sent_s)``: simulated seconds from sending ``task`` at ``sent_s`` until
+``reply`` is back at the server (``inf``: never)."""
+
+OnlineFn = Callable[[ClientId, float], bool]
+"""``online(client, t)``: whether the client is reachable at simulated time ``t``."""
 
 PresentFn = Callable[[Task], bool]
 """Whether the task's client is there to answer it at all."""
@@ -29,20 +34,27 @@ PresentFn = Callable[[Task], bool]
 
 class InProcessLink:
     def __init__(
-        self, clients: Mapping[ClientId, ClientFn], cost: CostFn | None = None,
+        self,
+        clients: Mapping[ClientId, ClientFn],
+        cost: CostFn | None = None,
+        online: OnlineFn | None = None,
+        start_s: float = 0.0,
         present: PresentFn | None = None,
     ):
         self._fns = dict(clients)
         self._ids = sorted(self._fns)
         self._cost = cost
+        self._online = online
+        self._now = float(start_s)  # a resumed run continues its clock
         self._present = present
-        self._now = 0.0
         self._seq = 0
         self._queue: list[tuple[float, int, str]] = []
         self._open: dict[str, tuple[Task, Reply | None]] = {}
 
     def clients(self) -> Sequence[ClientId]:
-        return self._ids
+        if self._online is None:
+            return self._ids
+        return [c for c in self._ids if self._online(c, self._now)]
 
     def now(self) -> float:
         return self._now
@@ -59,7 +71,7 @@ class InProcessLink:
                 self._seq += 1
                 continue
             reply = self._fns[t.client](t)
-            dt = 0.0 if self._cost is None else float(self._cost(t, reply))
+            dt = 0.0 if self._cost is None else float(self._cost(t, reply, self._now))
             if math.isnan(dt) or dt < 0:
                 raise ValueError(f"cost of task {t.task_id!r} is {dt}; need >= 0 simulated seconds")
             self._open[t.task_id] = (t, reply)
