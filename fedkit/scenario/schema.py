@@ -316,13 +316,15 @@ class Scenario(Strict):
         conc = self.strategy.get("concurrency")
         if conc is not None and conc > self.clients.count:
             raise ValueError(f"strategy.concurrency={conc} exceeds clients.count={self.clients.count}")
+        srv = self.server
+
+        def changed(name: str) -> bool:  # by value: a dumped scenario spells out every default
+            return bool(getattr(srv, name) != Server.model_fields[name].default)
+
         sync_only = {
-            "clients.per_round": "per_round" in self.clients.model_fields_set,
-            "server.min_replies": "min_replies" in self.server.model_fields_set,
-            "server.on_too_few": "on_too_few" in self.server.model_fields_set,
-            "server.max_retries": "max_retries" in self.server.model_fields_set,
-            "server.stragglers": "stragglers" in self.server.model_fields_set,
-            "server.over_select": "over_select" in self.server.model_fields_set,
+            "clients.per_round": self.clients.per_round != Clients.model_fields["per_round"].default,
+            **{f"server.{k}": changed(k) for k in
+               ("min_replies", "on_too_few", "max_retries", "stragglers", "over_select")},
             "evaluation.federated": self.evaluation.federated,
             "compression.downlink_mode: delta": self.compression.downlink_mode == "delta",
             "participation": self.participation is not None,
@@ -331,6 +333,6 @@ class Scenario(Strict):
         if bad:
             hint = " (use strategy.concurrency)" if "clients.per_round" in bad else ""
             raise ValueError(
-                f"strategy {name!r} is asynchronous: {', '.join(bad)} only apply to synchronous "
-                f"rounds{hint}"
+                f"strategy {name!r} is asynchronous; these settings are for synchronous rounds "
+                f"only: {', '.join(bad)}{hint}"
             )
