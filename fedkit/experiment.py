@@ -26,6 +26,7 @@ from fedkit.runtime.task import ModelRef
 from fedkit.scenario import Scenario, dump
 from fedkit.scenario.build import Experiment, build, initial_state
 from fedkit.scenario.participation import presence
+from fedkit.sim.availability import Always
 from fedkit.sim.link import CostFn, InProcessLink, OnlineFn, PresentFn
 from fedkit.types import ClientId, Params
 
@@ -55,7 +56,9 @@ def scenario_link(exp: Experiment, start_s: float = 0.0) -> Link:
     sim = simulation(s, {c: st.num_train for c, st in exp.clients.items()})
     if sim is None:
         return inprocess_link(exp.clients, start_s=start_s, present=present)
-    return inprocess_link(exp.clients, sim.cost, sim.online, start_s, present)
+    always = all(isinstance(d.availability, Always) for d in sim.devices.values())
+    online = None if always else sim.online  # no per-call filter of a population always there
+    return inprocess_link(exp.clients, sim.cost, online, start_s, present)
 
 
 def resumed_clock(out: str | Path, resume: bool) -> float:

@@ -41,6 +41,7 @@ from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any
 
+from fedkit import rng as frng
 from fedkit.aggregation.async_strategies import ASYNC_STRATEGIES, AsyncStep, make_async, make_step
 from fedkit.aggregation.base import check_int, check_real
 from fedkit.aggregation.fedcompass import Compass, CompassState, Decision
@@ -72,6 +73,24 @@ def _expired(busy: Mapping[ClientId, float], timeout_s: float | None, now: float
 
 def _first_expiry(busy: Mapping[ClientId, float], timeout_s: float | None) -> float | None:
     return None if timeout_s is None or not busy else min(busy.values()) + timeout_s
+
+
+def _draw(view: View, busy: Mapping[ClientId, float], k: int, pick: int) -> list[ClientId]:
+    """``k`` idle clients uniformly without replacement, keyed by (seed, round, pick), in the
+    population's order. Rejection sampling: O(k) while most clients are idle (FedBuff's usual
+    concurrency), where a sort of the whole population would cost O(N log N) per arrival."""
+    pop = view.population
+    idle = len(pop) - len(busy)
+    gen = frng.rng(view.sampling.seed, "async-pick", view.round, pick)
+    if 4 * k > idle:  # a large share of the idle: draw from their list
+        pool = [c for c in pop if c not in busy]
+        return [pool[i] for i in sorted(gen.choice(len(pool), size=k, replace=False))]
+    chosen: set[int] = set()
+    while len(chosen) < k:
+        i = int(gen.integers(len(pop)))
+        if pop[i] not in busy:
+            chosen.add(i)
+    return [pop[i] for i in sorted(chosen)]
 
 
 def _stalled(n: int) -> Close:
@@ -116,7 +135,7 @@ class Buffered:
             if need == len(pop) - len(st.busy):  # every idle client: nothing to draw
                 picked = [c for c in pop if c not in st.busy]
             else:
-                picked = view.sample(attempt=st.picks, exclude=tuple(st.busy), k=need)
+                picked = _draw(view, st.busy, need, st.picks)
                 st = replace(st, picks=st.picks + 1)
             if picked:
                 busy = dict(st.busy) | {c: view.now for c in picked}
