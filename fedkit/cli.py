@@ -128,7 +128,22 @@ def cmd_describe(args: argparse.Namespace) -> int:
     for key, value in st.summary().items():
         summary.add_row(key, f"{value:.3f}" if isinstance(value, float) else str(value))
     out.print(summary)
+    _describe_devices(s)
     return 0
+
+
+def _describe_devices(s: Any) -> None:
+    """The device population of a scenario with ``devices:`` (fedkit.sim.devices.summarize)."""
+    if s.devices is None:
+        return
+    from fedkit.scenario.build import build_server
+    from fedkit.scenario.simulation import describe_devices
+
+    _, params = build_server(s)
+    table = Table(title="devices (task: model down, local work, update up)", show_header=False)
+    for key, value in (describe_devices(s, params) or {}).items():
+        table.add_row(key, f"{value:.3g}" if isinstance(value, float) else str(value))
+    out.print(table)
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
@@ -138,7 +153,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     runs = {}
     table = Table(title="runs")
     for col in ("run", "rounds", "final acc", "best acc", "bytes up", "up ratio", "bytes down",
-                "down ratio", "wall s"):
+                "down ratio", "wall s", "sim s", "to target"):
         table.add_column(col, justify="left" if col == "run" else "right")
     for d in args.runs:
         path = Path(d)
@@ -160,6 +175,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
             _fmt_bytes(sm["total_bytes_down"]),
             f"{sm['ratio_down']:.1f}x" if sm.get("ratio_down") else "-",
             f"{sm['total_wall_s']:.2f}",
+            f"{sm.get('sim_time_s') or 0:.1f}",
+            "-" if sm.get("time_to_target_s") is None
+            else f"{sm['time_to_target_s']:.1f} s, round {sm['rounds_to_target']}",
         )
     out.print(table)
     if args.plot:
@@ -206,6 +224,7 @@ def cmd_server(args: argparse.Namespace) -> int:
         wait_timeout_s=args.wait_timeout,
         port_file=args.port_file,
         max_sessions=args.max_sessions,
+        simulate=args.simulate,
     )
     out_dir = args.resume or args.out or str(Path(scenario.output.dir) / scenario.name)
 
@@ -343,6 +362,8 @@ def parser() -> argparse.ArgumentParser:
     sv.add_argument("--port-file", help="write the bound port here (for --listen HOST:0)")
     sv.add_argument("--max-sessions", type=int, metavar="N",
                     help="admit at most N connected clients (works with --insecure too)")
+    sv.add_argument("--simulate", action="store_true",
+                    help="charge the scenario's devices on a simulated clock (what --mode processes uses)")
     sv.add_argument("-q", "--quiet", action="store_true")
     sv.set_defaults(fn=cmd_server)
 

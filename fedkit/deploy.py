@@ -17,12 +17,15 @@ from typing import Any
 
 import torch
 
-from fedkit.experiment import RoundCallback, run_with_link
+from fedkit.experiment import RoundCallback, resumed_clock, run_with_link
 from fedkit.report.run_dir import check_can_start
 from fedkit.runtime.accept import Rejected, accept
 from fedkit.runtime.client import ClientHost, load_client_data
+from fedkit.runtime.link import Link
 from fedkit.scenario import Scenario, dump
 from fedkit.scenario.build import build_server
+from fedkit.scenario.simulation import simulation
+from fedkit.sim.clocked import ClockedLink
 from fedkit.transport.client import DEFAULT_WAIT_S, run_client
 from fedkit.transport.security import Authenticator, ClientTls, ServerTls
 from fedkit.transport.server import GrpcServer
@@ -42,6 +45,7 @@ class ServerOptions:
     max_message_bytes: int | None = None
     port_file: str | None = None
     max_sessions: int | None = None  # concurrent sessions the server admits (default: no cap)
+    simulate: bool = False  # charge the scenario's devices on a simulated clock (--mode processes)
 
 
 def serve(
@@ -87,7 +91,12 @@ def serve(
         need = opts.min_clients or scenario.clients.count
         names = _wait_for_clients(server, need, opts.wait_timeout_s or 7 * 24 * 3600.0, say)
         say(f"{len(names)} clients connected; starting {scenario.rounds} rounds")
-        return run_with_link(scenario, plan, init_params, server.link, out, on_round, resume, overwrite)
+        link: Link = server.link
+        sim = simulation(scenario) if opts.simulate else None
+        if sim is not None:  # real clients, simulated time: the same times as in-process
+            wait = max(600.0, scenario.server.deadline_s or 0.0)
+            link = ClockedLink(link, sim.cost, sim.online, wait, resumed_clock(out, resume))
+        return run_with_link(scenario, plan, init_params, link, out, on_round, resume, overwrite)
     finally:
         server.shutdown_clients()
         server.stop()

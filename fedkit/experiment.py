@@ -24,16 +24,40 @@ from fedkit.runtime.link import Link
 from fedkit.runtime.server import Plan, RoundRecord, ServerState, run
 from fedkit.runtime.task import ModelRef
 from fedkit.scenario import Scenario, dump
-from fedkit.scenario.build import build, initial_state
-from fedkit.sim.link import CostFn, InProcessLink
+from fedkit.scenario.build import Experiment, build, initial_state
+from fedkit.sim.link import CostFn, InProcessLink, OnlineFn
 from fedkit.types import ClientId, Params
 
 RoundCallback = Callable[[Mapping[str, Any]], None]
 
 
-def inprocess_link(clients: Mapping[ClientId, ClientState], cost: CostFn | None = None) -> Link:
+def inprocess_link(
+    clients: Mapping[ClientId, ClientState],
+    cost: CostFn | None = None,
+    online: OnlineFn | None = None,
+    start_s: float = 0.0,
+) -> Link:
     models = ModelCache()  # one module shared by every simulated client
-    return InProcessLink({cid: ClientHost(c, models) for cid, c in clients.items()}, cost)
+    return InProcessLink({cid: ClientHost(c, models) for cid, c in clients.items()}, cost, online, start_s)
+
+
+def scenario_link(exp: Experiment, start_s: float = 0.0) -> Link:
+    """The in-process Link of an experiment: on the simulated clock of its ``devices:``."""
+    from fedkit.scenario.simulation import simulation
+
+    sim = simulation(exp.scenario, {c: st.num_train for c, st in exp.clients.items()})
+    if sim is None:
+        return inprocess_link(exp.clients, start_s=start_s)
+    return inprocess_link(exp.clients, sim.cost, sim.online, start_s)
+
+
+def resumed_clock(out: str | Path, resume: bool) -> float:
+    """Simulated seconds a resumed run continues from: its checkpointed round's clock."""
+    if not resume or not (Path(out) / "checkpoint.npz").exists():
+        return 0.0
+    ck = RunDir(out, resume=True).read_checkpoint()
+    row = (ck.rows or {}).get("metrics", {}) if ck is not None else {}
+    return float(row.get("sim_time_s") or 0.0)
 
 
 def resume_state(plan: Plan, init_params: Params, rd: RunDir, resume: bool) -> ServerState:
@@ -93,7 +117,7 @@ def run_with_link(
 
     final = run(plan, link, state, record)
     rows = rd.metrics()
-    summary = summarize(rows, final.params, s.seed, s.name)
+    summary = summarize(rows, final.params, s.seed, s.name, target_acc=s.evaluation.target_acc)
     rd.write_final(final.params, summary)
     if s.output.plot:
         plots.curves(rows, rd.path / "curves.png", title=s.name)
@@ -121,7 +145,7 @@ def run_scenario(
     check_can_start(out, resume, overwrite, dump(scenario), force)
     torch.set_num_threads(1)  # the kernels every mode uses: bit-identical params across modes
     exp = build(scenario)
-    link = inprocess_link(exp.clients)
+    link = scenario_link(exp, resumed_clock(out, resume))
     try:
         return run_with_link(scenario, exp.plan, exp.init_params, link, out, on_round, resume, overwrite)
     finally:

@@ -265,8 +265,26 @@ def _ratio(rows: list[dict[str, Any]], ratio: str, nbytes: str) -> float | None:
     return dense / sent if sent else None
 
 
+def time_to_target(rows: Sequence[Mapping[str, Any]], target_acc: float | None) -> dict[str, Any]:
+    """When the run first reached ``target_acc`` (test accuracy, else federated accuracy): in
+    simulated seconds (the round's ``sim_time_s``) and in rounds; None when it never did."""
+    if target_acc is None:
+        return {}
+    hit = next(
+        (r for r in rows
+         if (a := r.get("test_acc", r.get("fed_acc"))) is not None and a >= target_acc),
+        None,
+    )
+    return {
+        "target_acc": target_acc,
+        "time_to_target_s": None if hit is None else hit.get("sim_time_s"),
+        "rounds_to_target": None if hit is None else hit["round"],
+    }
+
+
 def summarize(
-    rows: Iterable[dict[str, Any]], params: Params, seed: int, name: str
+    rows: Iterable[dict[str, Any]], params: Params, seed: int, name: str,
+    target_acc: float | None = None,
 ) -> dict[str, Any]:
     rows = list(rows)
     accs = [r["test_acc"] for r in rows if r.get("test_acc") is not None]
@@ -290,6 +308,8 @@ def summarize(
         "total_encode_s": sum(r.get("encode_s", 0.0) for r in rows),
         "total_decode_s": sum(r.get("decode_s", 0.0) for r in rows),
         "total_wall_s": sum(r.get("wall_s", 0.0) for r in rows),
+        "sim_time_s": rows[-1].get("sim_time_s", 0.0) if rows else 0.0,
+        **time_to_target(rows, target_acc),
         "skipped_rounds": sum(1 for r in rows if r.get("status", "ok") != "ok"),
         "params_sha256": params_hash(params),
         "fedkit_version": __version__,

@@ -119,6 +119,7 @@ class _SyncState:
     asked: tuple[ClientId, ...]
     waiting: frozenset[ClientId]
     updates: tuple[Update, ...] = field(default=())
+    keep: int | None = None  # over-selection: aggregate once this many are accepted
 
 
 @dataclass(frozen=True)
@@ -130,20 +131,30 @@ class SyncRound:
     A retry keeps every update already accepted this round and asks only clients not yet asked
     this round, so no client's error-feedback memory moves for an update the server dropped.
     Updates are aggregated in the population's order, whatever order they arrived in.
+
+    ``over_select`` > 1 samples ``ceil(over_select x K)`` clients for the round's K and
+    aggregates the first K accepted, cancelling the rest (FedScale/Oort's over-commitment).
     """
 
     deadline_s: float | None = None
     min_replies: int = 1
     on_too_few: Literal["skip", "retry"] = "skip"
     max_retries: int = 2
+    over_select: float = 1.0
 
     def _send(self, view: View, attempt: int, clients: Sequence[ClientId]) -> list[Action]:
         deadline = None if self.deadline_s is None else view.now + self.deadline_s
         return [Send("train", tuple(clients), attempt), Await(deadline)]
 
     def start(self, view: View) -> tuple[_SyncState, list[Action]]:
-        sampled = view.sample(0)
-        return _SyncState(0, tuple(sampled), frozenset(sampled)), self._send(view, 0, sampled)
+        keep = None
+        if self.over_select > 1:
+            keep = view.sampling.size(len(view.population))
+            sampled = view.sample(0, k=math.ceil(self.over_select * keep - 1e-9))
+        else:
+            sampled = view.sample(0)
+        state = _SyncState(0, tuple(sampled), frozenset(sampled), keep=keep)
+        return state, self._send(view, 0, sampled)
 
     def on_arrival(
         self, view: View, state: _SyncState, arrival: Arrival, update: Update | None
@@ -153,7 +164,8 @@ class SyncRound:
             waiting=state.waiting - {arrival.task.client},
             updates=state.updates + ((update,) if update is not None else ()),
         )
-        return (state, []) if state.waiting else self._settle(view, state)
+        enough = state.keep is not None and len(state.updates) >= state.keep
+        return (state, []) if state.waiting and not enough else self._settle(view, state)
 
     def on_deadline(self, view: View, state: _SyncState) -> tuple[_SyncState, list[Action]]:
         return self._settle(view, replace(state, waiting=frozenset()))

@@ -22,7 +22,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Protocol
 
 from fedkit.compression import make
 from fedkit.compression.frame import packed_nbytes
@@ -47,6 +47,14 @@ def default_metrics(kind: str, pairs: Sequence[tuple[int, Mapping[str, float]]])
     return {"fed_loss": weighted(pairs, "loss"), "fed_acc": weighted(pairs, "accuracy")}
 
 
+class Work(Protocol):
+    """Per-client local work: FedProx's partial work for stragglers (fedkit.sim.cost.PartialWork)."""
+
+    def cap(self, rnd: int, client: ClientId, train: TrainConfig, bytes_down: int) -> TrainConfig: ...
+
+    def fraction(self, client: ClientId, asked: TrainConfig, full: TrainConfig) -> float: ...
+
+
 @dataclass(frozen=True)
 class Plan:
     """Everything the server decides, built once from a scenario."""
@@ -68,6 +76,7 @@ class Plan:
     eval_deadline_s: float | None = None
     metrics: MetricsFn = default_metrics
     max_skipped_rounds: int | None = None  # consecutive rounds without a new model -> RunFailed
+    work: Work | None = None  # caps each client's local steps (stragglers: partial)
 
     @property
     def sampler(self) -> Sampling:
@@ -89,6 +98,7 @@ class RoundRecord:
     status: str = "ok"
     clients_sampled: int = 0
     clients_finished: int = 0
+    clients_dropped: int = 0  # tasks that missed the deadline or were lost
     bytes_down: int = 0
     bytes_up: int = 0
     dense_down: int = 0  # what the same messages would cost as uncompressed float32 frames
@@ -107,6 +117,7 @@ class RoundRecord:
             **self.metrics,
             "clients_sampled": self.clients_sampled,
             "clients_finished": self.clients_finished,
+            "clients_dropped": self.clients_dropped,
             "bytes_down": self.bytes_down,
             "bytes_up": self.bytes_up,
             "ratio_down": self.dense_down / self.bytes_down if self.bytes_down else None,
@@ -135,9 +146,10 @@ def make_tasks(
             plan.downlink_mode, plan.downlink, state.downlink, state.params, clients, rnd, plan.seed
         )
         train = plan.train(rnd)
+        cap = plan.work.cap if plan.work is not None else None
         configs: dict[ClientId, Any] = {
-            c: TrainTask(seed=plan.seed, model=plan.model, train=train, uplink=plan.uplink,
-                         downlink=out.configs[c])
+            c: TrainTask(seed=plan.seed, model=plan.model, uplink=plan.uplink, downlink=out.configs[c],
+                         train=train if cap is None else cap(rnd, c, train, out.payloads[c].nbytes))
             for c in clients
         }
     else:  # evaluation sees the server's model exactly, and leaves clients' references alone
@@ -163,6 +175,7 @@ class _Round:
         self.dense = dense_nbytes(state.params)
         self.accepted: list[Update] = []
         self.closed: str | None = None
+        self.work: dict[ClientId, float] = {}  # share of the full local work each client was asked
 
     def view(self) -> View:
         return View(self.rnd, self.link.now(), tuple(self.link.clients()), self.state.version,
@@ -182,6 +195,9 @@ class _Round:
         rec.bytes_down += sum(t.params.nbytes for t in tasks)
         rec.dense_down += self.dense * len(tasks)
         self.open |= {t.task_id: t for t in tasks}
+        if self.plan.work is not None and a.kind == "train":
+            full = self.plan.train(self.rnd)
+            self.work |= {t.client: self.plan.work.fraction(t.client, t.config.train, full) for t in tasks}
         self.link.send(tasks)
 
     def settle(self, arrival: Arrival) -> Update | None:
@@ -193,7 +209,10 @@ class _Round:
         if r is None or r.error is not None:
             self.state = replace(self.state, downlink=dl.forget(self.state.downlink, c))
         update: Update | None = None
+        if c in self.work:
+            row["work"] = self.work[c]
         if r is None:
+            rec.clients_dropped += 1
             status, reason = "lost", arrival.reason or "no reply"
             log.warning("round %d: client %s: %s", self.rnd, c, reason)
         else:
@@ -221,16 +240,19 @@ class _Round:
             self.accepted.append(update)
         return update
 
-    def miss(self) -> None:
-        """The deadline passed: every open task is cancelled and recorded as missed."""
+    def miss(self, status: str = "missed") -> None:
+        """The deadline passed (or the policy closed the round early: ``cancelled``): every open
+        task is cancelled and recorded so."""
         if not self.open:
             return
         self.link.cancel(list(self.open))
         for task in self.open.values():
-            log.warning("round %d: client %s missed the deadline", self.rnd, task.client)
+            if status == "missed":
+                log.warning("round %d: client %s missed the deadline", self.rnd, task.client)
+                self.rec.clients_dropped += 1
             self.state = replace(self.state, downlink=dl.forget(self.state.downlink, task.client))
             self.rec.clients.append({"round": self.rnd, "client": task.client, "kind": task.kind,
-                                     "status": "missed", "time_s": self.link.now(),
+                                     "status": status, "time_s": self.link.now(),
                                      "bytes_down": task.params.nbytes})
         self.open.clear()
 
@@ -241,6 +263,8 @@ class _Round:
         self.rec.clients_finished += len(a.updates)
         pairs = [(u.num_examples, u.metrics) for u in a.updates]
         self.rec.metrics |= self.plan.metrics("train", pairs)
+        if self.work and a.updates:
+            self.rec.metrics["work_fraction"] = sum(self.work.get(u.client, 1.0) for u in a.updates) / len(a.updates)
 
 
 def _run_policy(r: _Round) -> None:
@@ -256,7 +280,7 @@ def _run_policy(r: _Round) -> None:
             elif isinstance(a, Aggregate):
                 r.aggregate(a)
             elif isinstance(a, Close):
-                r.miss()
+                r.miss("cancelled")
                 r.closed = a.status
                 return
         actions = []

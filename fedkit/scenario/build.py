@@ -162,6 +162,7 @@ def build_server(s: Scenario) -> tuple[Plan, Params]:
             min_replies=s.server.min_replies,
             on_too_few=s.server.on_too_few,
             max_retries=s.server.max_retries,
+            over_select=s.server.over_select,
         ),
         sampling=Sampling(s.seed, per.fraction if per.count is None else None, per.count, per.min),
         uplink=s.compression.uplink,
@@ -172,8 +173,18 @@ def build_server(s: Scenario) -> tuple[Plan, Params]:
         federated_eval=s.evaluation.federated,
         eval_deadline_s=s.server.deadline_s,
         metrics=metrics,
+        work=_partial_work(s, init_params),
     )
     return plan, init_params
+
+
+def _partial_work(s: Scenario, init_params: Params) -> Any:
+    if s.devices is None or s.server.stragglers != "partial":
+        return None
+    from fedkit.scenario.simulation import partial_work, simulation
+
+    sim = simulation(s)
+    return None if sim is None else partial_work(s, sim, init_params)
 
 
 def initial_state(plan: Plan, init_params: Params) -> ServerState:

@@ -22,6 +22,7 @@ from pydantic import (
 
 from fedkit.models.train import TrainConfig
 from fedkit.registry import did_you_mean
+from fedkit.scenario.devices import Devices
 from fedkit.types import Strict
 
 
@@ -183,6 +184,9 @@ class Evaluation(Strict):
     every: int = Field(default=1, ge=1)
     fn: str | None = None
     metrics_fn: str | None = None
+    target_acc: float | None = Field(
+        default=None, gt=0, le=1, description="accuracy whose first reach the summary times"
+    )
 
     @field_validator("fn")
     @classmethod
@@ -216,7 +220,8 @@ class Server(Strict):
 
     # How long a round waits for replies over a network (null: until every sampled client has
     # replied or disconnected). A hung device must not stall the experiment, hence a default.
-    # The in-process simulation has no wall-clock deadline.
+    # With a devices: section the simulation charges every task on a simulated clock and
+    # this is in simulated seconds; without one every simulated task takes no time.
     deadline_s: float | None = Field(default=600.0, gt=0)
     min_replies: int = Field(default=1, ge=1)
     on_too_few: Literal["skip", "retry"] = "skip"
@@ -230,6 +235,12 @@ class Server(Strict):
     # Stop the run (exit 1, checkpoints kept) after this many consecutive rounds without a new
     # model: a run whose every update is refused must not finish "successfully".
     max_skipped_rounds: int | None = Field(default=10, ge=1)
+    # Late clients: drop them (FedAvg) or, with a devices: section, have each do the local
+    # steps that fit before the deadline and send that work (FedProx's partial work).
+    stragglers: Literal["drop", "partial"] = "drop"
+    # Sample ceil(over_select x K) clients, aggregate the first K to finish, cancel the rest
+    # (FedScale/Oort's over-commitment, e.g. 1.3).
+    over_select: float = Field(default=1.0, ge=1.0, le=10.0)
 
     @field_validator("registered_examples")
     @classmethod
@@ -283,6 +294,7 @@ class Scenario(Strict):
     evaluation: Evaluation = Evaluation()
     server: Server = Server()
     compression: Compression = Field(default_factory=Compression)
+    devices: Devices | None = None
     output: Output = Output()
 
     @field_validator("model", mode="before")
@@ -307,4 +319,10 @@ class Scenario(Strict):
             )
         if s.min > self.clients.count:
             raise ValueError(f"clients.per_round.min={s.min} exceeds clients.count={self.clients.count}")
+        if self.server.stragglers == "partial":
+            if self.devices is None:
+                raise ValueError("server.stragglers: partial needs a devices: section (whose "
+                                 "speeds say how many local steps fit before the deadline)")
+            if self.server.deadline_s is None:
+                raise ValueError("server.stragglers: partial needs a server.deadline_s")
         return self

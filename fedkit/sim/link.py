@@ -1,12 +1,13 @@
 """The in-process Link: a seeded discrete-event simulation of the network.
 
 ``send`` runs each client's function at once (the client trains from the model it was sent) and
-schedules the reply's arrival at ``now + cost(task, reply)`` simulated seconds; ``arrivals``
+schedules the reply's arrival at ``now + cost(task, reply, now)`` simulated seconds; ``arrivals``
 pops events in time order, ties broken by send order, advancing the clock. Nothing sleeps on the
-wall clock. ``cost`` is the hook device profiles plug into; without one every task takes zero
-simulated time, so a synchronous round sees every reply at once, as before. A cost of ``inf``
-means the reply never arrives (the client dropped out): its task settles only by the engine's
-deadline, exactly like a silent device over gRPC.
+wall clock. ``cost`` is the hook device profiles plug into (:class:`fedkit.sim.cost.DeviceCost`);
+without one every task takes zero simulated time, so a synchronous round sees every reply at
+once, as before. A cost of ``inf`` means the reply never arrives (the client dropped out): its
+task settles only by the engine's deadline, exactly like a silent device over gRPC. ``online``
+(client, time) says who is reachable, so rounds sample only clients that are online.
 """
 
 from __future__ import annotations
@@ -18,22 +19,35 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from fedkit.runtime.link import ClientFn
 from fedkit.types import Arrival, ClientId, Reply, Task
 
-CostFn = Callable[[Task, Reply], float]
-"""Simulated seconds from sending ``task`` until ``reply`` is back at the server."""
+CostFn = Callable[[Task, Reply, float], float]
+"""``cost(task, reply, sent_s)``: simulated seconds from sending ``task`` at ``sent_s`` until
+``reply`` is back at the server (``inf``: never)."""
+
+OnlineFn = Callable[[ClientId, float], bool]
+"""``online(client, t)``: whether the client is reachable at simulated time ``t``."""
 
 
 class InProcessLink:
-    def __init__(self, clients: Mapping[ClientId, ClientFn], cost: CostFn | None = None):
+    def __init__(
+        self,
+        clients: Mapping[ClientId, ClientFn],
+        cost: CostFn | None = None,
+        online: OnlineFn | None = None,
+        start_s: float = 0.0,
+    ):
         self._fns = dict(clients)
         self._ids = sorted(self._fns)
         self._cost = cost
-        self._now = 0.0
+        self._online = online
+        self._now = float(start_s)  # a resumed run continues its clock
         self._seq = 0
         self._queue: list[tuple[float, int, str]] = []
         self._open: dict[str, tuple[Task, Reply]] = {}
 
     def clients(self) -> Sequence[ClientId]:
-        return self._ids
+        if self._online is None:
+            return self._ids
+        return [c for c in self._ids if self._online(c, self._now)]
 
     def now(self) -> float:
         return self._now
@@ -46,7 +60,7 @@ class InProcessLink:
                 raise ValueError(f"task {t.task_id!r} for unknown client {t.client!r}")
         for t in tasks:
             reply = self._fns[t.client](t)
-            dt = 0.0 if self._cost is None else float(self._cost(t, reply))
+            dt = 0.0 if self._cost is None else float(self._cost(t, reply, self._now))
             if math.isnan(dt) or dt < 0:
                 raise ValueError(f"cost of task {t.task_id!r} is {dt}; need >= 0 simulated seconds")
             self._open[t.task_id] = (t, reply)
