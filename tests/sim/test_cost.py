@@ -7,11 +7,11 @@ import math
 import pytest
 
 from fedkit.models.train import TrainConfig, batches
+from fedkit.rng import rng
+from fedkit.runtime.task import ModelRef, TrainTask
 from fedkit.sim.availability import windows
 from fedkit.sim.cost import DeviceCost, PartialWork, local_samples, local_steps
 from fedkit.sim.devices import Device
-from fedkit.rng import rng
-from fedkit.runtime.task import ModelRef, TrainTask
 from fedkit.types import Encoded, Reply, Task
 
 ALWAYS_ON = windows([(0.0, 1e9)])
