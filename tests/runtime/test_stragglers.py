@@ -122,3 +122,15 @@ def test_a_resumed_run_continues_the_simulated_clock(tmp_path) -> None:
     run_scenario(validate({**r, "rounds": 1}), tmp_path / "part")
     part = run_scenario(validate(r), tmp_path / "part", resume=True)
     assert part["params_sha256"] == full["params_sha256"] and part["sim_time_s"] == full["sim_time_s"]
+
+
+def test_expected_round_time_is_the_mean_slowest_of_k() -> None:
+    from itertools import combinations
+
+    from fedkit.scenario.simulation import expected_round_s
+
+    times = [1.0, 5.0, 2.0, 9.0, 3.0]
+    for k in (1, 2, 5):
+        brute = [max(c) for c in combinations(times, k)]
+        assert expected_round_s(times, k) == pytest.approx(sum(brute) / len(brute))
+    assert expected_round_s(times, 5, deadline_s=4.0) == pytest.approx(4.0)
