@@ -160,3 +160,12 @@ def test_scenario_level_device_settings_are_checked(tmp_path: Path) -> None:
     for msg, over in cases.items():
         with pytest.raises(ScenarioError, match=msg):
             load(_scenario(tmp_path, **over))
+
+
+def test_validate_checks_the_trace_names_the_clients(tmp_path: Path) -> None:
+    from fedkit.scenario import load
+    from fedkit.scenario.check import check_data
+
+    (tmp_path / "av.csv").write_text("client,start,end\nclient-0,0,60\nphone-7,0,60\n")
+    [problem] = check_data(load(_scenario(tmp_path, devices={**SECTION, "trace": "av.csv"})))
+    assert problem.startswith("devices: unknown client in the availability trace: 'phone-7'")
