@@ -152,16 +152,19 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     runs = {}
     table = Table(title="runs")
-    for col in ("run", "rounds", "final acc", "best acc", "bytes up", "up ratio", "bytes down",
-                "down ratio", "wall s", "sim s", "to target"):
-        table.add_column(col, justify="left" if col == "run" else "right")
+    summaries = {}
     for d in args.runs:
-        path = Path(d)
-        summary_file = path / "summary.json"
+        summary_file = Path(d) / "summary.json"
         if not summary_file.exists():
             console.print(f"{d}: no summary.json (not a finished run directory)")
             return EXIT_INVALID
-        sm = json.loads(summary_file.read_text())
+        summaries[d] = json.loads(summary_file.read_text())
+    timed = any(sm.get("sim_time_s") for sm in summaries.values())  # devices: a simulated clock
+    for col in ("run", "rounds", "final acc", "best acc", "bytes up", "up ratio", "bytes down",
+                "down ratio", "wall s") + (("sim s", "to target") if timed else ()):
+        table.add_column(col, justify="left" if col == "run" else "right")
+    for d, sm in summaries.items():
+        path = Path(d)
         rows = read_metrics(path)
         name = _run_name(path, [Path(r) for r in args.runs])
         runs[name] = rows
@@ -175,9 +178,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
             _fmt_bytes(sm["total_bytes_down"]),
             f"{sm['ratio_down']:.1f}x" if sm.get("ratio_down") else "-",
             f"{sm['total_wall_s']:.2f}",
-            f"{sm.get('sim_time_s') or 0:.1f}",
-            "-" if sm.get("time_to_target_s") is None
-            else f"{sm['time_to_target_s']:.1f} s, round {sm['rounds_to_target']}",
+            *((f"{sm.get('sim_time_s') or 0:.1f}",
+               "-" if sm.get("time_to_target_s") is None
+               else f"{sm['time_to_target_s']:.1f} s, round {sm['rounds_to_target']}") if timed else ()),
         )
     out.print(table)
     if args.plot:
