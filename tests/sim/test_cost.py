@@ -82,6 +82,7 @@ def test_partial_work_caps_steps_to_the_deadline() -> None:
     assert roomy.cap(1, "c", full, 2_000_000) is full  # everything fits: unchanged
     hopeless = PartialWork({"c": dev()}, {"c": 100}, budget_s=2.0, bytes_up=1_000_000)
     assert hopeless.cap(1, "c", full, 2_000_000) is full  # not one step fits: it will be late
+    assert work.cap(1, "dev-9", full, 2_000_000) is full  # a device the scenario does not name
 
 
 def test_a_client_without_a_device_is_an_error() -> None:
