@@ -13,7 +13,9 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from fedkit.runtime.server import RunFailed
 from fedkit.scenario import ScenarioError, load
+from fedkit.scenario.check import DataError
 
 EXIT_INVALID = 2
 console = Console(stderr=True)
@@ -45,7 +47,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         TextColumn("{task.fields[info]}"),
         TimeElapsedColumn(),
         console=console,
-        disable=args.quiet,
+        disable=args.quiet or not console.is_terminal,  # pipes get plain lines below
     ) as progress:
         task = progress.add_task(scenario.name, total=scenario.rounds, info="")
 
@@ -63,30 +65,42 @@ def cmd_run(args: argparse.Namespace) -> int:
                 if s
             )
             progress.update(task, completed=row["round"], info=info)
+            if not console.is_terminal and not args.quiet:  # a file or a pipe: one line a round
+                console.print(f"{scenario.name}: round {row['round']}/{scenario.rounds} {info}",
+                              soft_wrap=True, highlight=False)
 
         summary = run_scenario(
             scenario, run_dir, mode=args.mode, on_round=on_round, resume=args.resume,
-            overwrite=args.overwrite, workers=args.workers,
+            overwrite=args.overwrite, workers=args.workers, force=args.force,
         )
     acc = summary["final_accuracy"]
     out.print(
         f"{scenario.name}: final accuracy {acc if acc is None else f'{acc:.4f}'}, "
         f"best {summary['best_accuracy'] and round(summary['best_accuracy'], 4)}, "
         f"{_fmt_bytes(summary['total_bytes_up'])} up, {_fmt_bytes(summary['total_bytes_down'])} down, "
-        f"{summary['total_wall_s']:.2f} s  -> {run_dir}"
+        f"{summary['total_wall_s']:.2f} s  -> {run_dir}",
+        soft_wrap=True,
     )
     return 0
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
+    from fedkit.scenario.check import check_data
+
     bad = 0
     for path in args.scenarios:
         try:
-            load(path, args.set)
-            out.print(f"{path}: ok")
+            s = load(path, args.set)
         except ScenarioError as e:
             bad += 1
             print(e, file=sys.stderr)
+            continue
+        problems = [] if args.schema_only else check_data(s)
+        for p in problems:
+            print(f"{path}: {p}", file=sys.stderr)
+        bad += bool(problems)
+        if not problems:
+            out.print(f"{path}: ok")
     return EXIT_INVALID if bad else 0
 
 
@@ -138,20 +152,24 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     runs = {}
     table = Table(title="runs")
-    for col in ("run", "rounds", "final acc", "best acc", "bytes up", "up ratio", "bytes down",
-                "down ratio", "wall s", "sim s", "to target"):
-        table.add_column(col, justify="left" if col == "run" else "right")
+    summaries = {}
     for d in args.runs:
-        path = Path(d)
-        summary_file = path / "summary.json"
+        summary_file = Path(d) / "summary.json"
         if not summary_file.exists():
             console.print(f"{d}: no summary.json (not a finished run directory)")
             return EXIT_INVALID
-        sm = json.loads(summary_file.read_text())
+        summaries[d] = json.loads(summary_file.read_text())
+    timed = any(sm.get("sim_time_s") for sm in summaries.values())  # devices: a simulated clock
+    for col in ("run", "rounds", "final acc", "best acc", "bytes up", "up ratio", "bytes down",
+                "down ratio", "wall s") + (("sim s", "to target") if timed else ()):
+        table.add_column(col, justify="left" if col == "run" else "right")
+    for d, sm in summaries.items():
+        path = Path(d)
         rows = read_metrics(path)
-        runs[str(path)] = rows
+        name = _run_name(path, [Path(r) for r in args.runs])
+        runs[name] = rows
         table.add_row(
-            str(path),
+            name,
             str(sm["rounds"]),
             f"{sm['final_accuracy']:.4f}" if sm["final_accuracy"] is not None else "-",
             f"{sm['best_accuracy']:.4f}" if sm["best_accuracy"] is not None else "-",
@@ -160,15 +178,26 @@ def cmd_compare(args: argparse.Namespace) -> int:
             _fmt_bytes(sm["total_bytes_down"]),
             f"{sm['ratio_down']:.1f}x" if sm.get("ratio_down") else "-",
             f"{sm['total_wall_s']:.2f}",
-            f"{sm.get('sim_time_s') or 0:.1f}",
-            "-" if sm.get("time_to_target_s") is None
-            else f"{sm['time_to_target_s']:.1f} s, round {sm['rounds_to_target']}",
+            *((f"{sm.get('sim_time_s') or 0:.1f}",
+               "-" if sm.get("time_to_target_s") is None
+               else f"{sm['time_to_target_s']:.1f} s, round {sm['rounds_to_target']}") if timed else ()),
         )
     out.print(table)
-    plot = Path(args.plot)
-    plots.compare(runs, plot)
-    out.print(f"plot: {plot}")
+    if args.plot:
+        plot = Path(args.plot)
+        plots.compare(runs, plot)
+        out.print(f"plot: {plot}")
     return 0
+
+
+def _run_name(path: Path, all_paths: Sequence[Path]) -> str:
+    """A run's directory name, or as much of its path as tells it apart from the others."""
+    parts = path.resolve().parts
+    for k in range(1, len(parts) + 1):
+        tail = parts[-k:]
+        if sum(p.resolve().parts[-k:] == tail for p in all_paths) == 1:
+            return str(Path(*tail))
+    return str(path)
 
 
 def _pairs(items: Sequence[str], what: str) -> dict[str, str]:
@@ -211,7 +240,12 @@ def cmd_server(args: argparse.Namespace) -> int:
                 + (f" acc {acc:.4f}" if acc is not None else "")
             )
 
-    summary = serve(scenario, out_dir, opts, on_round, resume=bool(args.resume), overwrite=args.overwrite)
+    def say(msg: str) -> None:
+        if not args.quiet:
+            out.print(msg, soft_wrap=True, highlight=False)
+
+    summary = serve(scenario, out_dir, opts, on_round, resume=bool(args.resume), overwrite=args.overwrite,
+                    force=args.force, say=say)
     out.print(f"done: final accuracy {summary['final_accuracy']}, params {summary['params_sha256'][:16]} -> {out_dir}")
     return 0
 
@@ -297,11 +331,14 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--workers", type=int, help="client processes in --mode processes")
     r.add_argument("--resume", action="store_true", help="continue from the run directory's checkpoint")
     r.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
+    r.add_argument("--force", action="store_true", help="--resume even if the scenario changed")
     r.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     r.set_defaults(fn=cmd_run)
 
     v = sub.add_parser("validate", help="check scenario files without running them")
     v.add_argument("scenarios", nargs="+")
+    v.add_argument("--schema-only", action="store_true",
+                   help="check the file only, without loading data (a device without the dataset)")
     with_set(v)
     v.set_defaults(fn=cmd_validate)
 
@@ -317,6 +354,7 @@ def parser() -> argparse.ArgumentParser:
     sv.add_argument("--out", help="run directory (default: <output.dir>/<name>)")
     sv.add_argument("--resume", metavar="RUN_DIR", help="continue from RUN_DIR's last checkpoint")
     sv.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
+    sv.add_argument("--force", action="store_true", help="--resume even if the scenario changed")
     sv.add_argument("--tls-cert", help="server certificate (PEM)")
     sv.add_argument("--tls-key", help="server private key (PEM)")
     sv.add_argument("--client-ca", help="require client certificates signed by this CA (mutual TLS)")
@@ -361,7 +399,7 @@ def parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("compare", help="compare finished runs: a table and one plot")
     c.add_argument("runs", nargs="+")
-    c.add_argument("--plot", default="compare.png")
+    c.add_argument("--plot", help="write the comparison plot here (default: no plot)")
     c.set_defaults(fn=cmd_compare)
     return p
 
@@ -376,6 +414,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.fn(args))
     except (ScenarioError, FileExistsError) as e:
         print(f"fedkit: {e}" if isinstance(e, FileExistsError) else e, file=sys.stderr)
+        return EXIT_INVALID
+    except DataError as e:
+        print(f"fedkit: {e}", file=sys.stderr)
+        return EXIT_INVALID
+    except RunFailed as e:
+        print(f"fedkit: run failed: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:  # disk full, permissions: one line, not a traceback
+        print(f"fedkit: {e.strerror or e}: {e.filename or ''}".rstrip(": "), file=sys.stderr)
         return EXIT_INVALID
     except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM/SIGHUP turned into launch.Terminated
         console.print(str(e) or "interrupted")

@@ -6,9 +6,11 @@ The server uses the very round engine of the in-process simulation; only the Lin
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,7 +22,7 @@ from fedkit.report.run_dir import check_can_start
 from fedkit.runtime.accept import Rejected, accept
 from fedkit.runtime.client import ClientHost, load_client_data
 from fedkit.runtime.link import Link
-from fedkit.scenario import Scenario
+from fedkit.scenario import Scenario, dump
 from fedkit.scenario.build import build_server
 from fedkit.scenario.simulation import simulation
 from fedkit.sim.clocked import ClockedLink
@@ -53,9 +55,13 @@ def serve(
     on_round: RoundCallback | None = None,
     resume: bool = False,
     overwrite: bool = False,
+    force: bool = False,
+    say: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
-    """Run the scenario's rounds with clients that connect over gRPC; returns the summary."""
-    check_can_start(out, resume, overwrite)  # before clients are made to wait
+    """Run the scenario's rounds with clients that connect over gRPC; returns the summary.
+    ``say`` gets the operator's progress lines (listening address, clients connected)."""
+    say = say or (lambda msg: log.info("%s", msg))
+    check_can_start(out, resume, overwrite, dump(scenario), force)  # before clients wait
     torch.set_num_threads(1)
     plan, init_params = build_server(scenario)  # no client's data: the devices hold it
 
@@ -75,17 +81,16 @@ def serve(
         max_sessions=opts.max_sessions, **extra
     )
     port = server.start()
-    log.info("listening on port %d", port)
+    host = opts.listen.rsplit(":", 1)[0]
+    say(f"listening on {host}:{port} ({'TLS' if opts.tls else 'plaintext'})")
     if opts.port_file:
         tmp = Path(opts.port_file + ".tmp")
         tmp.write_text(str(port))
         tmp.replace(opts.port_file)
     try:
         need = opts.min_clients or scenario.clients.count
-        names = server.wait_for_clients(need, opts.wait_timeout_s or 7 * 24 * 3600.0)
-        if len(names) < need:
-            raise TimeoutError(f"only {len(names)} of {need} clients connected in time")
-        log.info("%d clients connected; starting", len(names))
+        names = _wait_for_clients(server, need, opts.wait_timeout_s or 7 * 24 * 3600.0, say)
+        say(f"{len(names)} clients connected; starting {scenario.rounds} rounds")
         link: Link = server.link
         sim = simulation(scenario) if opts.simulate else None
         if sim is not None:  # real clients, simulated time: the same times as in-process
@@ -95,6 +100,23 @@ def serve(
     finally:
         server.shutdown_clients()
         server.stop()
+
+
+def _wait_for_clients(server: GrpcServer, need: int, timeout_s: float, say: Callable[[str], None]) -> list[str]:
+    """Wait for ``need`` clients, saying how many are there whenever that changes."""
+    end, seen = time.monotonic() + timeout_s, -1
+    while True:
+        names = server.clients()
+        if len(names) != seen:
+            seen = len(names)
+            say(f"{seen}/{need} clients connected")
+        if seen >= need:
+            return names
+        left = end - time.monotonic()
+        if left <= 0:
+            raise TimeoutError(f"only {seen} of {need} clients connected in {timeout_s:g} s")
+        with contextlib.suppress(TimeoutError):  # wakes as soon as one more joins
+            server.wait_for_clients(seen + 1, min(left, 30.0))
 
 
 @dataclass(frozen=True)

@@ -142,17 +142,19 @@ def run_scenario(
     resume: bool = False,
     overwrite: bool = False,
     workers: int | None = None,
+    force: bool = False,
 ) -> dict[str, Any]:
-    """Run a scenario in-process or as local processes over gRPC; returns the summary."""
+    """Run a scenario in-process or as local processes over gRPC; returns the summary.
+    ``force``: resume even though the scenario differs from the run's."""
     if mode == "processes":
         from fedkit.launch import run_processes
 
         if scenario.participation is not None:
             raise ValueError("participation: patterns are simulated in-process only (--mode inprocess)")
-        return run_processes(scenario, out, workers, on_round, resume, overwrite)
+        return run_processes(scenario, out, workers, on_round, resume, overwrite, force)
     if mode != "inprocess":
         raise ValueError(f"unknown mode {mode!r}; known: inprocess, processes")
-    check_can_start(out, resume, overwrite)
+    check_can_start(out, resume, overwrite, dump(scenario), force)
     torch.set_num_threads(1)  # the kernels every mode uses: bit-identical params across modes
     exp = build(scenario)
     link = scenario_link(exp, resumed_clock(out, resume))

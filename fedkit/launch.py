@@ -113,7 +113,8 @@ def _kill(procs: list[subprocess.Popen[bytes]], grace_s: float) -> None:
 
 @contextlib.contextmanager
 def _cluster(
-    workdir: Path, scenario: Scenario, out: Path, workers: int, resume: bool, overwrite: bool
+    workdir: Path, scenario: Scenario, out: Path, workers: int, resume: bool, overwrite: bool,
+    force: bool = False,
 ) -> Iterator[tuple[subprocess.Popen[bytes], list[subprocess.Popen[bytes]]]]:
     clients_data = build_clients(scenario)  # the server process builds its own plan
     names = list(clients_data)
@@ -134,7 +135,7 @@ def _cluster(
     if scenario.devices is not None:  # the simulated clock, as in-process
         server_args.append("--simulate")
     if resume:
-        server_args += ["--resume", str(out)]
+        server_args += ["--resume", str(out)] + (["--force"] if force else [])
     elif overwrite:
         server_args.append("--overwrite")
     server: subprocess.Popen[bytes] | None = None
@@ -169,14 +170,15 @@ def run_processes(
     on_round: RoundCallback | None = None,
     resume: bool = False,
     overwrite: bool = False,
+    force: bool = False,
 ) -> dict[str, Any]:
     """Run the scenario with a server process and a pool of client processes."""
     out = Path(out).resolve()
-    check_can_start(out, resume, overwrite)  # before any process starts
+    check_can_start(out, resume, overwrite, dump(scenario), force)  # before any process starts
     workers = workers or max(2, min(scenario.clients.count, 2 * (os.cpu_count() or 1)))
     seen = len(read_metrics(out)) if resume else 0
     with _terminate_on_signals(), tempfile.TemporaryDirectory(prefix="fedkit-procs-") as tmp, _cluster(
-        Path(tmp), scenario, out, workers, resume, overwrite
+        Path(tmp), scenario, out, workers, resume, overwrite, force
     ) as (server, _clients):
         while True:
             done = server.poll() is not None

@@ -42,10 +42,13 @@ def test_compare_two_runs(tmp_path: Path, capsys: pytest.CaptureFixture) -> None
     assert main(["run", s, "--out", str(tmp_path / "a"), "-q"]) == 0
     assert main(["run", s, "--out", str(tmp_path / "b"), "-q", "--set", "strategy.name=fedavgm"]) == 0
     plot = tmp_path / "cmp.png"
+    capsys.readouterr()
     assert main(["compare", str(tmp_path / "a"), str(tmp_path / "b"), "--plot", str(plot)]) == 0
     assert plot.stat().st_size > 0
     out = capsys.readouterr().out
-    assert "final acc" in out and str(tmp_path / "b") in out
+    assert "final" in out and "│ b " in out and str(tmp_path / "b") not in out  # run names, not paths
+    assert main(["compare", str(tmp_path / "a"), str(tmp_path / "b")]) == 0
+    assert not list(Path.cwd().glob("compare.png"))  # a plot only where asked
     summary = json.loads((tmp_path / "b" / "summary.json").read_text())
     assert len(summary["params_sha256"]) == 64
 
@@ -77,3 +80,74 @@ def test_a_finished_run_is_never_replaced_by_accident(
     assert main(["run", s, "-q"]) == 0 and main(["run", s, "-q"]) == 0
     assert (tmp_path / "runs" / "tiny" / "summary.json").exists()
     assert (tmp_path / "runs" / "tiny-2" / "summary.json").exists()
+
+
+def test_resume_with_a_changed_scenario_is_refused_unless_forced(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    s = _write(tmp_path, tiny_raw(rounds=2))
+    out = str(tmp_path / "run")
+    assert main(["run", s, "--out", out, "-q"]) == 0
+    original = (tmp_path / "run" / "scenario.yaml").read_text()
+    changed = ["--set", "train.lr=0.5", "--set", "rounds=3"]
+    assert main(["run", s, "--out", out, "-q", "--resume", *changed]) == 2
+    assert "train.lr" in capsys.readouterr().err
+    assert main(["run", s, "--out", out, "-q", "--resume", "--set", "rounds=3"]) == 0  # extending is fine
+    assert main(["run", s, "--out", out, "-q", "--resume", "--force", "--set", "rounds=4",
+                 "--set", "train.lr=0.5"]) == 0
+    assert (tmp_path / "run" / "scenario.yaml").read_text() == original  # the original is kept
+    kept = yaml.safe_load((tmp_path / "run" / "scenario.resumed-3.yaml").read_text())
+    assert kept["train"]["lr"] == 0.5
+
+
+def test_validate_checks_the_data_too(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    s = _write(tmp_path, tiny_raw())
+    assert main(["validate", s, "--set", "strategy.name=krum", "--set", "strategy.f=4"]) == 2
+    assert "krum with f=4 needs n > 2f + 2" in capsys.readouterr().err
+    npz = ["--set", "data.dataset.name=npz", "--set", f"data.dataset.path={tmp_path / 'none.npz'}"]
+    assert main(["validate", s, *npz]) == 2
+    assert "no such file" in capsys.readouterr().err
+    assert main(["validate", "--schema-only", s, *npz]) == 0
+    assert main(["run", s, "--out", str(tmp_path / "r"), "-q", *npz]) == 2  # one line, no traceback
+    err = capsys.readouterr().err
+    assert "no such file" in err and "Traceback" not in err
+
+
+def test_a_run_whose_every_update_is_refused_exits_nonzero(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    raw = tiny_raw(rounds=6)
+    raw["server"] = {"max_norm_ratio": 1e-9, "max_skipped_rounds": 3}
+    out = tmp_path / "run"
+    assert main(["run", _write(tmp_path, raw), "--out", str(out), "-q"]) == 1
+    assert "3 consecutive rounds ended without a new model" in capsys.readouterr().err
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 3 and all(r["status"].startswith("skipped") for r in rows)
+    reasons = [json.loads(x).get("reason", "") for x in (out / "clients.jsonl").read_text().splitlines()]
+    assert all("exceeds 1e-09 x the model's norm" in r for r in reasons)
+
+
+def test_progress_lines_when_output_is_not_a_terminal(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    assert main(["run", _write(tmp_path, tiny_raw(rounds=2)), "--out", str(tmp_path / "r")]) == 0
+    err = capsys.readouterr().err
+    assert "round 1/2" in err and "round 2/2" in err
+
+
+def test_describe_and_compare_show_the_devices_and_simulated_time(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    devices = {"profiles": {"phone": {"compute": {"samples_per_s": 400, "spread": 0.5}, "up_mbps": 5,
+                                      "down_mbps": 20, "latency_ms": 60}}}
+    s = _write(tmp_path, tiny_raw(rounds=2, devices=devices, evaluation={"target_acc": 0.05}))
+    assert main(["describe", s]) == 0
+    text = capsys.readouterr().out
+    assert "speed samples/s p50" in text and "round s max" in text and "online fraction" in text
+    assert main(["run", s, "--out", str(tmp_path / "a"), "-q", "--set", "output.plot=true"]) == 0
+    assert (tmp_path / "a" / "curves.png").stat().st_size > 0
+    assert main(["compare", str(tmp_path / "a"), "--plot", str(tmp_path / "c.png")]) == 0
+    out = capsys.readouterr().out
+    summary = json.loads((tmp_path / "a" / "summary.json").read_text())
+    assert summary["sim_time_s"] > 0 and summary["rounds_to_target"] == 1
+    assert "sim s" in out and f"{summary['sim_time_s']:.1f}" in out

@@ -119,9 +119,44 @@ def holds_run(path: str | Path) -> bool:
     return any((Path(path) / f).exists() for f in RESULT_FILES)
 
 
-def check_can_start(path: str | Path, resume: bool, overwrite: bool) -> None:
+def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(d, Mapping):
+        return {prefix: d}
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out |= _flat(v, f"{prefix}.{k}" if prefix else str(k))
+    return out
+
+
+def scenario_changes(old_text: str, new_text: str) -> list[str]:
+    """Dotted keys whose values differ between two scenario files, except ``rounds``: a
+    resume may extend a run (unless a cosine schedule makes every round's lr depend on it)."""
+    import yaml
+
+    a, b = _flat(yaml.safe_load(old_text) or {}), _flat(yaml.safe_load(new_text) or {})
+    changed = {k for k in a.keys() | b.keys() if a.get(k, "<absent>") != b.get(k, "<absent>")}
+    if "cosine" not in (a.get("train.schedule.kind"), b.get("train.schedule.kind")):
+        changed.discard("rounds")
+    return sorted(changed)
+
+
+def check_can_start(
+    path: str | Path, resume: bool, overwrite: bool, scenario: str | None = None, force: bool = False
+) -> None:
+    """Refuse to start where results would be lost or mixed: resuming without a checkpoint,
+    writing over a run without ``overwrite``, or resuming with a scenario other than the run's
+    (``scenario``: the new file's text) unless ``force``."""
     if resume and not (Path(path) / "checkpoint.npz").exists():
         raise RunDirExists(f"{path}: no checkpoint.npz to resume from")
+    kept = Path(path) / "scenario.yaml"
+    if resume and scenario is not None and not force and kept.exists():
+        changed = scenario_changes(kept.read_text(), scenario)
+        if changed:
+            shown = ", ".join(changed[:8]) + (f" and {len(changed) - 8} more" if len(changed) > 8 else "")
+            raise RunDirExists(
+                f"{path}: the scenario differs from the run's ({shown}); resume with the run's own "
+                f"{kept}, or pass --force to continue with the changed scenario"
+            )
     if not resume and not overwrite and holds_run(path):
         raise RunDirExists(
             f"{path} already holds a run; --resume continues it, --overwrite replaces it, "
@@ -149,7 +184,15 @@ class RunDir:
                 (self.path / f).unlink(missing_ok=True)
 
     def write_scenario(self, text: str) -> None:
-        _atomic_write(self.path / "scenario.yaml", text.encode())
+        """The run's scenario. A resumed run keeps its original file; a changed scenario
+        (forced) goes beside it as ``scenario.resumed-<round>.yaml``."""
+        kept = self.path / "scenario.yaml"
+        if kept.exists() and kept.read_text() != text and holds_run(self.path):
+            rows = self.metrics()
+            done = rows[-1]["round"] if rows else 0
+            _atomic_write(self.path / f"scenario.resumed-{done}.yaml", text.encode())
+            return
+        _atomic_write(kept, text.encode())
 
     def write_json(self, name: str, obj: Any) -> None:
         _atomic_write(self.path / name, (json.dumps(obj, indent=2) + "\n").encode())

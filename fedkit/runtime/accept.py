@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -25,15 +26,43 @@ class Rejected(ValueError):
 
 @dataclass(frozen=True)
 class Acceptance:
-    """What the server accepts. ``max_staleness``: refuse updates trained on a model more than
-    this many versions old (None: any)."""
+    """What the server accepts.
+
+    ``max_staleness``: refuse updates trained on a model more than this many versions old
+    (None: any). Sanity bounds against finite but absurd updates (one update of 3e38 values
+    diverges the model; ``num_examples = 2**64 - 1`` dominates the average):
+    ``max_norm_ratio`` refuses an update whose L2 norm exceeds this multiple of the model's norm
+    (``ref_norm``, the initial model's, at least 1); ``max_num_examples`` caps the example count
+    a reply may claim, and ``examples`` (registered at enrolment) caps it per client.
+    """
 
     layout: tuple[tuple[tuple[int, ...], np.dtype], ...]
     max_staleness: int | None = None
+    max_norm_ratio: float | None = None
+    ref_norm: float = 1.0
+    max_num_examples: int | None = None
+    examples: Mapping[str, int] | None = None
 
     @classmethod
-    def for_params(cls, params: Params, **kw: int | None) -> Acceptance:
-        return cls(tuple(layout_of(params)), **kw)  # type: ignore[arg-type]
+    def for_params(cls, params: Params, **kw: Any) -> Acceptance:
+        return cls(tuple(layout_of(params)), ref_norm=max(l2_norm(params), 1.0), **kw)
+
+
+def l2_norm(arrays: Sequence[np.ndarray]) -> float:
+    """L2 norm of a list of arrays, in float64 (no overflow for float32 extremes)."""
+    return math.sqrt(sum(float(np.square(a, dtype=np.float64).sum()) for a in arrays))
+
+
+def _examples(rule: Acceptance, reply: Reply) -> None:
+    n = reply.num_examples
+    if rule.max_num_examples is not None and n > rule.max_num_examples:
+        raise Rejected(f"num_examples {n} exceeds the server's ceiling max_num_examples={rule.max_num_examples}")
+    if rule.examples is not None:
+        known = rule.examples.get(reply.client)
+        if known is None:
+            raise Rejected(f"client {reply.client[:64]!r} has no registered example count")
+        if n > known:
+            raise Rejected(f"num_examples {n} exceeds the {known} registered for {reply.client[:64]!r}")
 
 
 def _identity(task: Task, reply: Reply) -> None:
@@ -57,6 +86,7 @@ def _train(rule: Acceptance, task: Task, reply: Reply) -> Update:
         raise Rejected("training reply carries no update")
     if reply.num_examples <= 0:
         raise Rejected(f"num_examples must be positive, got {reply.num_examples}")
+    _examples(rule, reply)
     try:
         delta = decode(reply.update, like=list(rule.layout))  # allocation bounded by the model
     except DecodeError as e:
@@ -70,6 +100,13 @@ def _train(rule: Acceptance, task: Task, reply: Reply) -> Update:
             raise Rejected(f"tensor {i}: dtype {d.dtype}, expected {dtype}")
         if not np.isfinite(d).all():
             raise Rejected(f"tensor {i}: contains NaN or Inf")
+    if rule.max_norm_ratio is not None:
+        norm, limit = l2_norm(delta), rule.max_norm_ratio * rule.ref_norm
+        if norm > limit:
+            raise Rejected(
+                f"update norm {norm:.3g} exceeds {rule.max_norm_ratio:g} x the model's norm "
+                f"({limit:.3g}; server.max_norm_ratio)"
+            )
     return Update(reply.client, delta, reply.num_examples, dict(reply.metrics), task.version)
 
 
@@ -78,6 +115,7 @@ def _evaluate(rule: Acceptance, task: Task, reply: Reply) -> Update:
         raise Rejected("evaluation reply carries an update")
     if reply.num_examples < 0:
         raise Rejected(f"num_examples must be >= 0, got {reply.num_examples}")
+    _examples(rule, reply)
     return Update(reply.client, [], reply.num_examples, dict(reply.metrics), task.version)
 
 

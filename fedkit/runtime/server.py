@@ -92,6 +92,7 @@ class Plan:
     federated_eval: bool = False
     eval_deadline_s: float | None = None
     metrics: MetricsFn = default_metrics
+    max_skipped_rounds: int | None = None  # consecutive rounds without a new model -> RunFailed
     work: Work | None = None  # caps each client's local steps (stragglers: partial)
 
     @property
@@ -425,12 +426,34 @@ def run(
     on_round: Callable[[ServerState, RoundRecord], None] | None = None,
 ) -> ServerState:
     """Run rounds ``state.round + 1 .. plan.rounds``; ``on_round`` records and checkpoints.
-    Tasks still in flight after the last round are cancelled."""
-    while state.round < plan.rounds:
-        state, rec = run_round(plan, link, state)
-        if on_round is not None:
-            on_round(state, rec)
-    if state.inflight is not None:
-        link.cancel(list(state.inflight.open))
-        state = replace(state, inflight=None)
+
+    Raises :class:`RunFailed` (after recording the round) when ``plan.max_skipped_rounds``
+    rounds in a row end without a new model, or when no round of the run produced one: a run
+    whose every update was refused must not look like a success. Tasks still in flight when
+    the run ends (asynchronous policies) are cancelled.
+    """
+    skipped, any_ok, first = 0, False, state.round + 1
+    try:
+        while state.round < plan.rounds:
+            state, rec = run_round(plan, link, state)
+            if on_round is not None:
+                on_round(state, rec)
+            ok = rec.status == "ok"
+            any_ok |= ok
+            skipped = 0 if ok else skipped + 1
+            if plan.max_skipped_rounds is not None and skipped >= plan.max_skipped_rounds:
+                raise RunFailed(
+                    f"{skipped} consecutive rounds ended without a new model (last: round {rec.round}, "
+                    f"{rec.status}); see clients.jsonl for each client's reason (server.max_skipped_rounds)"
+                )
+    finally:
+        if state.inflight is not None:
+            link.cancel(list(state.inflight.open))
+            state = replace(state, inflight=None)
+    if not any_ok and state.round >= first:
+        raise RunFailed(f"no round of {first}..{state.round} produced a new model; see clients.jsonl")
     return state
+
+
+class RunFailed(RuntimeError):
+    """The run cannot make progress; what is committed (checkpoints, logs) stays."""

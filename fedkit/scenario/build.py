@@ -35,7 +35,8 @@ from fedkit.runtime.client import ClientState
 from fedkit.runtime.policy import Sampling, SyncRound
 from fedkit.runtime.server import Plan, ServerState, default_metrics
 from fedkit.runtime.task import ModelRef
-from fedkit.scenario.schema import Scenario, Schedule
+from fedkit.scenario.check import DataError
+from fedkit.scenario.schema import Scenario, Schedule, read_examples
 from fedkit.types import ClientId, Params
 
 
@@ -45,17 +46,24 @@ def client_names(count: int) -> list[ClientId]:
 
 
 def load_data(s: Scenario) -> tuple[Dataset, list[np.ndarray]]:
+    """The dataset and each client's indices; bad data raises :class:`DataError` (one line)."""
     ds = _dataset(s)
     p_params = {k: v for k, v in s.data.partition.items() if k != "name"}
-    parts = partition(
-        s.data.partition["name"], ds.y_train, s.clients.count, s.seed, groups=ds.groups, **p_params
-    )
+    try:
+        parts = partition(
+            s.data.partition["name"], ds.y_train, s.clients.count, s.seed, groups=ds.groups, **p_params
+        )
+    except ValueError as e:
+        raise DataError(f"data.partition {s.data.partition['name']!r}: {e}") from None
     return ds, parts
 
 
 def _dataset(s: Scenario) -> Dataset:
     ds_params = {k: v for k, v in s.data.dataset.items() if k != "name"}
-    return load_dataset(s.data.dataset["name"], s.seed, **ds_params)
+    try:
+        return load_dataset(s.data.dataset["name"], s.seed, **ds_params)
+    except (ValueError, OSError) as e:
+        raise DataError(f"data.dataset {s.data.dataset['name']!r}: {e}") from None
 
 
 def build_clients(s: Scenario) -> dict[ClientId, ClientState]:
@@ -160,7 +168,14 @@ def build_server(s: Scenario) -> tuple[Plan, Params]:
         aggregator=aggregator,
         model=model,
         train=schedule(train, s.train.schedule, s.rounds),
-        acceptance=Acceptance.for_params(init_params, max_staleness=s.server.max_staleness),
+        acceptance=Acceptance.for_params(
+            init_params,
+            max_norm_ratio=s.server.max_norm_ratio,
+            max_num_examples=s.server.max_num_examples,
+            examples=read_examples(s.server.registered_examples) if s.server.registered_examples else None,
+            max_staleness=s.server.max_staleness,
+        ),
+        max_skipped_rounds=s.server.max_skipped_rounds,
         policy=policy,
         sampling=Sampling(s.seed, per.fraction if per.count is None else None, per.count, per.min),
         uplink=s.compression.uplink,

@@ -204,6 +204,22 @@ class Evaluation(Strict):
         return import_path(v, "metrics function")
 
 
+def read_examples(path: str) -> dict[str, int]:
+    """``{client: example count}`` from a JSON file, checked."""
+    import json
+    from pathlib import Path
+
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        raise ValueError(f"registered_examples: cannot read {path}: {e}") from None
+    if not isinstance(data, dict) or not all(
+        isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) and v >= 0 for k, v in data.items()
+    ):
+        raise ValueError(f"registered_examples: {path} must map client names to counts >= 0")
+    return data
+
+
 class Server(Strict):
     """How the server runs a round when clients are slow or gone."""
 
@@ -215,6 +231,15 @@ class Server(Strict):
     min_replies: int = Field(default=1, ge=1)
     on_too_few: Literal["skip", "retry"] = "skip"
     max_retries: int = Field(default=2, ge=0)
+    # Sanity bounds on what a reply may claim (fedkit/runtime/accept.py): an update whose norm
+    # exceeds max_norm_ratio x the initial model's norm is refused, as is a num_examples above
+    # max_num_examples or above the count registered for the client (a JSON file {client: n}).
+    max_norm_ratio: float | None = Field(default=100.0, gt=0)
+    max_num_examples: int | None = Field(default=10**9, ge=1)
+    registered_examples: str | None = None
+    # Stop the run (exit 1, checkpoints kept) after this many consecutive rounds without a new
+    # model: a run whose every update is refused must not finish "successfully".
+    max_skipped_rounds: int | None = Field(default=10, ge=1)
     # Late clients: drop them (FedAvg) or, with a devices: section, have each do the local
     # steps that fit before the deadline and send that work (FedProx's partial work).
     stragglers: Literal["drop", "partial"] = "drop"
@@ -223,6 +248,13 @@ class Server(Strict):
     over_select: float = Field(default=1.0, ge=1.0, le=10.0)
     # refuse updates trained on a model more than this many versions old (async strategies)
     max_staleness: int | None = Field(default=None, ge=0)
+
+    @field_validator("registered_examples")
+    @classmethod
+    def _registered(cls, v: str | None) -> str | None:
+        if v is not None:
+            read_examples(v)
+        return v
 
 
 class Compression(Strict):

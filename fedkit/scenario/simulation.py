@@ -14,14 +14,16 @@ budgets take each profile as the device's declared speed and bandwidth.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from fedkit.compression.frame import packed_nbytes
+from fedkit.runtime.policy import Sampling
 from fedkit.scenario.build import client_names, load_data
 from fedkit.scenario.devices import build_devices
 from fedkit.scenario.schema import Scenario
 from fedkit.sim.cost import DeviceCost, PartialWork, local_samples
-from fedkit.sim.devices import Device, summarize
+from fedkit.sim.devices import Device, summarize, task_time
 from fedkit.types import ClientId, Encoded, Params
 
 
@@ -72,4 +74,25 @@ def describe_devices(s: Scenario, params: Params) -> dict[str, float | int | str
     train = s.train
     samples = {c: float(local_samples(n, train)) for c, n in sim.sizes.items()}
     nbytes = uplink_bound(s, params)
-    return summarize(sim.devices, samples, nbytes, nbytes)
+    out = summarize(sim.devices, samples, nbytes, nbytes)
+    times = [task_time(sim.devices[c], samples[c], nbytes, nbytes).total_s for c in sorted(samples)]
+    per = s.clients.per_round
+    k = Sampling(s.seed, per.fraction if per.count is None else None, per.count, per.min).size(len(times))
+    out[f"round s ({k} sampled, expected)"] = expected_round_s(times, k, s.server.deadline_s)
+    return out
+
+
+def expected_round_s(times: list[float], k: int, deadline_s: float | None = None) -> float:
+    """Expected length of a synchronous round that waits for ``k`` clients drawn uniformly
+    without replacement (the slowest of them), cut at ``deadline_s``: the order statistic
+    P(max is the i-th smallest) = C(i-1, k-1) / C(n, k)."""
+    ts = sorted(min(t, deadline_s) if deadline_s is not None else t for t in times)
+    n = len(ts)
+    if not 1 <= k <= n:
+        raise ValueError(f"need 1 <= k <= {n} clients, got {k}")
+    log_all = math.lgamma(n + 1) - math.lgamma(k + 1) - math.lgamma(n - k + 1)
+    total = 0.0
+    for i in range(k, n + 1):
+        log_p = math.lgamma(i) - math.lgamma(k) - math.lgamma(i - k + 1) - log_all
+        total += ts[i - 1] * math.exp(log_p)
+    return total

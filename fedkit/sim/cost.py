@@ -111,7 +111,8 @@ class PartialWork:
     ``bytes_up`` is the uplink size assumed when the task is made, before the update exists:
     the uncompressed float32 frame of the model, an upper bound for every codec that does not
     expand its input. A client that fits all its work, or not even one step, gets the task
-    unchanged (the latter then misses the deadline).
+    unchanged (the latter then misses the deadline), and so does a client with no device here
+    (a deployed device named otherwise than the scenario's clients).
     """
 
     devices: Mapping[ClientId, Device]
@@ -120,6 +121,8 @@ class PartialWork:
     bytes_up: int
 
     def cap(self, rnd: int, client: ClientId, train: TrainConfig, bytes_down: int) -> TrainConfig:
+        if client not in self.sizes or client not in self.devices:
+            return train
         n = self.sizes[client]
         full = local_steps(n, train)
         if full == 0:
@@ -138,6 +141,6 @@ class PartialWork:
 
     def fraction(self, client: ClientId, asked: TrainConfig, full: TrainConfig) -> float:
         """Share of the full local work (in samples) that ``asked`` is."""
-        n = self.sizes[client]
+        n = self.sizes.get(client, 0)
         whole = local_samples(n, full)
         return local_samples(n, asked) / whole if whole else 1.0

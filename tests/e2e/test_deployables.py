@@ -73,6 +73,9 @@ def test_tls_server_token_clients_and_an_intruder(tmp_path: Path) -> None:
             assert d.wait(timeout=30) == 0
         log = server.stdout.read()
         assert "wrong token" in log or "UNAUTHENTICATED" in log or "refused" in log.lower()
+        # what an operator sees at the default log level, even through a pipe
+        assert f"listening on 127.0.0.1:{port} (TLS)" in log and "0/2 clients connected" in log
+        assert "2 clients connected; starting 2 rounds" in log and "round 2/2 ok" in log
     finally:
         for p in procs:
             if p.poll() is None:
