@@ -37,6 +37,7 @@ import torch
 from fedkit.experiment import run_scenario, scenario_link
 from fedkit.models import get_params, keyed_torch, set_params
 from fedkit.models.train import sgd_train
+from fedkit.report import plots
 from fedkit.report.run_dir import read_metrics
 from fedkit.runtime.client import ModelCache
 from fedkit.runtime.server import RoundRecord, run
@@ -93,12 +94,15 @@ def part_tta(seeds: int) -> list[str]:
     lines = ["## Time to accuracy on a 10x speed spread", "",
              "| strategy | target | simulated s to target | rounds to target | final acc | wall s |",
              "|---|---|---|---|---|---|"]
+    curves: dict[str, list[dict[str, Any]]] = {}
     for label, (name, over) in runs.items():
         times, rounds, finals, walls = [], [], [], []
         for seed in range(seeds):
             s = _scenario(name, seed, **over)
             t0 = time.perf_counter()
             rows = _run(s, f"{name}-{seed}")
+            if seed == 0:
+                curves[label] = rows
             walls.append(time.perf_counter() - t0)
             t, r = _to_target(rows, s.evaluation.target_acc)
             times.append(t)
@@ -108,12 +112,14 @@ def part_tta(seeds: int) -> list[str]:
         lines.append(f"| {label} | {target:g} | {_mean(times)} | {_mean(rounds)} | "
                      f"{statistics.mean(finals):.3f} | {statistics.mean(walls):.1f} |")
         print(lines[-1], flush=True)
-    return lines
+    plots.compare(curves, OUT.parent / "async_tta.png")
+    return [*lines, "", "Seed 0 against rounds, bytes and simulated time: `async_tta.png`."]
 
 
 def part_fedau(seeds: int) -> list[str]:
     lines = ["## FedAU vs FedAvg under unknown, label-correlated participation", "",
              "| strategy | mean acc, last 10 evals (per seed) | mean |", "|---|---|---|"]
+    curves: dict[str, list[dict[str, Any]]] = {}
     for label, over in {
         "FedAvg (average of participants)": {"strategy": {"name": "fedavg"}},
         "FedAU, cutoff K=50": {},
@@ -122,11 +128,14 @@ def part_fedau(seeds: int) -> list[str]:
         accs = []
         for seed in range(seeds):
             rows = _run(_scenario("async_fedau", seed, **over), f"fedau-{seed}")
+            if seed == 0:
+                curves[label] = rows
             ev = [r["test_acc"] for r in rows if r.get("test_acc") is not None]
             accs.append(statistics.mean(ev[-10:]))
         lines.append(f"| {label} | {', '.join(f'{a:.3f}' for a in accs)} | {statistics.mean(accs):.3f} |")
         print(lines[-1], flush=True)
-    return lines
+    plots.compare(curves, OUT.parent / "async_fedau.png")
+    return [*lines, "", "Seed 0: `async_fedau.png`."]
 
 
 def _engine_scenario(clients: int, rounds: int) -> Any:
