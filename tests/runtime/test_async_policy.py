@@ -184,3 +184,26 @@ def test_fedau_weights_track_inverse_participation_through_the_engine() -> None:
     assert answered[0] > answered[1] > answered[2] > answered[3] > 30
     skipped = [r for r in recs if r.status != "ok"]
     assert all(r.clients_finished == 0 for r in skipped)  # a round nobody answered still ticks
+
+
+def test_a_compass_group_timer_leaves_the_late_member_in_flight() -> None:
+    """b's first task takes 1.2 s/step, later ones 5 s/step. Group 0 (a: 10 steps due at 20,
+    b: 6 steps) times out at 10 + 1.5 x 10 = 25 with only a; b's task is not cancelled: it
+    arrives late at 12 + 30 = 42 and is aggregated with a's next group (at 45)."""
+    cp = Compass(min_steps=2, max_steps=10, num_clients=2)
+    plan, link = setup(CompassPolicy(cp), make_step(cp), 5, {"a": 1.0, "b": 2.0}, {"a": 1.0, "b": 1.2})
+    tasks_of_b: list[int] = []
+
+    def cost(t: Task, r: Reply, sent: float) -> float:
+        if t.client == "b":
+            tasks_of_b.append(t.config.train.steps)
+            return (1.2 if len(tasks_of_b) == 1 else 5.0) * t.config.train.steps
+        return 1.0 * t.config.train.steps
+
+    link._cost = cost
+    state, recs = go(plan, link)
+    assert [(r.sim_time_s, r.clients_finished) for r in recs] == [
+        (10.0, 1), (12.0, 1), (25.0, 1), (35.0, 1), (45.0, 2)]
+    b = [(r["status"], r["time_s"], r.get("staleness")) for rec in recs for r in rec.clients if r["client"] == "b"]
+    assert b == [("ok", 12.0, 1), ("ok", 42.0, 2)] and tasks_of_b[:2] == [10, 6]
+    assert all(r["status"] == "ok" for rec in recs for r in rec.clients)  # nothing was cancelled
