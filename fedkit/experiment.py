@@ -32,7 +32,9 @@ from fedkit.runtime.server import Plan, RoundRecord, ServerState, run
 from fedkit.runtime.task import ModelRef
 from fedkit.scenario import Scenario, dump
 from fedkit.scenario.build import Experiment, build, initial_state
-from fedkit.sim.link import CostFn, InProcessLink, OnlineFn
+from fedkit.scenario.participation import presence
+from fedkit.sim.availability import Always
+from fedkit.sim.link import CostFn, InProcessLink, OnlineFn, PresentFn
 from fedkit.split.wire import SplitConnect
 from fedkit.types import ClientId, Params
 
@@ -45,23 +47,31 @@ def inprocess_link(
     connect: SplitConnect | None = None,
     online: OnlineFn | None = None,
     start_s: float = 0.0,
+    present: PresentFn | None = None,
 ) -> Link:
     """Every client in this process; ``connect``: how they reach the split endpoint; ``cost``,
-    ``online``, ``start_s``: the simulated clock (fedkit/sim/link.py)."""
+    ``online``, ``start_s``: the simulated clock (fedkit/sim/link.py); ``present``: who answers
+    (participation patterns)."""
     models = ModelCache()  # one module shared by every simulated client
     fns = {cid: ClientHost(c, models, connect=connect) for cid, c in clients.items()}
-    return InProcessLink(fns, cost, online, start_s)
+    return InProcessLink(fns, cost, online, start_s, present)
 
 
 def scenario_link(exp: Experiment, start_s: float = 0.0) -> Link:
-    """The in-process Link of an experiment: on the simulated clock of its ``devices:``."""
+    """The in-process Link of an experiment: on the simulated clock of its ``devices:``, with
+    its ``participation:`` pattern deciding who answers."""
     from fedkit.scenario.simulation import simulation
 
+    s = exp.scenario
     connect = None if exp.plan.split is None else exp.plan.split.connect()
-    sim = simulation(exp.scenario, {c: st.num_train for c, st in exp.clients.items()})
+    labels = {c: st.train.y.numpy() for c, st in exp.clients.items()}
+    present = presence(s.participation, s.seed, labels)
+    sim = simulation(s, {c: st.num_train for c, st in exp.clients.items()})
     if sim is None:
-        return inprocess_link(exp.clients, connect=connect, start_s=start_s)
-    return inprocess_link(exp.clients, sim.cost, connect, sim.online, start_s)
+        return inprocess_link(exp.clients, connect=connect, start_s=start_s, present=present)
+    always = all(isinstance(d.availability, Always) for d in sim.devices.values())
+    online = None if always else sim.online  # no per-call filter of a population always there
+    return inprocess_link(exp.clients, sim.cost, connect, online, start_s, present)
 
 
 def resumed_clock(out: str | Path, resume: bool) -> float:
@@ -177,6 +187,8 @@ def run_scenario(
     if mode == "processes":
         from fedkit.launch import run_processes
 
+        if scenario.participation is not None:
+            raise ValueError("participation: patterns are simulated in-process only (--mode inprocess)")
         return run_processes(scenario, out, workers, on_round, resume, overwrite, force)
     if mode != "inprocess":
         raise ValueError(f"unknown mode {mode!r}; known: inprocess, processes")

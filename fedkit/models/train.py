@@ -57,9 +57,13 @@ TrainFn = Callable[[nn.Module, LocalData, TrainConfig, np.random.Generator], Map
 
 @contextlib.contextmanager
 def keyed_torch(seed: int) -> Iterator[None]:
-    """Run a block with torch's CPU generator seeded by ``seed``, restoring it afterwards."""
+    """Run a block with torch's CPU generator seeded by ``seed``, restoring it afterwards.
+
+    Only the CPU generator is seeded (the one forked here): ``torch.manual_seed`` would also
+    queue a lazy seeding of every uninitialised accelerator, capturing a stack trace each time
+    (about a millisecond per task, and a queue that grows for the whole run)."""
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+        torch.random.default_generator.manual_seed(seed)
         yield
 
 

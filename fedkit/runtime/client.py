@@ -85,11 +85,15 @@ class ModelCache:
     def __init__(self) -> None:
         self._models: dict[str, nn.Module] = {}
         self._setups: dict[str, SplitSetup] = {}
+        self._last: tuple[tasks.ModelRef, nn.Module] | None = None  # in-process tasks share one ref
 
     def get(self, model: tasks.ModelRef) -> nn.Module:
+        if self._last is not None and self._last[0] is model:
+            return self._last[1]
         key = json.dumps(model.model_dump(mode="json"), sort_keys=True)
         if key not in self._models:
             self._models[key] = build_model(model.spec, model.input_shape, model.num_classes)
+        self._last = (model, self._models[key])
         return self._models[key]
 
     def split_setup(self, cfg: tasks.SplitTrainTask) -> SplitSetup:
@@ -113,12 +117,17 @@ class Context:
     models: ModelCache
     connect: SplitConnect | None = None
 
+    def keys(self) -> tuple[int | str, ...]:
+        """The key parts after the purpose: (round, client), plus the repeat of an async task."""
+        repeat = getattr(self.config, "repeat", 0)  # the n-th task of this round (async), n > 0
+        return (self.task.round, self.task.client) + ((repeat,) if repeat else ())
+
     def rng(self, purpose: str) -> np.random.Generator:
         """A generator keyed by (seed, purpose, round, client): the only source of draws."""
-        return frng.rng(self.config.seed, purpose, self.task.round, self.task.client)
+        return frng.rng(self.config.seed, purpose, *self.keys())
 
     def seed_int(self, purpose: str) -> int:
-        return frng.seed_int(self.config.seed, purpose, self.task.round, self.task.client)
+        return frng.seed_int(self.config.seed, purpose, *self.keys())
 
 
 ClientFn = Callable[[ClientState, Task, Context], tuple[ClientState, Reply]]
@@ -209,7 +218,8 @@ def encode_uplink(state: ClientState, task: Task, ctx: Context, inner: ClientFn)
     if memory is None:
         memory = codec.init(reply.delta)
     t0 = time.perf_counter()
-    memory, enc = codec.encode(memory, reply.delta, ctx.rng("uplink"))
+    gen = frng.lazy(ctx.config.seed, "uplink", *ctx.keys())  # = ctx.rng("uplink"), made if used
+    memory, enc = codec.encode(memory, reply.delta, gen)
     metrics = dict(reply.metrics) | {"encode_s": time.perf_counter() - t0}
     state = dataclasses.replace(state, codec=dict(state.codec) | {codec.spec: memory})
     return state, dataclasses.replace(reply, update=enc, delta=None, metrics=metrics)

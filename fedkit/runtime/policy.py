@@ -4,25 +4,36 @@ The engine (fedkit/runtime/server.py) sends tasks, consumes arrivals in completi
 asks the policy what to do next; the policy answers with actions. A policy holds no hidden
 state: its state is a value passed in and returned, so a policy is a plain frozen dataclass.
 
-    start(view)                         -> (state, actions)   a round begins
+    start(view, carried)                -> (state, actions)   a round begins (carried: see below)
     on_arrival(view, state, arr, upd)   -> (state, actions)   a task settled (upd: the accepted
                                                                Update, or None when refused/lost)
     on_deadline(view, state)            -> (state, actions)   the clock reached the Await deadline
-                                                               (the engine has cancelled the open
-                                                               tasks and recorded them as missed)
+                                                               (with ``Await(cancel=True)`` the
+                                                               engine has cancelled the open tasks
+                                                               and recorded them as missed)
 
 Actions: :class:`Send` starts tasks, :class:`Await` sets the deadline of the wait for arrivals,
-:class:`Aggregate` applies updates as one new model version, :class:`Close` ends the round
-(the engine evaluates, records and checkpoints). :class:`SyncRound` is the synchronous round
-(FedAvg's): sample, wait for all or the deadline, aggregate; :class:`SequentialRound` asks the
-sampled clients one after another (split learning's sequential schemes); asynchronous policies
-(buffered, immediate, grouped) answer the same three calls.
+Actions: :class:`Send` starts tasks, :class:`Await` sets the deadline of the wait for arrivals,
+:class:`Aggregate` applies updates as one new model version, :class:`Drop` gives up some open
+tasks, :class:`Close` ends the round
+(the engine evaluates, records and checkpoints). A round is one aggregation: one metrics row.
+
+:class:`SyncRound` is the synchronous round (FedAvg's): sample, wait for all or the deadline,
+aggregate, cancel the rest; :class:`SequentialRound` asks the sampled clients one after another
+(split learning's sequential schemes). Asynchronous policies
+(``fedkit/runtime/async_policy.py``) answer the same three calls but close with
+``Close(keep_open=True)``: their tasks stay in flight into the next round, and the next
+``start`` gets the policy's state back as ``carried`` (None on a fresh start: the first round,
+after a round that cancelled its tasks, or after a resume from a checkpoint, where in-flight
+tasks are lost and the policy sends new ones). Arrivals of tasks sent in earlier rounds settle
+into the current round, ``current version - task.version`` versions stale (refused beyond
+``Acceptance.max_staleness``).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal, Protocol
 
@@ -34,14 +45,23 @@ from fedkit.types import Arrival, ClientId, Update
 
 @dataclass(frozen=True)
 class Send:
+    """Start one ``kind`` task per client on the current model. ``train``: per-client updates of
+    the round's TrainConfig (FedCompass sets each client's local ``steps``)."""
+
     kind: str
     clients: tuple[ClientId, ...]
     attempt: int = 0
+    train: Mapping[ClientId, Mapping[str, Any]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
 class Await:
-    deadline: float | None  # on the link's clock; None: until every open task has settled
+    """Wait for arrivals until ``deadline`` (link clock; None: until every open task settled).
+    ``cancel``: at the deadline the engine cancels every open task first (a synchronous round's
+    deadline); False makes it a timer that leaves the tasks in flight (FedCompass's groups)."""
+
+    deadline: float | None
+    cancel: bool = True
 
 
 @dataclass(frozen=True)
@@ -51,10 +71,23 @@ class Aggregate:
 
 @dataclass(frozen=True)
 class Close:
+    """End the round. ``keep_open``: tasks in flight stay open into the next round and the
+    policy's state is handed to its next ``start`` (asynchronous policies); otherwise the
+    engine cancels them (recorded as missed)."""
+
     status: str = "ok"
+    keep_open: bool = False
 
 
-Action = Send | Await | Aggregate | Close
+@dataclass(frozen=True)
+class Drop:
+    """Give up these clients' open tasks (recorded as missed) and leave the rest in flight: an
+    asynchronous policy's per-task timeout."""
+
+    clients: tuple[ClientId, ...]
+
+
+Action = Send | Await | Aggregate | Close | Drop
 
 
 @dataclass(frozen=True)
@@ -105,7 +138,7 @@ class View:
 
 
 class Policy(Protocol):
-    def start(self, view: View) -> tuple[Any, list[Action]]: ...
+    def start(self, view: View, carried: Any = None) -> tuple[Any, list[Action]]: ...
 
     def on_arrival(
         self, view: View, state: Any, arrival: Arrival, update: Update | None
@@ -148,8 +181,8 @@ class SyncRound:
         deadline = None if self.deadline_s is None else view.now + self.deadline_s
         return [Send(self.kind, tuple(clients), attempt), Await(deadline)]
 
-    def start(self, view: View) -> tuple[_SyncState, list[Action]]:
-        keep = None
+    def start(self, view: View, carried: Any = None) -> tuple[_SyncState, list[Action]]:
+        keep = None  # never carried: every round closes without keep_open
         if self.over_select > 1:
             keep = view.sampling.size(len(view.population))
             sampled = view.sample(0, k=math.ceil(self.over_select * keep - 1e-9))
@@ -228,7 +261,7 @@ class SequentialRound:
         ups = tuple(sorted(state.updates, key=lambda u: order.get(u.client, math.inf)))
         return state, [Aggregate(ups), Close("ok")]
 
-    def start(self, view: View) -> tuple[_SeqState, list[Action]]:
+    def start(self, view: View, carried: Any = None) -> tuple[_SeqState, list[Action]]:
         sampled = view.sample(0)
         perm = frng.rng(view.sampling.seed, "split-order", view.round).permutation(len(sampled))
         return self._next(view, _SeqState(tuple(sampled[i] for i in perm)))

@@ -14,6 +14,13 @@ How a round flows::
 
 Only the Link touches the network, so the same plan and seed give the same parameters
 in-process and over gRPC.
+
+A round is one aggregation (one new model version, one metrics row) in every mode. A
+synchronous round cancels what is still open when it closes; an asynchronous policy closes with
+``Close(keep_open=True)`` and its tasks stay in flight: the engine carries them and the
+policy's state to the next round (``ServerState.inflight``), where their arrivals settle
+``version - task.version`` versions stale. In-flight tasks are not checkpointed: after a resume
+they are gone (the new Link never sent them) and the policy starts afresh, sending new ones.
 """
 
 from __future__ import annotations
@@ -30,7 +37,17 @@ from fedkit.models.train import TrainConfig
 from fedkit.runtime import downlink as dl
 from fedkit.runtime.accept import Acceptance, Rejected, accept, weighted
 from fedkit.runtime.link import Link, gather
-from fedkit.runtime.policy import Aggregate, Await, Close, Policy, Sampling, Send, SyncRound, View
+from fedkit.runtime.policy import (
+    Aggregate,
+    Await,
+    Close,
+    Drop,
+    Policy,
+    Sampling,
+    Send,
+    SyncRound,
+    View,
+)
 from fedkit.runtime.task import EvaluateTask, ModelRef, TrainTask
 from fedkit.types import Arrival, ClientId, Encoded, Params, Task, Update
 
@@ -85,6 +102,14 @@ class Plan:
 
 
 @dataclass(frozen=True)
+class InFlight:
+    """What an asynchronous round hands the next: its open tasks and the policy's state."""
+
+    open: Mapping[str, Task]
+    policy_state: Any
+
+
+@dataclass(frozen=True)
 class ServerState:
     round: int  # rounds completed
     params: Params
@@ -92,6 +117,7 @@ class ServerState:
     downlink: dl.DownlinkState = field(default_factory=dl.DownlinkState)
     version: int = 0  # aggregations applied: the model version tasks carry
     split: Any = None  # split learning: the server part (fedkit.split.server.ServerState)
+    inflight: InFlight | None = None  # not checkpointed (see the module docstring)
 
 
 @dataclass
@@ -138,20 +164,35 @@ def dense_nbytes(params: Params) -> int:
 
 
 def make_tasks(
-    plan: Plan, state: ServerState, rnd: int, kind: str, clients: Sequence[ClientId], attempt: int = 0
+    plan: Plan,
+    state: ServerState,
+    rnd: int,
+    kind: str,
+    clients: Sequence[ClientId],
+    attempt: int = 0,
+    train: Mapping[ClientId, Mapping[str, Any]] | None = None,
+    repeat: Mapping[ClientId, int] | None = None,
 ) -> tuple[list[Task], dl.DownlinkState, float]:
     """One task per client; training tasks go through the downlink codec (and its mode).
+    ``train``: per-client TrainConfig updates; ``repeat``: how many tasks of this kind each
+    client already got this round (asynchronous policies), which keys its draws apart.
     Returns the tasks, the new downlink state and the server's encode seconds."""
     t0 = time.perf_counter()
+    train, repeat = train or {}, repeat or {}
     if kind in ("train", "split_train"):
         out = dl.prepare(
             plan.downlink_mode, plan.downlink, state.downlink, state.params, clients, rnd, plan.seed
         )
-        train = plan.train(rnd)
+        base = plan.train(rnd)
         cap = plan.work.cap if plan.work is not None else None
+
+        def config(c: ClientId) -> TrainConfig:
+            t = base.model_copy(update=dict(train[c])) if c in train else base
+            return t if cap is None else cap(rnd, c, t, out.payloads[c].nbytes)
+
         configs: dict[ClientId, Any] = {
-            c: TrainTask(seed=plan.seed, model=plan.model, uplink=plan.uplink, downlink=out.configs[c],
-                         train=train if cap is None else cap(rnd, c, train, out.payloads[c].nbytes))
+            c: TrainTask(seed=plan.seed, model=plan.model, train=config(c), uplink=plan.uplink,
+                         downlink=out.configs[c], repeat=repeat.get(c, 0))
             for c in clients
         }
         if kind == "split_train":  # the same, plus the split configuration
@@ -161,8 +202,8 @@ def make_tasks(
         out = dl.Outgoing(state.downlink, {c: enc for c in clients}, {})
         configs = {c: EvaluateTask(seed=plan.seed, model=plan.model) for c in clients}
     tasks = [
-        Task(rnd, c, kind, out.payloads[c], configs[c], task_id=f"r{rnd}.{attempt}.{kind}.{c}",
-             version=state.version)
+        Task(rnd, c, kind, out.payloads[c], configs[c], version=state.version,
+             task_id=f"r{rnd}.{attempt}.{kind}.{c}" + (f".{repeat[c]}" if repeat.get(c) else ""))
         for c in clients
     ]
     return tasks, out.state, time.perf_counter() - t0
@@ -175,11 +216,17 @@ class _Round:
         self.plan, self.link, self.state = plan, link, state
         self.rnd = state.round + 1
         self.rec = RoundRecord(self.rnd)
-        self.open: dict[str, Task] = {}
+        carried = state.inflight
+        self.open: dict[str, Task] = dict(carried.open) if carried else {}  # in flight, any round
+        self.carried: Any = carried.policy_state if carried else None
+        self.state = replace(state, inflight=None)
+        self.sent: dict[tuple[str, ClientId], int] = {}  # (kind, client) -> tasks sent this round
         self.dense = dense_nbytes(state.params)
         self.accepted: list[Update] = []
         self.closed: str | None = None
         self.work: dict[ClientId, float] = {}  # share of the full local work each client was asked
+        self.keep: InFlight | None = None  # set when the policy closes with keep_open
+        self.aggregated = False
 
     def view(self) -> View:
         return View(self.rnd, self.link.now(), tuple(self.link.clients()), self.state.version,
@@ -191,7 +238,11 @@ class _Round:
                 "round %d: %d updates accepted, fewer than needed; attempt %d asks %d more clients",
                 self.rnd, len(self.accepted), a.attempt, len(a.clients),
             )
-        tasks, down, enc_s = make_tasks(self.plan, self.state, self.rnd, a.kind, a.clients, a.attempt)
+        repeat = {c: self.sent.get((a.kind, c), 0) for c in a.clients}
+        self.sent |= {(a.kind, c): n + 1 for c, n in repeat.items()}
+        tasks, down, enc_s = make_tasks(
+            self.plan, self.state, self.rnd, a.kind, a.clients, a.attempt, a.train, repeat
+        )
         self.state = replace(self.state, downlink=down)
         rec = self.rec
         rec.encode_s += enc_s
@@ -212,6 +263,8 @@ class _Round:
         r, rec, c = arrival.reply, self.rec, task.client
         row: dict[str, Any] = {"round": self.rnd, "client": c, "kind": task.kind,
                                "time_s": arrival.time, "bytes_down": task.params.nbytes}
+        if task.round != self.rnd or task.version != self.state.version:  # sent in an earlier round
+            row |= {"sent_round": task.round, "staleness": self.state.version - task.version}
         if r is None or r.error is not None:
             self.state = replace(self.state, downlink=dl.forget(self.state.downlink, c))
         update: Update | None = None
@@ -248,13 +301,15 @@ class _Round:
             self.plan.split.settled(task, keep=update is not None)
         return update
 
-    def miss(self, status: str = "missed") -> None:
+    def miss(self, status: str = "missed", clients: Sequence[ClientId] | None = None) -> None:
         """The deadline passed (or the policy closed the round early: ``cancelled``): every open
-        task is cancelled and recorded so."""
-        if not self.open:
+        task (or only those of ``clients``) is cancelled and recorded so."""
+        which = None if clients is None else set(clients)
+        gone = {k: t for k, t in self.open.items() if which is None or t.client in which}
+        if not gone:
             return
-        self.link.cancel(list(self.open))
-        for task in self.open.values():
+        self.link.cancel(list(gone))
+        for task in gone.values():
             if status == "missed":
                 log.warning("round %d: client %s missed the deadline", self.rnd, task.client)
                 self.rec.clients_dropped += 1
@@ -264,45 +319,62 @@ class _Round:
             self.rec.clients.append({"round": self.rnd, "client": task.client, "kind": task.kind,
                                      "status": status, "time_s": self.link.now(),
                                      "bytes_down": task.params.nbytes})
-        self.open.clear()
+        for k in gone:
+            del self.open[k]
 
     def aggregate(self, a: Aggregate) -> None:
         st = self.state
         agg_state, params = self.plan.aggregator.step(st.agg_state, st.params, list(a.updates))
         self.state = replace(st, params=params, agg_state=agg_state, version=st.version + 1)
+        self.aggregated = True
         self.rec.clients_finished += len(a.updates)
         pairs = [(u.num_examples, u.metrics) for u in a.updates]
         self.rec.metrics |= self.plan.metrics("train", pairs)
         if self.work and a.updates:
             self.rec.metrics["work_fraction"] = sum(self.work.get(u.client, 1.0) for u in a.updates) / len(a.updates)
 
+    def idle(self) -> None:
+        """The round closed without aggregating: a stateful reweight stage still counts it
+        (FedAU ticks every client's absence; the Aggregator's contract)."""
+        agg = self.plan.aggregator
+        if getattr(agg, "reweight", None) is not None:
+            st = self.state
+            agg_state, _ = agg.step(st.agg_state, st.params, [])
+            self.state = replace(st, agg_state=agg_state)
+
 
 def _run_policy(r: _Round) -> None:
     policy = r.plan.policy
-    pstate, actions = policy.start(r.view())
-    deadline: float | None = None
+    pstate, actions = policy.start(r.view(), r.carried)
+    wait = Await(None)
     while True:
         for a in actions:
             if isinstance(a, Send):
                 r.send(a)
             elif isinstance(a, Await):
-                deadline = a.deadline
+                wait = a
             elif isinstance(a, Aggregate):
                 r.aggregate(a)
+            elif isinstance(a, Drop):
+                r.miss("missed", a.clients)
             elif isinstance(a, Close):
-                r.miss("cancelled")
+                if a.keep_open:
+                    r.keep = InFlight(dict(r.open), pstate)
+                else:
+                    r.miss("cancelled")
                 r.closed = a.status
                 return
         actions = []
-        for arrival in r.link.arrivals(deadline):
+        for arrival in r.link.arrivals(wait.deadline):
             if arrival.task.task_id not in r.open:
-                continue  # settled by an earlier round (asynchronous policies)
+                continue  # cancelled by the engine (e.g. a previous round's deadline)
             update = r.settle(arrival)
             pstate, actions = policy.on_arrival(r.view(), pstate, arrival, update)
             if actions:
                 break
         else:  # deadline reached (or nothing left that can arrive)
-            r.miss()
+            if wait.cancel:
+                r.miss()
             pstate, actions = policy.on_deadline(r.view(), pstate)
             if not actions:
                 raise RuntimeError(f"round {r.rnd}: policy gave no action at its deadline")
@@ -315,11 +387,13 @@ def run_round(plan: Plan, link: Link, state: ServerState) -> tuple[ServerState, 
     if plan.split is not None:
         plan.split.begin(state.split, r.rnd)
     _run_policy(r)
+    if not r.aggregated:
+        r.idle()
     rec = r.rec
     if r.closed != "ok":
         rec.status = r.closed or "skipped"
         log.warning("round %d %s", r.rnd, rec.status)
-    new = replace(r.state, round=r.rnd)
+    new = replace(r.state, round=r.rnd, inflight=r.keep)
     if plan.split is not None:  # the server part after this round, and its bytes by category
         split_state, split_metrics = plan.split.end()
         new = replace(new, split=split_state)
@@ -372,21 +446,27 @@ def run(
 
     Raises :class:`RunFailed` (after recording the round) when ``plan.max_skipped_rounds``
     rounds in a row end without a new model, or when no round of the run produced one: a run
-    whose every update was refused must not look like a success.
+    whose every update was refused must not look like a success. Tasks still in flight when
+    the run ends (asynchronous policies) are cancelled.
     """
     skipped, any_ok, first = 0, False, state.round + 1
-    while state.round < plan.rounds:
-        state, rec = run_round(plan, link, state)
-        if on_round is not None:
-            on_round(state, rec)
-        ok = rec.status == "ok"
-        any_ok |= ok
-        skipped = 0 if ok else skipped + 1
-        if plan.max_skipped_rounds is not None and skipped >= plan.max_skipped_rounds:
-            raise RunFailed(
-                f"{skipped} consecutive rounds ended without a new model (last: round {rec.round}, "
-                f"{rec.status}); see clients.jsonl for each client's reason (server.max_skipped_rounds)"
-            )
+    try:
+        while state.round < plan.rounds:
+            state, rec = run_round(plan, link, state)
+            if on_round is not None:
+                on_round(state, rec)
+            ok = rec.status == "ok"
+            any_ok |= ok
+            skipped = 0 if ok else skipped + 1
+            if plan.max_skipped_rounds is not None and skipped >= plan.max_skipped_rounds:
+                raise RunFailed(
+                    f"{skipped} consecutive rounds ended without a new model (last: round {rec.round}, "
+                    f"{rec.status}); see clients.jsonl for each client's reason (server.max_skipped_rounds)"
+                )
+    finally:
+        if state.inflight is not None:
+            link.cancel(list(state.inflight.open))
+            state = replace(state, inflight=None)
     if not any_ok and state.round >= first:
         raise RunFailed(f"no round of {first}..{state.round} produced a new model; see clients.jsonl")
     return state

@@ -43,6 +43,9 @@ class TrainTask(Strict):
     train: TrainConfig
     uplink: str = "identity"
     downlink: DownlinkRef = DownlinkRef()
+    # tasks this client already got this round: an asynchronous policy may send a fast client
+    # several between two aggregations, all from the same model; this keys their draws apart
+    repeat: int = Field(default=0, ge=0)
 
 
 class EvaluateTask(Strict):

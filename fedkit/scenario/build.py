@@ -30,6 +30,7 @@ from fedkit.models import (
 )
 from fedkit.registry import resolve_import
 from fedkit.runtime.accept import Acceptance
+from fedkit.runtime.async_policy import is_async, make_async_policy
 from fedkit.runtime.client import ClientState
 from fedkit.runtime.policy import Policy, Sampling, SequentialRound, SyncRound
 from fedkit.runtime.server import Plan, ServerState, default_metrics
@@ -116,6 +117,16 @@ def _aggregator(s: Scenario) -> Any:
     return make_aggregator(name, **params)
 
 
+def _policy_and_aggregator(s: Scenario) -> tuple[Any, Any]:
+    """Synchronous rounds with the named aggregator, or an async strategy's own pair."""
+    name = str(s.strategy["name"])
+    if is_async(name):
+        params = {k: v for k, v in s.strategy.items() if k != "name"}
+        return make_async_policy(name, s.clients.count, s.server.deadline_s, **params)
+    vanilla = s.split is not None and s.split.scheme == "vanilla"  # relays, never averages
+    return _policy(s), make_aggregator("fedavg") if vanilla else _aggregator(s)
+
+
 def _server_eval(s: Scenario, module: torch.nn.Module, ds: Dataset) -> Callable[[Params], dict[str, float]]:
     test = LocalData(torch.from_numpy(ds.x_test).float(), torch.from_numpy(ds.y_test).long())
     custom = resolve_import(s.evaluation.fn, "evaluation function") if s.evaluation.fn else None
@@ -175,7 +186,7 @@ def build_server(s: Scenario) -> tuple[Plan, Params]:
     name = str(s.strategy["name"])
     strat = {k: v for k, v in s.strategy.items() if k != "name"}
     train = TrainConfig(**s.train.model_dump(exclude={"schedule"}))
-    if ":" not in name:
+    if ":" not in name and not is_async(name):
         extra = client_config(name, **strat)
         if "mu" not in strat and s.train.mu:
             extra.pop("mu", None)  # FedProx's mu given as train.mu
@@ -184,10 +195,11 @@ def build_server(s: Scenario) -> tuple[Plan, Params]:
     if s.evaluation.metrics_fn:
         metrics = resolve_import(s.evaluation.metrics_fn, "metrics function")
     per = s.clients.per_round
+    policy, aggregator = _policy_and_aggregator(s)
     plan = Plan(
         seed=s.seed,
         rounds=s.rounds,
-        aggregator=make_aggregator("fedavg") if s.split is not None and s.split.scheme == "vanilla" else _aggregator(s),
+        aggregator=aggregator,
         model=model,
         train=schedule(train, s.train.schedule, s.rounds),
         acceptance=Acceptance.for_params(
@@ -195,9 +207,10 @@ def build_server(s: Scenario) -> tuple[Plan, Params]:
             max_norm_ratio=s.server.max_norm_ratio,
             max_num_examples=s.server.max_num_examples,
             examples=read_examples(s.server.registered_examples) if s.server.registered_examples else None,
+            max_staleness=s.server.max_staleness,
         ),
         max_skipped_rounds=s.server.max_skipped_rounds,
-        policy=_policy(s),
+        policy=policy,
         sampling=Sampling(s.seed, per.fraction if per.count is None else None, per.count, per.min),
         uplink=s.compression.uplink,
         downlink=s.compression.downlink,

@@ -23,6 +23,7 @@ from pydantic import (
 from fedkit.models.train import TrainConfig
 from fedkit.registry import did_you_mean
 from fedkit.scenario.devices import Devices
+from fedkit.scenario.participation import Participation
 from fedkit.types import Strict
 
 
@@ -98,6 +99,7 @@ def model_section(v: Any) -> dict[str, Any]:
 def strategy_section(v: Any) -> dict[str, Any]:
     from fedkit.aggregation import make_aggregator
     from fedkit.registry import resolve_import
+    from fedkit.runtime.async_policy import is_async, make_async_policy
 
     if not isinstance(v, Mapping) or "name" not in v:
         raise ValueError("strategy needs a 'name', e.g. {name: fedavg}")
@@ -105,6 +107,9 @@ def strategy_section(v: Any) -> dict[str, Any]:
     name = str(v["name"])
     if ":" in name:  # a user's factory: fn(**params) -> an aggregator (init, step)
         check_named(v, "strategy", lambda n: resolve_import(n, "strategy factory"), [], skip=0)
+        return dict(v)
+    if is_async(name):  # fedasync, fedbuff, fedcompass: a round policy and its server step
+        make_async_policy(name, 1_000_000, **params)
         return dict(v)
     make_aggregator(name, **params)  # raises ValueError naming what is allowed
     return dict(v)
@@ -241,6 +246,8 @@ class Server(Strict):
     # Sample ceil(over_select x K) clients, aggregate the first K to finish, cancel the rest
     # (FedScale/Oort's over-commitment, e.g. 1.3).
     over_select: float = Field(default=1.0, ge=1.0, le=10.0)
+    # refuse updates trained on a model more than this many versions old (async strategies)
+    max_staleness: int | None = Field(default=None, ge=0)
 
     @field_validator("registered_examples")
     @classmethod
@@ -403,6 +410,7 @@ class Scenario(Strict):
     compression: Compression = Field(default_factory=Compression)
     split: Split | None = None
     devices: Devices | None = None
+    participation: Participation | None = None
     output: Output = Output()
 
     @field_validator("model", mode="before")
@@ -437,4 +445,39 @@ class Scenario(Strict):
                                  "speeds say how many local steps fit before the deadline)")
             if self.server.deadline_s is None:
                 raise ValueError("server.stragglers: partial needs a server.deadline_s")
+        if self.participation is not None:
+            self.participation.check_count(self.clients.count)
+        self._async_fits()
         return self
+
+    def _async_fits(self) -> None:
+        """Async strategies keep tasks in flight across rounds: refuse what assumes a barrier."""
+        from fedkit.runtime.async_policy import is_async
+
+        name = str(self.strategy["name"])
+        if not is_async(name):
+            return
+        conc = self.strategy.get("concurrency")
+        if conc is not None and conc > self.clients.count:
+            raise ValueError(f"strategy.concurrency={conc} exceeds clients.count={self.clients.count}")
+        srv = self.server
+
+        def changed(name: str) -> bool:  # by value: a dumped scenario spells out every default
+            return bool(getattr(srv, name) != Server.model_fields[name].default)
+
+        sync_only = {
+            "clients.per_round": self.clients.per_round != Clients.model_fields["per_round"].default,
+            **{f"server.{k}": changed(k) for k in
+               ("min_replies", "on_too_few", "max_retries", "stragglers", "over_select")},
+            "evaluation.federated": self.evaluation.federated,
+            "compression.downlink_mode: delta": self.compression.downlink_mode == "delta",
+            "participation": self.participation is not None,
+            "split": self.split is not None,
+        }
+        bad = [k for k, v in sync_only.items() if v]
+        if bad:
+            hint = " (use strategy.concurrency)" if "clients.per_round" in bad else ""
+            raise ValueError(
+                f"strategy {name!r} is asynchronous; these settings are for synchronous rounds "
+                f"only: {', '.join(bad)}{hint}"
+            )

@@ -8,6 +8,8 @@ without one every task takes zero simulated time, so a synchronous round sees ev
 once, as before. A cost of ``inf`` means the reply never arrives (the client dropped out): its
 task settles only by the engine's deadline, exactly like a silent device over gRPC. ``online``
 (client, time) says who is reachable, so rounds sample only clients that are online.
+``present(task)`` False means the client is not there for that task (FedAU's participation
+patterns): its function is not called and the task never arrives.
 """
 
 from __future__ import annotations
@@ -26,6 +28,9 @@ CostFn = Callable[[Task, Reply, float], float]
 OnlineFn = Callable[[ClientId, float], bool]
 """``online(client, t)``: whether the client is reachable at simulated time ``t``."""
 
+PresentFn = Callable[[Task], bool]
+"""Whether the task's client is there to answer it at all."""
+
 
 class InProcessLink:
     def __init__(
@@ -34,15 +39,17 @@ class InProcessLink:
         cost: CostFn | None = None,
         online: OnlineFn | None = None,
         start_s: float = 0.0,
+        present: PresentFn | None = None,
     ):
         self._fns = dict(clients)
         self._ids = sorted(self._fns)
         self._cost = cost
         self._online = online
         self._now = float(start_s)  # a resumed run continues its clock
+        self._present = present
         self._seq = 0
         self._queue: list[tuple[float, int, str]] = []
-        self._open: dict[str, tuple[Task, Reply]] = {}
+        self._open: dict[str, tuple[Task, Reply | None]] = {}
 
     def clients(self) -> Sequence[ClientId]:
         if self._online is None:
@@ -59,6 +66,10 @@ class InProcessLink:
             if t.client not in self._fns:
                 raise ValueError(f"task {t.task_id!r} for unknown client {t.client!r}")
         for t in tasks:
+            if self._present is not None and not self._present(t):
+                self._open[t.task_id] = (t, None)  # never queued: it never arrives
+                self._seq += 1
+                continue
             reply = self._fns[t.client](t)
             dt = 0.0 if self._cost is None else float(self._cost(t, reply, self._now))
             if math.isnan(dt) or dt < 0:
