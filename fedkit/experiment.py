@@ -26,6 +26,7 @@ from fedkit.runtime.task import ModelRef
 from fedkit.scenario import Scenario, dump
 from fedkit.scenario.build import build, initial_state
 from fedkit.sim.link import CostFn, InProcessLink
+from fedkit.transport.overhead import InProcessWire
 from fedkit.types import ClientId, Params
 
 RoundCallback = Callable[[Mapping[str, Any]], None]
@@ -33,7 +34,8 @@ RoundCallback = Callable[[Mapping[str, Any]], None]
 
 def inprocess_link(clients: Mapping[ClientId, ClientState], cost: CostFn | None = None) -> Link:
     models = ModelCache()  # one module shared by every simulated client
-    return InProcessLink({cid: ClientHost(c, models) for cid, c in clients.items()}, cost)
+    hosts = {cid: ClientHost(c, models) for cid, c in clients.items()}
+    return InProcessLink(hosts, cost, wire=InProcessWire())  # wire bytes as gRPC would send them
 
 
 def resume_state(plan: Plan, init_params: Params, rd: RunDir, resume: bool) -> ServerState:

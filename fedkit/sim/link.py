@@ -14,6 +14,7 @@ from __future__ import annotations
 import heapq
 import math
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Protocol
 
 from fedkit.runtime.link import ClientFn
 from fedkit.types import Arrival, ClientId, Reply, Task
@@ -22,9 +23,22 @@ CostFn = Callable[[Task, Reply], float]
 """Simulated seconds from sending ``task`` until ``reply`` is back at the server."""
 
 
+class WireModel(Protocol):
+    """(down, up) bytes a real transport would put on the wire for a task and for a reply
+    (``fedkit.transport.overhead.InProcessWire``), so in-process runs report them too."""
+
+    def task(self, task: Task) -> tuple[int, int]: ...
+
+    def reply(self, task: Task, reply: Reply) -> tuple[int, int]: ...
+
+
 class InProcessLink:
-    def __init__(self, clients: Mapping[ClientId, ClientFn], cost: CostFn | None = None):
+    def __init__(
+        self, clients: Mapping[ClientId, ClientFn], cost: CostFn | None = None, wire: WireModel | None = None
+    ):
         self._fns = dict(clients)
+        self._wire = wire
+        self._bytes = [0, 0]  # (down, up) the wire model charged so far
         self._ids = sorted(self._fns)
         self._cost = cost
         self._now = 0.0
@@ -50,6 +64,7 @@ class InProcessLink:
             if math.isnan(dt) or dt < 0:
                 raise ValueError(f"cost of task {t.task_id!r} is {dt}; need >= 0 simulated seconds")
             self._open[t.task_id] = (t, reply)
+            self._charge(self._wire.task(t) if self._wire is not None else None)
             if math.isfinite(dt):
                 heapq.heappush(self._queue, (self._now + dt, self._seq, t.task_id))
             self._seq += 1
@@ -65,14 +80,21 @@ class InProcessLink:
             t, _, tid = heapq.heappop(self._queue)
             self._now = max(self._now, t)
             task, reply = self._open.pop(tid)
+            self._charge(self._wire.reply(task, reply) if self._wire is not None else None)
             yield Arrival(self._now, task, reply)
 
     def cancel(self, task_ids: Iterable[str]) -> None:
         for tid in task_ids:
             self._open.pop(tid, None)
 
+    def _charge(self, cost: tuple[int, int] | None) -> None:
+        if cost is not None:
+            self._bytes[0] += cost[0]
+            self._bytes[1] += cost[1]
+
     def wire_bytes(self) -> tuple[int, int] | None:
-        return None
+        """What the wire model charged so far (None without one: nothing is estimated)."""
+        return None if self._wire is None else (self._bytes[0], self._bytes[1])
 
     def close(self) -> None:
         self._open.clear()
