@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from fedkit.compression.limits import payload_bytes
 from fedkit.experiment import RoundCallback, run_with_link
 from fedkit.report.run_dir import check_can_start
 from fedkit.runtime.accept import Rejected, accept
@@ -42,6 +43,7 @@ class ServerOptions:
     max_message_bytes: int | None = None
     port_file: str | None = None
     max_sessions: int | None = None  # concurrent sessions the server admits (default: no cap)
+    max_payload_bytes: int | None = None  # largest reply payload (default: from the model)
 
 
 def serve(
@@ -71,10 +73,12 @@ def serve(
         except Rejected as e:
             raise ValueError(str(e)) from None
 
-    extra = {} if opts.max_message_bytes is None else {"max_message_bytes": opts.max_message_bytes}
+    # the largest valid update for this model, whatever the codec: bigger replies are refused
+    # before anything is buffered (a 19 KB model no longer accepts a 4 GiB stream)
+    cap = opts.max_payload_bytes or payload_bytes(plan.acceptance.layout)
     server = GrpcServer(
         opts.listen, tls=opts.tls, auth=opts.auth, validate=validate, insecure=opts.insecure,
-        max_sessions=opts.max_sessions, **extra
+        max_sessions=opts.max_sessions, max_message_bytes=opts.max_message_bytes, max_payload_bytes=cap,
     )
     port = server.start()
     host = opts.listen.rsplit(":", 1)[0]

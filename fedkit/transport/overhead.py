@@ -195,10 +195,12 @@ class InProcessWire:
     """What the gRPC transport would put on the wire for the same tasks and replies: a client
     joins (connection, Join, Welcome) at its first task, and every reply is one PushReply
     call, as a fedkit client sends it. Plugged into :class:`fedkit.sim.link.InProcessLink`.
-    Differences from a real run, each under ~0.1 KB: heartbeats (none in simulated time), a
-    bearer token on Join, refused replies (counted as accepted)."""
+    Joins carry a bearer token of ``token_chars`` characters (what ``fedkit certs`` issues;
+    0: none). Differences from a real run, each under ~0.1 KB: heartbeats (none in simulated
+    time), refused replies (counted as accepted), the Shutdown at the end."""
 
     chunk_bytes: int = DEFAULT_CHUNK_BYTES
+    token_chars: int = 43
     joined: set[str] = field(default_factory=set)
     pushed: set[str] = field(default_factory=set)
 
@@ -212,7 +214,9 @@ class InProcessWire:
                 session_id="0" * 32, max_message_bytes=DEFAULT_MAX_MESSAGE_BYTES,
                 max_payload_bytes=DEFAULT_MAX_MESSAGE_BYTES, chunk_bytes=self.chunk_bytes, heartbeat_s=10.0,
             ))
-            up += join_up((("fedkit-client", task.client),), join.ByteSize())
+            md = [("fedkit-client", task.client)]
+            md += [("authorization", "Bearer " + "t" * self.token_chars)] if self.token_chars else []
+            up += join_up(md, join.ByteSize())
             down += join_down(welcome.ByteSize())
         header = task_to_proto(task, task.params.nbytes).ByteSize()
         sizes = chunk_messages(header, task.params.nbytes, self.chunk_bytes, wrapped=True)
