@@ -18,6 +18,7 @@ import torch
 
 from fedkit import rng as frng
 from fedkit.aggregation import client_config, make_aggregator
+from fedkit.compression import family
 from fedkit.data import Dataset, load_dataset, partition
 from fedkit.models import (
     LocalData,
@@ -35,7 +36,7 @@ from fedkit.runtime.policy import Sampling, SyncRound
 from fedkit.runtime.server import Plan, ServerState, default_metrics
 from fedkit.runtime.task import ModelRef
 from fedkit.scenario.check import DataError
-from fedkit.scenario.schema import Scenario, Schedule, read_examples
+from fedkit.scenario.schema import Compression, Scenario, Schedule, read_examples
 from fedkit.types import ClientId, Params
 
 
@@ -155,6 +156,7 @@ def build_server(s: Scenario) -> tuple[Plan, Params]:
             max_norm_ratio=s.server.max_norm_ratio,
             max_num_examples=s.server.max_num_examples,
             examples=read_examples(s.server.registered_examples) if s.server.registered_examples else None,
+            codecs=uplink_families(s.compression),
         ),
         max_skipped_rounds=s.server.max_skipped_rounds,
         policy=SyncRound(
@@ -174,6 +176,13 @@ def build_server(s: Scenario) -> tuple[Plan, Params]:
         metrics=metrics,
     )
     return plan, init_params
+
+
+def uplink_families(c: Compression) -> frozenset[tuple[str, ...]] | None:
+    """Codec families a server takes updates in: the uplink's plus ``uplink_accept`` (None: any)."""
+    if c.uplink_accept == "any":
+        return None
+    return frozenset(family(spec) for spec in [c.uplink, *c.uplink_accept])
 
 
 def initial_state(plan: Plan, init_params: Params) -> ServerState:
