@@ -16,10 +16,9 @@ import struct
 import sys
 from array import array
 
-import grpc
-
 import fedkit_pb2 as pb  # generated from protos/fedkit/v1/fedkit.proto
 import fedkit_pb2_grpc as pb_grpc
+import grpc
 
 MAGIC = b"FKE1"
 ITEMSIZE = {0: 4}  # dtype code 0 = float32: all this client handles (the models' parameters)
