@@ -338,9 +338,16 @@ class _Servicer(pb_grpc.FedKitServicer):
         certificate must still name the session's client. A caller that does send metadata is
         checked as on Join (so a wrong token is UNAUTHENTICATED, as before)."""
         name, token = parse_metadata(context.invocation_metadata())
-        s = self.hub.by_id.get(h.session_id) if h is not None and h.session_id else None
-        if name is not None or token is not None or s is None:
+        if name is not None or token is not None:
             return await self._authenticate(context, None)
+        if h is None:
+            return "?"  # no header, no metadata: refused as malformed, nothing learnt
+        s = self.hub.by_id.get(h.session_id)
+        if s is None:  # not UNAUTHENTICATED: a client whose server restarted must rejoin, not quit
+            raise TransportError(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"session {shorten(h.session_id[:8])}... is not current; rejoin",
+            )
         if self.srv.tls is not None and self.srv.tls.mutual:
             cn = peer_common_name(context.auth_context())
             if cn != s.name:
@@ -367,7 +374,9 @@ class _Servicer(pb_grpc.FedKitServicer):
                     chunk = await chunks.__anext__()
                 except StopAsyncIteration:
                     break
-                wire.up(overhead.message(chunk.ByteSize()))
+                n = chunk.ByteSize()
+                wire.up(overhead.message(n))
+                wire.down(overhead.windows([n]))
                 if r.header is None:
                     header = chunk.header if chunk.HasField("header") else None
                     name = await self._reply_caller(context, header)
