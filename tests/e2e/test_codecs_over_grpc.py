@@ -6,6 +6,7 @@ import threading
 from pathlib import Path
 
 import pytest
+import torch
 
 from fedkit.experiment import inprocess_link, run_with_link
 from fedkit.runtime.client import ClientHost
@@ -30,6 +31,9 @@ def _raw(uplink: str) -> dict:
 
 @pytest.mark.parametrize("uplink", UPLINKS)
 def test_codec_runs_identically_in_process_and_over_grpc(uplink: str, tmp_path: Path) -> None:
+    # the kernels every mode runs with (run_scenario and deploy set it): whether an earlier test
+    # in this process already did must not decide which float reductions torch picks
+    torch.set_num_threads(1)
     exp = build(validate(_raw(uplink)))
     local = run_with_link(exp.scenario, exp.plan, exp.init_params, inprocess_link(exp.clients), tmp_path / "local")
     assert local["ratio_up"] > 1.0 if uplink != "zstd" else local["ratio_up"] > 0.9

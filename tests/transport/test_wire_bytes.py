@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 from fedkit.experiment import inprocess_link, run_with_link
 from fedkit.runtime.client import ClientHost
@@ -80,6 +81,7 @@ def _close(reported: int, measured: int, tol: float) -> bool:
 
 
 def test_reported_wire_bytes_match_a_counting_proxy_and_the_in_process_estimate(tmp_path: Path) -> None:
+    torch.set_num_threads(1)  # the kernels every mode runs with: identical params across modes
     exp = build(validate(_raw()))
     tokens = {c: new_token() for c in exp.clients}  # as `fedkit certs` issues them
     server = GrpcServer("127.0.0.1:0", insecure=True, auth=TokenAuth.from_tokens(tokens))
