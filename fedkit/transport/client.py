@@ -33,6 +33,7 @@ from fedkit.transport.serde import (
     DEFAULT_MAX_MESSAGE_BYTES,
     DEFAULT_MAX_PAYLOAD_BYTES,
     Reassembler,
+    WINDOW_BYTES,
     TransportError,
     reply_chunks,
     task_from_proto,
@@ -72,7 +73,8 @@ def channel_options(
         ("grpc.keepalive_time_ms", 20_000),
         ("grpc.keepalive_timeout_ms", 10_000),
         ("grpc.keepalive_permit_without_calls", 1),
-        ("grpc.http2.bdp_probe", 0),
+        ("grpc.http2.bdp_probe", 0),  # fixed windows: countable framing (see server_options)
+        ("grpc.http2.lookahead_bytes", WINDOW_BYTES),
         ("grpc.http2.max_pings_without_data", 0),
         ("grpc.use_local_subchannel_pool", 1),
     ]

@@ -64,10 +64,10 @@ FIRST_PUSH_DOWN = 14
 """Down: what the first OK trailers on a connection add over indexed ones."""
 PUSH_END = FRAME + 2 * WINDOW_UPDATE
 """Up: END_STREAM of a reply call and the window updates its client sends with it."""
-WINDOW_STEP = 512 << 10
-"""Received bytes per WINDOW_UPDATE pair a gRPC receiver returns for a large message (measured:
-one stream and one connection update per ~0.5 MB, and one for any message)."""
-_LARGE = 64 << 10
+WINDOW_STEP = 4 << 20
+"""Received bytes per extra WINDOW_UPDATE pair for a very large message: with fedkit's fixed
+8 MiB windows (``serde.WINDOW_BYTES``) a message gets one update, a 2 MiB chunk included."""
+_LARGE = WINDOW_STEP
 
 
 def message(n: int) -> int:
@@ -120,19 +120,17 @@ def task_down(sizes: Iterable[int]) -> int:
     return sum(message(n) for n in sizes)
 
 
-def windows(sizes: Iterable[int]) -> int:
-    """The WINDOW_UPDATE frames a gRPC receiver returns for the messages of ``sizes``: one per
-    message, plus a stream and a connection update per :data:`WINDOW_STEP` of a large one."""
-    total = 0
+def receipt(sizes: Iterable[int]) -> tuple[int, int]:
+    """(receiver's, sender's) bytes of gRPC flow control for received messages of ``sizes``:
+    the receiver's WINDOW_UPDATEs, one per message plus a stream and a connection update per
+    :data:`WINDOW_STEP` of a larger one; nothing from the sender. fedkit turns gRPC's BDP
+    probing off and fixes the windows instead (``server_options``): BDP's PINGs and window
+    growth depend on timing, so no count could predict them."""
+    recv = 0
     for n in sizes:
         k = -(-n // WINDOW_STEP)
-        total += WINDOW_UPDATE * (max(1, k) + (k if n > _LARGE else 0))
-    return total
-
-
-def task_up(sizes: Iterable[int]) -> int:
-    """Up: the WINDOW_UPDATE frames a client returns for messages it received on Join."""
-    return windows(sizes)
+        recv += WINDOW_UPDATE * (max(1, k) + (k if n > _LARGE else 0))
+    return recv, 0
 
 
 def push_start(md: Iterable[tuple[str, str | bytes]] | None) -> int:
@@ -146,8 +144,8 @@ def status(message_text: str = "") -> int:
 
 
 def reply_ok(ack_bytes: int) -> int:
-    """Down: what the server returns for an accepted reply (headers, Ack, trailers); the window
-    updates for the reply's messages come from :func:`windows`."""
+    """Down: what the server returns for an accepted reply (headers, Ack, trailers); flow
+    control for the reply's messages comes from :func:`receipt`."""
     return FRAME + INDEXED_RESPONSE + message(ack_bytes) + status()
 
 
@@ -233,15 +231,17 @@ class InProcessWire:
             down += join_down(welcome.ByteSize())
         header = task_to_proto(task, task.params.nbytes).ByteSize()
         sizes = chunk_messages(header, task.params.nbytes, self.chunk_bytes, wrapped=True)
-        return down + task_down(sizes), up + task_up(sizes)
+        recv, send = receipt(sizes)
+        return down + task_down(sizes) + send, up + recv
 
     def reply(self, task: Task, reply: Reply) -> tuple[int, int]:
         """(down, up) bytes of pushing ``reply`` and the server's answer."""
         size = reply.update.nbytes if reply.update is not None else 0
         header = reply_to_proto(reply, size, "0" * 32).ByteSize()
         sizes = chunk_messages(header, size, self.chunk_bytes, wrapped=False)
-        up = push_start(None) + task_down(sizes) + PUSH_END
-        down = reply_ok(pb.Ack(task_id=reply.task_id).ByteSize()) + windows(sizes)
+        recv, send = receipt(sizes)
+        up = push_start(None) + task_down(sizes) + PUSH_END + send
+        down = reply_ok(pb.Ack(task_id=reply.task_id).ByteSize()) + recv
         if task.client not in self.pushed:
             self.pushed.add(task.client)
             up, down = up + FIRST_PUSH_UP, down + FIRST_PUSH_DOWN

@@ -25,6 +25,8 @@ MiB = 1 << 20
 DEFAULT_CHUNK_BYTES = 2 * MiB
 DEFAULT_MAX_MESSAGE_BYTES = 16 * MiB
 DEFAULT_MAX_PAYLOAD_BYTES = 4 << 30
+WINDOW_BYTES = 8 * MiB
+"""HTTP/2 flow-control window per stream (gRPC's lookahead): four default chunks in flight."""
 _KIND = re.compile(r"[a-z][a-z0-9_.-]{0,63}\Z")  # kinds are extensible; their meaning is the runtime's
 
 

@@ -45,6 +45,7 @@ from fedkit.transport.serde import (
     DEFAULT_MAX_PAYLOAD_BYTES,
     Reassembler,
     TransportError,
+    WINDOW_BYTES,
     _slices,
     reply_from_proto,
     task_to_proto,
@@ -77,8 +78,12 @@ def chunk_size(max_message_bytes: int, chunk_bytes: int | None = None) -> int:
     return min(chunk_bytes or DEFAULT_CHUNK_BYTES, limit)
 
 
-def server_options(max_message_bytes: int) -> list[tuple[str, Any]]:
-    """Channel arguments: message limits, keepalive that tolerates idle devices behind NAT."""
+def server_options(max_message_bytes: int, window_bytes: int = WINDOW_BYTES) -> list[tuple[str, Any]]:
+    """Channel arguments: message limits, keepalive that tolerates idle devices behind NAT, and
+    fixed flow-control windows (``window_bytes`` per stream) instead of gRPC's BDP probing:
+    its PINGs and window growth depend on timing, so no byte count could predict them
+    (:mod:`fedkit.transport.overhead`); a fixed window as large as the biggest valid reply
+    keeps throughput and bounds what a client may push ahead of the server's reads."""
     return [
         ("grpc.max_send_message_length", max_message_bytes),
         ("grpc.max_receive_message_length", max_message_bytes),
@@ -86,6 +91,7 @@ def server_options(max_message_bytes: int) -> list[tuple[str, Any]]:
         ("grpc.keepalive_timeout_ms", 10_000),
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.http2.bdp_probe", 0),
+        ("grpc.http2.lookahead_bytes", window_bytes),
         ("grpc.http2.min_recv_ping_interval_without_data_ms", 5_000),
         ("grpc.http2.max_ping_strikes", 0),
         ("grpc.so_reuseport", 0),  # a second server on a busy port fails instead of sharing it
@@ -303,8 +309,7 @@ class _Servicer(pb_grpc.FedKitServicer):
                 await asyncio.wait((getter,), timeout=srv.heartbeat_s)
                 if not getter.done():
                     beat = pb.ServerMessage(heartbeat=pb.Heartbeat(server_time=time.time()))
-                    wire.down(overhead.message(beat.ByteSize()))
-                    wire.up(overhead.task_up([beat.ByteSize()]))
+                    self._sent(wire, [beat.ByteSize()])
                     yield beat
                     continue
                 item, getter = getter.result(), None
@@ -319,17 +324,21 @@ class _Servicer(pb_grpc.FedKitServicer):
                     )
                 if item.task.task_id not in s.pending:
                     continue  # its round closed before we got to send it
-                sizes = []
                 for msg in _task_messages(item.task, srv.chunk_bytes):
-                    sizes.append(msg.ByteSize())
-                    wire.down(overhead.message(sizes[-1]))
+                    self._sent(wire, [msg.ByteSize()])
                     yield msg
-                wire.up(overhead.task_up(sizes))
         finally:
             if getter is not None:
                 getter.cancel()
             self.hub.close(s)
             log.info("client %s left (session %s...)", name, s.session_id[:8])
+
+    @staticmethod
+    def _sent(wire: overhead.WireCount, sizes: list[int]) -> None:
+        """Count ServerMessages sent on a Join stream and the client's flow control for them."""
+        recv, send = overhead.receipt(sizes)
+        wire.down(overhead.task_down(sizes) + send)
+        wire.up(recv)
 
     async def _reply_caller(self, context: grpc.aio.ServicerContext, h: pb.ReplyHeader | None) -> str:
         """Who pushes a reply. The session id of a Join is a 128-bit secret handed over that
@@ -375,8 +384,9 @@ class _Servicer(pb_grpc.FedKitServicer):
                 except StopAsyncIteration:
                     break
                 n = chunk.ByteSize()
-                wire.up(overhead.message(n))
-                wire.down(overhead.windows([n]))
+                recv, send = overhead.receipt([n])
+                wire.up(overhead.message(n) + send)
+                wire.down(recv)
                 if r.header is None:
                     header = chunk.header if chunk.HasField("header") else None
                     name = await self._reply_caller(context, header)
@@ -637,7 +647,8 @@ class GrpcServer:
             loop.close()
 
     async def _astart(self, ready: concurrent.futures.Future[int]) -> None:
-        server = grpc.aio.server(options=server_options(self.max_message_bytes))
+        window = min(WINDOW_BYTES, max(64 << 10, self.max_payload_bytes))
+        server = grpc.aio.server(options=server_options(self.max_message_bytes, window))
         pb_grpc.add_FedKitServicer_to_server(_Servicer(self), server)
         if self.tls is not None:
             port = server.add_secure_port(self.listen, self.tls.credentials())
