@@ -164,8 +164,9 @@ def main() -> None:
         "",
         "What changed: replies carry no metadata (the session id authenticates them), since gRPC sends "
         "custom metadata as HPACK literals on every call (client name + 43-char token = ~90 B per reply); "
-        "BDP-probe PINGs are off (their PING/WINDOW_UPDATE pairs were timing-dependent bytes); the server "
-        "waits for a reply stream's half-close, sparing a RST_STREAM. What remains per reply is gRPC's own: "
+        "gRPC's BDP probing is replaced by fixed 8 MiB stream windows (its PING/WINDOW_UPDATE pairs were "
+        "timing-dependent bytes no estimate could follow); the server waits for a reply stream's "
+        "half-close, sparing a RST_STREAM. What remains per reply is gRPC's own: "
         "a HEADERS frame (17 B once indexed), the message framing (14 B per message plus 9 B per 16 KiB), "
         "END_STREAM (9 B), two WINDOW_UPDATEs (26 B), and the server's response headers, Ack and trailers "
         "(~90 B down); the ReplyHeader itself (session id, task id, metrics: ~100-150 B). Downstream, each "

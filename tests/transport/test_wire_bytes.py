@@ -120,3 +120,22 @@ def test_reported_wire_bytes_match_a_counting_proxy_and_the_in_process_estimate(
         assert local[f"total_bytes_{d}"] == remote[f"total_bytes_{d}"]
         assert _close(local[f"total_wire_bytes_{d}"], remote[f"total_wire_bytes_{d}"], MODES_TOLERANCE), d
         assert local[f"wire_ratio_{d}"] == pytest.approx(remote[f"wire_ratio_{d}"], rel=MODES_TOLERANCE)
+
+
+@pytest.mark.parametrize("payload, chunk", [(0, 64), (5, 64), (64, 64), (1000, 64), (300_000, 1 << 16)])
+def test_in_process_message_sizes_are_the_real_protobuf_sizes(payload: int, chunk: int) -> None:
+    """The in-process estimate computes chunk sizes without building messages: exactly."""
+    from fedkit.transport._proto import fedkit_pb2 as pb
+    from fedkit.transport.overhead import chunk_messages
+    from fedkit.transport.serde import reply_chunks, reply_to_proto, task_chunks, task_to_proto
+    from fedkit.types import Encoded, Reply, Task
+
+    enc = Encoded("identity", bytes(max(payload - 14, 0)))
+    task = Task(round=3, client="client-7", kind="train", params=enc, config={"seed": 1}, task_id="r3.0.train.client-7")
+    real = [pb.ServerMessage(task=c).ByteSize() for c in task_chunks(task, chunk)]
+    assert chunk_messages(task_to_proto(task, enc.nbytes).ByteSize(), enc.nbytes, chunk, wrapped=True) == real
+    reply = Reply(task.task_id, "client-7", 3, 10, update=enc if payload else None, metrics={"train_loss": 0.5})
+    size = enc.nbytes if payload else 0
+    real = [c.ByteSize() for c in reply_chunks(reply, chunk, "0" * 32)]
+    header = reply_to_proto(reply, size, "0" * 32).ByteSize()
+    assert chunk_messages(header, size, chunk, wrapped=False) == real
