@@ -225,7 +225,10 @@ def main() -> None:
         "cap + 128 KiB is refused by gRPC before it is buffered, zstd stops at the largest valid "
         "frame for the model, and at most one of concurrent replies to a task is decoded (two "
         "reply streams per session; the others are refused). What remains above idle is mostly "
-        "the Python/gRPC working set of handling calls (allocator arenas), not the payloads.",
+        "the Python/gRPC working set of handling calls (allocator arenas), not the payloads. The bombs "
+        "(zstd level 19, no declared content size) are refused by their window size, which the "
+        "decoder caps at max(2 MiB, the model's largest frame); a small-window bomb stops streaming "
+        "at that frame size (tests/compression/test_limits.py).",
     ]
     text = "\n".join(lines) + "\n"
     RESULTS.write_text(text)
