@@ -84,11 +84,19 @@ def cmd_run(args: argparse.Namespace) -> int:
     out.print(
         f"{scenario.name}: final accuracy {acc if acc is None else f'{acc:.4f}'}, "
         f"best {summary['best_accuracy'] and round(summary['best_accuracy'], 4)}, "
-        f"{_fmt_bytes(summary['total_bytes_up'])} up, {_fmt_bytes(summary['total_bytes_down'])} down, "
-        f"{summary['total_wall_s']:.2f} s  -> {run_dir}",
+        f"{_fmt_bytes(summary['total_bytes_up'])} up, {_fmt_bytes(summary['total_bytes_down'])} down"
+        f"{_on_the_wire(summary)}, {summary['total_wall_s']:.2f} s  -> {run_dir}",
         soft_wrap=True,
     )
     return 0
+
+
+def _on_the_wire(summary: dict[str, Any]) -> str:
+    """ " (wire: U up, D down)": the whole exchange, next to the payload bytes."""
+    up, down = summary.get("total_wire_bytes_up"), summary.get("total_wire_bytes_down")
+    if up is None or down is None:
+        return ""
+    return f" (on the wire {_fmt_bytes(up)} up, {_fmt_bytes(down)} down)"
 
 
 def cmd_validate(args: argparse.Namespace) -> int:

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from fedkit.compression.limits import payload_bytes
 from fedkit.experiment import RoundCallback, resumed_clock, run_with_link
 from fedkit.report.run_dir import check_can_start
 from fedkit.runtime.accept import Rejected, accept
@@ -46,6 +47,7 @@ class ServerOptions:
     port_file: str | None = None
     max_sessions: int | None = None  # concurrent sessions the server admits (default: no cap)
     simulate: bool = False  # charge the scenario's devices on a simulated clock (--mode processes)
+    max_payload_bytes: int | None = None  # largest reply payload (default: from the model)
 
 
 def serve(
@@ -75,12 +77,16 @@ def serve(
         except Rejected as e:
             raise ValueError(str(e)) from None
 
-    extra: dict[str, Any] = {} if opts.max_message_bytes is None else {"max_message_bytes": opts.max_message_bytes}
+    # the largest valid update for this model, whatever the codec: bigger replies are refused
+    # before anything is buffered (a 19 KB model no longer accepts a 4 GiB stream)
+    cap = opts.max_payload_bytes or payload_bytes(plan.acceptance.layout)
+    extra: dict[str, Any] = {}
     if plan.split is not None:  # split learning: the Split streams reach the plan's endpoint
         extra["split"] = plan.split.endpoint
     server = GrpcServer(
         opts.listen, tls=opts.tls, auth=opts.auth, validate=validate, insecure=opts.insecure,
-        max_sessions=opts.max_sessions, **extra
+        max_sessions=opts.max_sessions, max_message_bytes=opts.max_message_bytes, max_payload_bytes=cap,
+        **extra,
     )
     port = server.start()
     host = opts.listen.rsplit(":", 1)[0]

@@ -36,6 +36,7 @@ from fedkit.scenario.participation import presence
 from fedkit.sim.availability import Always
 from fedkit.sim.link import CostFn, InProcessLink, OnlineFn, PresentFn
 from fedkit.split.wire import SplitConnect
+from fedkit.transport.overhead import InProcessWire
 from fedkit.types import ClientId, Params
 
 RoundCallback = Callable[[Mapping[str, Any]], None]
@@ -54,7 +55,8 @@ def inprocess_link(
     (participation patterns)."""
     models = ModelCache()  # one module shared by every simulated client
     fns = {cid: ClientHost(c, models, connect=connect) for cid, c in clients.items()}
-    return InProcessLink(fns, cost, online, start_s, present)
+    # wire bytes as gRPC would send them
+    return InProcessLink(fns, cost, online, start_s, present, wire=InProcessWire())
 
 
 def scenario_link(exp: Experiment, start_s: float = 0.0) -> Link:

@@ -281,12 +281,30 @@ def time_to_target(rows: Sequence[Mapping[str, Any]], target_acc: float | None) 
         "time_to_target_s": None if hit is None else hit.get("sim_time_s"),
         "rounds_to_target": None if hit is None else hit["round"],
     }
+def _wire(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Totals of the bytes on the wire and the compression ratios against them (dense float32
+    payload over everything a TCP proxy sees), next to the payload-only ``ratio_*``."""
+    out: dict[str, Any] = {}
+    for d in ("down", "up"):
+        key = f"wire_bytes_{d}"
+        if not any(r.get(key) is not None for r in rows):
+            continue
+        wire = sum(r[key] for r in rows if r.get(key) is not None)
+        dense = sum(r[f"ratio_{d}"] * r[f"bytes_{d}"] for r in rows
+                    if r.get(f"ratio_{d}") is not None and r.get(key) is not None)
+        out[f"total_{key}"] = wire
+        out[f"wire_ratio_{d}"] = dense / wire if wire and dense else None
+    return out
 
 
 def summarize(
     rows: Iterable[dict[str, Any]], params: Params, seed: int, name: str,
     target_acc: float | None = None,
 ) -> dict[str, Any]:
+    """The run's summary. Bytes come twice: ``total_bytes_*`` count payloads (the encoded
+    updates and models), ``total_wire_bytes_*`` the whole exchange on the wire (gRPC messages,
+    HTTP/2 framing, headers and metadata; TLS records excepted; estimated the same way
+    in-process); ``ratio_*`` and ``wire_ratio_*`` are the dense float32 payload over each."""
     rows = list(rows)
     accs = [r["test_acc"] for r in rows if r.get("test_acc") is not None]
     down = sum(r.get("bytes_down", 0) for r in rows)
@@ -301,11 +319,7 @@ def summarize(
         "total_bytes_up": up,
         "ratio_down": _ratio(rows, "ratio_down", "bytes_down"),
         "ratio_up": _ratio(rows, "ratio_up", "bytes_up"),
-        **{
-            f"total_{k}": sum(r[k] for r in rows if r.get(k) is not None)
-            for k in ("wire_bytes_down", "wire_bytes_up")
-            if any(r.get(k) is not None for r in rows)
-        },
+        **_wire(rows),
         "total_encode_s": sum(r.get("encode_s", 0.0) for r in rows),
         "total_decode_s": sum(r.get("decode_s", 0.0) for r in rows),
         "total_wall_s": sum(r.get("wall_s", 0.0) for r in rows),

@@ -15,9 +15,10 @@ from typing import Any
 
 import numpy as np
 
-from fedkit.compression import decode
+from fedkit.compression import decode, family
 from fedkit.compression.limits import layout_of
 from fedkit.types import DecodeError, Params, Reply, Task, Update
+from fedkit.untrusted import shorten
 
 
 class Rejected(ValueError):
@@ -34,6 +35,8 @@ class Acceptance:
     ``max_norm_ratio`` refuses an update whose L2 norm exceeds this multiple of the model's norm
     (``ref_norm``, the initial model's, at least 1); ``max_num_examples`` caps the example count
     a reply may claim, and ``examples`` (registered at enrolment) caps it per client.
+    ``codecs``: the codec families (:func:`fedkit.compression.family`) an update may be
+    encoded with, from the scenario's uplink (None: any codec the registry knows).
     """
 
     layout: tuple[tuple[tuple[int, ...], np.dtype], ...]
@@ -42,6 +45,7 @@ class Acceptance:
     ref_norm: float = 1.0
     max_num_examples: int | None = None
     examples: Mapping[str, int] | None = None
+    codecs: frozenset[tuple[str, ...]] | None = None
 
     @classmethod
     def for_params(cls, params: Params, **kw: Any) -> Acceptance:
@@ -63,6 +67,21 @@ def _examples(rule: Acceptance, reply: Reply) -> None:
             raise Rejected(f"client {reply.client[:64]!r} has no registered example count")
         if n > known:
             raise Rejected(f"num_examples {n} exceeds the {known} registered for {reply.client[:64]!r}")
+
+
+def _codec(rule: Acceptance, codec: str) -> None:
+    if rule.codecs is None:
+        return
+    try:
+        fam = family(codec)
+    except (ValueError, TypeError, RecursionError):
+        raise Rejected(f"update names an unparsable codec {shorten(codec)}") from None
+    if fam not in rule.codecs:
+        allowed = ", ".join(sorted("|".join(f) for f in rule.codecs))
+        raise Rejected(
+            f"update is encoded with {shorten(codec)}, not the scenario's uplink family ({allowed}); "
+            "compression.uplink_accept lists others a server takes"
+        )
 
 
 def _identity(task: Task, reply: Reply) -> None:
@@ -87,6 +106,7 @@ def _train(rule: Acceptance, task: Task, reply: Reply) -> Update:
     if reply.num_examples <= 0:
         raise Rejected(f"num_examples must be positive, got {reply.num_examples}")
     _examples(rule, reply)
+    _codec(rule, reply.update.codec)
     try:
         delta = decode(reply.update, like=list(rule.layout))  # allocation bounded by the model
     except DecodeError as e:

@@ -380,9 +380,13 @@ def _run_policy(r: _Round) -> None:
                 raise RuntimeError(f"round {r.rnd}: policy gave no action at its deadline")
 
 
-def run_round(plan: Plan, link: Link, state: ServerState) -> tuple[ServerState, RoundRecord]:
+def run_round(
+    plan: Plan, link: Link, state: ServerState, wire_from: tuple[int, int] | None = None
+) -> tuple[ServerState, RoundRecord]:
+    """One round. Its wire bytes count from ``wire_from`` (the link's reading when the previous
+    round ended; None: from now), so joins before round 1 and heartbeats between rounds count."""
     t0 = time.perf_counter()
-    wire0 = link.wire_bytes()
+    wire0 = wire_from if wire_from is not None else link.wire_bytes()
     r = _Round(plan, link, state)
     if plan.split is not None:
         plan.split.begin(state.split, r.rnd)
@@ -401,8 +405,11 @@ def run_round(plan: Plan, link: Link, state: ServerState) -> tuple[ServerState, 
     if r.rnd % plan.eval_every == 0 or r.rnd == plan.rounds:
         rec.metrics |= _evaluate(plan, link, new, rec)
     wire1 = link.wire_bytes()
-    if wire0 is not None and wire1 is not None:
-        rec.metrics |= {"wire_bytes_down": wire1[0] - wire0[0], "wire_bytes_up": wire1[1] - wire0[1]}
+    if wire0 is not None and wire1 is not None:  # the whole exchange as a TCP proxy sees it
+        down, up = wire1[0] - wire0[0], wire1[1] - wire0[1]
+        rec.metrics |= {"wire_bytes_down": down, "wire_bytes_up": up}
+        rec.metrics |= {"wire_ratio_down": rec.dense_down / down} if down and rec.dense_down else {}
+        rec.metrics |= {"wire_ratio_up": rec.dense_up / up} if up and rec.dense_up else {}
     rec.wall_s = time.perf_counter() - t0
     rec.sim_time_s = link.now()
     return new, rec
@@ -450,9 +457,11 @@ def run(
     the run ends (asynchronous policies) are cancelled.
     """
     skipped, any_ok, first = 0, False, state.round + 1
+    mark: tuple[int, int] | None = (0, 0)  # round one also carries the cost of connecting
     try:
         while state.round < plan.rounds:
-            state, rec = run_round(plan, link, state)
+            state, rec = run_round(plan, link, state, mark)
+            mark = link.wire_bytes()
             if on_round is not None:
                 on_round(state, rec)
             ok = rec.status == "ok"

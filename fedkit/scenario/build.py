@@ -18,6 +18,7 @@ import torch
 
 from fedkit import rng as frng
 from fedkit.aggregation import client_config, make_aggregator
+from fedkit.compression import family
 from fedkit.data import Dataset, load_dataset, partition
 from fedkit.models import (
     LocalData,
@@ -38,7 +39,7 @@ from fedkit.runtime.split import KIND as SPLIT_KIND
 from fedkit.runtime.split import SplitPlan
 from fedkit.runtime.task import ModelRef
 from fedkit.scenario.check import DataError
-from fedkit.scenario.schema import Scenario, Schedule, read_examples
+from fedkit.scenario.schema import Compression, Scenario, Schedule, read_examples
 from fedkit.split.endpoint import Endpoint
 from fedkit.split.schemes import initial, make_setup, whole
 from fedkit.split.server import server_init
@@ -208,6 +209,7 @@ def build_server(s: Scenario) -> tuple[Plan, Params]:
             max_num_examples=s.server.max_num_examples,
             examples=read_examples(s.server.registered_examples) if s.server.registered_examples else None,
             max_staleness=s.server.max_staleness,
+            codecs=uplink_families(s.compression),
         ),
         max_skipped_rounds=s.server.max_skipped_rounds,
         policy=policy,
@@ -233,6 +235,11 @@ def _partial_work(s: Scenario, init_params: Params) -> Any:
 
     sim = simulation(s)
     return None if sim is None else partial_work(s, sim, init_params)
+def uplink_families(c: Compression) -> frozenset[tuple[str, ...]] | None:
+    """Codec families a server takes updates in: the uplink's plus ``uplink_accept`` (None: any)."""
+    if c.uplink_accept == "any":
+        return None
+    return frozenset(family(spec) for spec in [c.uplink, *c.uplink_accept])
 
 
 def initial_state(plan: Plan, init_params: Params) -> ServerState:

@@ -265,14 +265,20 @@ class Compression(Strict):
     uplink: str = "identity"
     downlink: str = "identity"
     downlink_mode: Literal["full", "delta"] = "full"
+    # codecs a server takes updates in besides the uplink's family (stage names; settings may
+    # differ), or "any": e.g. a fleet of devices that each pick their own codec
+    uplink_accept: list[str] | Literal["any"] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _codecs(self) -> Compression:
         from fedkit.compression import make
 
-        for field in ("uplink", "downlink"):
+        extra = [] if self.uplink_accept == "any" else list(self.uplink_accept)
+        for field, spec in [("uplink", self.uplink), ("downlink", self.downlink)] + [
+            (f"uplink_accept[{i}]", s) for i, s in enumerate(extra)
+        ]:
             try:
-                make(getattr(self, field))
+                make(spec)
             except (ValueError, TypeError) as e:
                 raise ValueError(f"{field}: {e}") from None
         if self.downlink.startswith("ef:"):

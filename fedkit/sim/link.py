@@ -17,6 +17,7 @@ from __future__ import annotations
 import heapq
 import math
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Protocol
 
 from fedkit.runtime.link import ClientFn
 from fedkit.types import Arrival, ClientId, Reply, Task
@@ -32,6 +33,15 @@ PresentFn = Callable[[Task], bool]
 """Whether the task's client is there to answer it at all."""
 
 
+class WireModel(Protocol):
+    """(down, up) bytes a real transport would put on the wire for a task and for a reply
+    (``fedkit.transport.overhead.InProcessWire``), so in-process runs report them too."""
+
+    def task(self, task: Task) -> tuple[int, int]: ...
+
+    def reply(self, task: Task, reply: Reply) -> tuple[int, int]: ...
+
+
 class InProcessLink:
     def __init__(
         self,
@@ -40,8 +50,11 @@ class InProcessLink:
         online: OnlineFn | None = None,
         start_s: float = 0.0,
         present: PresentFn | None = None,
+        wire: WireModel | None = None,
     ):
         self._fns = dict(clients)
+        self._wire = wire
+        self._bytes = [0, 0]  # (down, up) the wire model charged so far
         self._ids = sorted(self._fns)
         self._cost = cost
         self._online = online
@@ -68,6 +81,7 @@ class InProcessLink:
         for t in tasks:
             if self._present is not None and not self._present(t):
                 self._open[t.task_id] = (t, None)  # never queued: it never arrives
+                self._charge(self._wire.task(t) if self._wire is not None else None)  # sent all the same
                 self._seq += 1
                 continue
             reply = self._fns[t.client](t)
@@ -75,6 +89,7 @@ class InProcessLink:
             if math.isnan(dt) or dt < 0:
                 raise ValueError(f"cost of task {t.task_id!r} is {dt}; need >= 0 simulated seconds")
             self._open[t.task_id] = (t, reply)
+            self._charge(self._wire.task(t) if self._wire is not None else None)
             if math.isfinite(dt):
                 heapq.heappush(self._queue, (self._now + dt, self._seq, t.task_id))
             self._seq += 1
@@ -90,14 +105,22 @@ class InProcessLink:
             t, _, tid = heapq.heappop(self._queue)
             self._now = max(self._now, t)
             task, reply = self._open.pop(tid)
+            if self._wire is not None and reply is not None:
+                self._charge(self._wire.reply(task, reply))
             yield Arrival(self._now, task, reply)
 
     def cancel(self, task_ids: Iterable[str]) -> None:
         for tid in task_ids:
             self._open.pop(tid, None)
 
+    def _charge(self, cost: tuple[int, int] | None) -> None:
+        if cost is not None:
+            self._bytes[0] += cost[0]
+            self._bytes[1] += cost[1]
+
     def wire_bytes(self) -> tuple[int, int] | None:
-        return None
+        """What the wire model charged so far (None without one: nothing is estimated)."""
+        return None if self._wire is None else (self._bytes[0], self._bytes[1])
 
     def close(self) -> None:
         self._open.clear()
