@@ -7,6 +7,7 @@ The server uses the very round engine of the in-process simulation; only the Lin
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import threading
 import time
@@ -66,6 +67,8 @@ def serve(
     check_can_start(out, resume, overwrite, dump(scenario), force)  # before clients wait
     torch.set_num_threads(1)
     plan, init_params = build_server(scenario)  # no client's data: the devices hold it
+    if not opts.simulate:  # real devices on the real clock: a hung one sits out (server.bench_after)
+        plan = dataclasses.replace(plan, bench_after=scenario.server.bench_after)
 
     def validate(task: Task, reply: Reply) -> Any:
         """The engine's acceptance rule, run while the reply is on the wire: a bad reply is

@@ -93,6 +93,7 @@ class Plan:
     eval_deadline_s: float | None = None
     metrics: MetricsFn = default_metrics
     max_skipped_rounds: int | None = None  # consecutive rounds without a new model -> RunFailed
+    bench_after: int | None = None  # consecutive missed deadlines before a client sits out (Benched)
     split: Any = None  # fedkit.runtime.split.SplitPlan: split learning's seam (None: FL)
     work: Work | None = None  # caps each client's local steps (stragglers: partial)
 
@@ -118,6 +119,38 @@ class ServerState:
     version: int = 0  # aggregations applied: the model version tasks carry
     split: Any = None  # split learning: the server part (fedkit.split.server.ServerState)
     inflight: InFlight | None = None  # not checkpointed (see the module docstring)
+    benched: Benched = field(default_factory=lambda: Benched())  # not checkpointed either
+
+
+@dataclass(frozen=True)
+class Benched:
+    """Clients that missed their deadline several times in a row (a hung device): they are not
+    sampled for a while, so one of them cannot stall every round by the deadline. After
+    ``Plan.bench_after`` consecutive misses a client sits out 1 round, then 2, 4, ... (capped at
+    64) after each further miss; any answer (even a refused one) clears its record."""
+
+    misses: Mapping[ClientId, int] = field(default_factory=dict)
+    until: Mapping[ClientId, int] = field(default_factory=dict)  # sits out rounds < until
+
+    def missed(self, client: ClientId, rnd: int, after: int) -> Benched:
+        n = self.misses.get(client, 0) + 1
+        until = dict(self.until)
+        if n >= after:
+            until[client] = rnd + 1 + min(2 ** (n - after), 64)
+            log.warning("client %s missed %d deadlines in a row: not sampled before round %d",
+                        client, n, until[client])
+        return Benched({**self.misses, client: n}, until)
+
+    def answered(self, client: ClientId) -> Benched:
+        if client not in self.misses:
+            return self
+        return Benched({k: v for k, v in self.misses.items() if k != client},
+                       {k: v for k, v in self.until.items() if k != client})
+
+    def available(self, clients: Sequence[ClientId], rnd: int) -> tuple[ClientId, ...]:
+        if not self.until:
+            return tuple(clients)
+        return tuple(c for c in clients if self.until.get(c, 0) <= rnd)
 
 
 @dataclass
@@ -229,8 +262,8 @@ class _Round:
         self.aggregated = False
 
     def view(self) -> View:
-        return View(self.rnd, self.link.now(), tuple(self.link.clients()), self.state.version,
-                    self.plan.sampler)
+        population = self.state.benched.available(self.link.clients(), self.rnd)
+        return View(self.rnd, self.link.now(), population, self.state.version, self.plan.sampler)
 
     def send(self, a: Send) -> None:
         if a.attempt > 0:
@@ -270,6 +303,8 @@ class _Round:
         update: Update | None = None
         if c in self.work:
             row["work"] = self.work[c]
+        if r is not None:  # it shows life
+            self.state = replace(self.state, benched=self.state.benched.answered(c))
         if r is None:
             rec.clients_dropped += 1
             status, reason = "lost", arrival.reason or "no reply"
@@ -313,6 +348,9 @@ class _Round:
             if status == "missed":
                 log.warning("round %d: client %s missed the deadline", self.rnd, task.client)
                 self.rec.clients_dropped += 1
+                if self.plan.bench_after is not None:
+                    benched = self.state.benched.missed(task.client, self.rnd, self.plan.bench_after)
+                    self.state = replace(self.state, benched=benched)
             self.state = replace(self.state, downlink=dl.forget(self.state.downlink, task.client))
             if self.plan.split is not None:
                 self.plan.split.settled(task, keep=False)
@@ -423,7 +461,8 @@ def _evaluate(plan: Plan, link: Link, state: ServerState, rec: RoundRecord) -> d
         out |= {"test_loss": float(m["loss"]), "test_acc": float(m["accuracy"])}
         out |= {f"test_{k}": float(v) for k, v in m.items() if k not in ("loss", "accuracy")}
     if plan.federated_eval:
-        view = View(state.round, link.now(), tuple(link.clients()), state.version, plan.sampler)
+        population = state.benched.available(link.clients(), state.round)
+        view = View(state.round, link.now(), population, state.version, plan.sampler)
         sampled = view.sample(attempt=1000)
         tasks, _, _ = make_tasks(plan, state, state.round, "evaluate", sampled)
         rec.bytes_down += sum(t.params.nbytes for t in tasks)

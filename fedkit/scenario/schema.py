@@ -240,6 +240,11 @@ class Server(Strict):
     # Stop the run (exit 1, checkpoints kept) after this many consecutive rounds without a new
     # model: a run whose every update is refused must not finish "successfully".
     max_skipped_rounds: int | None = Field(default=10, ge=1)
+    # Deployed servers (fedkit server, on the real clock): a client that missed this many
+    # deadlines in a row sits out 1, 2, 4, ... rounds (a hung device must not stall every
+    # round); any answer clears it (fedkit/runtime/server.py Benched). Simulations sample as
+    # the scenario says: a simulated straggler is slow, not hung.
+    bench_after: int | None = Field(default=3, ge=1)
     # Late clients: drop them (FedAvg) or, with a devices: section, have each do the local
     # steps that fit before the deadline and send that work (FedProx's partial work).
     stragglers: Literal["drop", "partial"] = "drop"
