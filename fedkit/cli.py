@@ -36,7 +36,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from fedkit.experiment import run_scenario
     from fedkit.report.run_dir import fresh_path
 
-    scenario = load(args.scenario, args.set)
+    executor = [f"execution.kind={args.executor}"] if args.executor else []
+    scenario = load(args.scenario, [*args.set, *executor])
     default = Path(scenario.output.dir) / scenario.name
     run_dir = Path(args.out) if args.out else (default if args.resume else fresh_path(default))
     totals = {"bytes": 0}
@@ -307,6 +308,8 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--out", help="run directory (default: <output.dir>/<name>)")
     r.add_argument("--mode", default="inprocess", choices=["inprocess", "processes"])
     r.add_argument("--workers", type=int, help="client processes in --mode processes")
+    r.add_argument("--executor", choices=["sequential", "pool", "ray", "stacked"],
+                   help="how --mode inprocess runs the clients (sets execution.kind)")
     r.add_argument("--resume", action="store_true", help="continue from the run directory's checkpoint")
     r.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
     r.add_argument("--force", action="store_true", help="--resume even if the scenario changed")

@@ -18,22 +18,28 @@ from fedkit.aggregation import state_from_arrays, state_to_arrays
 from fedkit.models import build_model, set_params
 from fedkit.report import plots
 from fedkit.report.run_dir import RunDir, check_can_start, load_params, summarize
-from fedkit.runtime.client import ClientHost, ClientState, ModelCache
+from fedkit.runtime.client import ClientHost, ClientState, hosts
 from fedkit.runtime.downlink import DownlinkState
 from fedkit.runtime.link import Link
 from fedkit.runtime.server import Plan, RoundRecord, ServerState, run
 from fedkit.runtime.task import ModelRef
 from fedkit.scenario import Scenario, dump
 from fedkit.scenario.build import build, initial_state
-from fedkit.sim.link import CostFn, InProcessLink
+from fedkit.scenario.execution import make_executor
+from fedkit.sim.link import CostFn, Executor, InProcessLink
 from fedkit.types import ClientId, Params
 
 RoundCallback = Callable[[Mapping[str, Any]], None]
 
 
-def inprocess_link(clients: Mapping[ClientId, ClientState], cost: CostFn | None = None) -> Link:
-    models = ModelCache()  # one module shared by every simulated client
-    return InProcessLink({cid: ClientHost(c, models) for cid, c in clients.items()}, cost)
+def inprocess_link(
+    clients: Mapping[ClientId, ClientState],
+    cost: CostFn | None = None,
+    executor: Callable[[Mapping[ClientId, ClientHost]], Executor] | None = None,
+) -> Link:
+    """``executor(hosts)``: how the clients run (default: one after another, in this process)."""
+    fleet = hosts(clients)  # one module shared by every simulated client
+    return InProcessLink(fleet, cost, executor=None if executor is None else executor(fleet))
 
 
 def resume_state(plan: Plan, init_params: Params, rd: RunDir, resume: bool) -> ServerState:
@@ -121,7 +127,7 @@ def run_scenario(
     check_can_start(out, resume, overwrite, dump(scenario), force)
     torch.set_num_threads(1)  # the kernels every mode uses: bit-identical params across modes
     exp = build(scenario)
-    link = inprocess_link(exp.clients)
+    link = inprocess_link(exp.clients, executor=lambda fleet: make_executor(scenario, fleet))
     try:
         return run_with_link(scenario, exp.plan, exp.init_params, link, out, on_round, resume, overwrite)
     finally:

@@ -100,9 +100,14 @@ def sgd_train(
         opt.step()
         total += float(loss.detach())
         steps += 1
-    if not np.isfinite(total):
+    return train_metrics(total, steps)
+
+
+def train_metrics(total_loss: float, steps: int) -> dict[str, float]:
+    """What a local training run reports: mean batch loss and steps (diverged: an error)."""
+    if not np.isfinite(total_loss):
         raise FloatingPointError("local training diverged (loss is NaN or Inf); lower the lr")
-    return {"train_loss": total / max(steps, 1), "steps": float(steps)}
+    return {"train_loss": total_loss / max(steps, 1), "steps": float(steps)}
 
 
 @torch.no_grad()

@@ -93,6 +93,7 @@ class Context:
     task: Task
     config: Any
     models: ModelCache
+    train: TrainFn | None = None  # replaces the configured training function (stacked execution)
 
     def rng(self, purpose: str) -> np.random.Generator:
         """A generator keyed by (seed, purpose, round, client): the only source of draws."""
@@ -126,7 +127,8 @@ def handle_train(state: ClientState, task: Task, ctx: Context) -> tuple[ClientSt
     module = ctx.models.get(cfg.model)
     set_params(module, params)
     with keyed_torch(ctx.seed_int("torch-train")):
-        metrics = dict(train_fn(cfg.train)(module, state.train, cfg.train, ctx.rng("train")))
+        fn = ctx.train or train_fn(cfg.train)
+        metrics = dict(fn(module, state.train, cfg.train, ctx.rng("train")))
     delta = [n - p for n, p in zip(get_params(module), params, strict=True)]
     metrics["compute_s"] = time.perf_counter() - t0
     n = int(metrics.pop("num_examples", state.num_train))
@@ -179,13 +181,18 @@ def compose(mods: Sequence[Mod], handler: ClientFn) -> ClientFn:
 
 
 def run_task(
-    state: ClientState, task: Task, models: ModelCache, mods: Sequence[Mod] = DEFAULT_MODS
+    state: ClientState,
+    task: Task,
+    models: ModelCache,
+    mods: Sequence[Mod] = DEFAULT_MODS,
+    train: TrainFn | None = None,
 ) -> tuple[ClientState, Reply]:
-    """Run one task. Failures become a reply with ``error`` set (and the state unchanged)."""
+    """Run one task. Failures become a reply with ``error`` set (and the state unchanged).
+    ``train`` replaces the task's training function (an executor that trained it elsewhere)."""
     try:
         config = tasks.parse(task.kind, task.config)
         fn = compose(mods, HANDLERS[task.kind])
-        new, reply = fn(state, task, Context(task, config, models))
+        new, reply = fn(state, task, Context(task, config, models, train))
         if reply.delta is not None:
             raise RuntimeError("a mod chain must end with an encoded update (no encode mod?)")
         return new, reply
@@ -203,9 +210,15 @@ class ClientHost:
         self.models = models or ModelCache()
         self.mods = tuple(mods)
 
-    def __call__(self, task: Task) -> Reply:
-        self.state, reply = run_task(self.state, task, self.models, self.mods)
+    def __call__(self, task: Task, train: TrainFn | None = None) -> Reply:
+        self.state, reply = run_task(self.state, task, self.models, self.mods, train)
         return reply
+
+
+def hosts(states: Mapping[ClientId, ClientState]) -> dict[ClientId, ClientHost]:
+    """One host per client, all sharing one :class:`ModelCache` (one module per process)."""
+    models = ModelCache()
+    return {cid: ClientHost(st, models) for cid, st in states.items()}
 
 
 def save_client_data(path: str | Path, state: ClientState) -> None:

@@ -7,6 +7,13 @@ wall clock. ``cost`` is the hook device profiles plug into; without one every ta
 simulated time, so a synchronous round sees every reply at once, as before. A cost of ``inf``
 means the reply never arrives (the client dropped out): its task settles only by the engine's
 deadline, exactly like a silent device over gRPC.
+
+``executor`` decides how a batch of sent tasks becomes replies (:class:`Executor`): one after
+another in this process (:func:`sequential`, the default and the reference), in worker processes,
+on a Ray cluster, or stacked into one batched computation (``fedkit.sim.pool``,
+``fedkit.compat.ray``, ``fedkit.sim.stacked``). It changes where the clients' work runs, never
+what the Link schedules: replies come back in task order, and a task whose worker was lost comes
+back as an error reply (the engine records that client as failed; the round goes on).
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ from __future__ import annotations
 import heapq
 import math
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Protocol
 
 from fedkit.runtime.link import ClientFn
 from fedkit.types import Arrival, ClientId, Reply, Task
@@ -22,9 +30,42 @@ CostFn = Callable[[Task, Reply], float]
 """Simulated seconds from sending ``task`` until ``reply`` is back at the server."""
 
 
+class Executor(Protocol):
+    """Runs the clients' side of a batch of tasks; every executor gives the same replies."""
+
+    def run(self, tasks: Sequence[Task]) -> Sequence[Reply]:
+        """One reply per task, in task order (an error reply where its worker was lost)."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class _Sequential:
+    def __init__(self, fns: Mapping[ClientId, ClientFn]):
+        self._fns = fns
+
+    def run(self, tasks: Sequence[Task]) -> list[Reply]:
+        return [self._fns[t.client](t) for t in tasks]
+
+    def close(self) -> None:
+        pass
+
+
+def sequential(fns: Mapping[ClientId, ClientFn]) -> Executor:
+    """Each task's client function, one after another, in this process."""
+    return _Sequential(fns)
+
+
 class InProcessLink:
-    def __init__(self, clients: Mapping[ClientId, ClientFn], cost: CostFn | None = None):
+    def __init__(
+        self,
+        clients: Mapping[ClientId, ClientFn],
+        cost: CostFn | None = None,
+        *,
+        executor: Executor | None = None,
+    ):
         self._fns = dict(clients)
+        self._executor = executor or sequential(self._fns)
         self._ids = sorted(self._fns)
         self._cost = cost
         self._now = 0.0
@@ -44,8 +85,10 @@ class InProcessLink:
                 raise ValueError(f"task id {t.task_id!r} is empty or already open")
             if t.client not in self._fns:
                 raise ValueError(f"task {t.task_id!r} for unknown client {t.client!r}")
-        for t in tasks:
-            reply = self._fns[t.client](t)
+        replies = self._executor.run(tasks)
+        if len(replies) != len(tasks):
+            raise RuntimeError(f"executor returned {len(replies)} replies for {len(tasks)} tasks")
+        for t, reply in zip(tasks, replies, strict=True):
             dt = 0.0 if self._cost is None else float(self._cost(t, reply))
             if math.isnan(dt) or dt < 0:
                 raise ValueError(f"cost of task {t.task_id!r} is {dt}; need >= 0 simulated seconds")
@@ -77,3 +120,4 @@ class InProcessLink:
     def close(self) -> None:
         self._open.clear()
         self._queue.clear()
+        self._executor.close()
