@@ -36,7 +36,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
@@ -45,7 +44,7 @@ from torch import nn
 
 from fedkit import rng as frng
 from fedkit.models import LocalData, TrainConfig, set_params
-from fedkit.models.train import TrainFn, batches, train_metrics
+from fedkit.models.train import TrainFn, batch_plan, train_metrics
 from fedkit.runtime import task as tasks
 from fedkit.runtime.client import ClientHost
 from fedkit.runtime.downlink import receive
@@ -61,7 +60,8 @@ class Job:
     task: Task
     params: Params
     data: LocalData
-    batches: list[torch.Tensor]
+    idx: np.ndarray  # its batches' sample indices, in order (fedkit.models.train.batch_plan)
+    sizes: np.ndarray  # the size of each batch
 
 
 Result = tuple[Params, dict[str, float]]
@@ -114,89 +114,133 @@ def _is_mlp(layers: Sequence[nn.Module]) -> bool:
 
 @dataclass(frozen=True)
 class _Layout:
-    """Every job's batches as index and weight arrays over the concatenated data.
+    """Every job's batches, step by step, in one compact array.
 
-    Jobs are sorted by number of steps, longest first, so at step ``t`` the clients still
-    training are the prefix ``[:active[t]]``. Padding rows point at an all-zero sample with
-    weight 0; a real row of a batch of ``b`` samples weighs ``1/b`` (the batch mean).
+    Rows (jobs) are sorted by number of steps, longest first, so at step ``t`` the rows still
+    training are the prefix ``[:active[t]]``, and step ``t``'s entries are the
+    ``[active[t], width]`` block at ``start[t]``. A row's short batch is padded with the all-zero
+    sample at weight 0; a real sample of a batch of ``b`` weighs ``1/b`` (the batch mean).
     """
 
-    order: list[int]  # job index of each stack row
+    order: list[int]  # job index of each row
     steps: np.ndarray  # [K] steps of each row
     active: np.ndarray  # [T] rows still training at step t
-    idx: np.ndarray  # [T, K, B] rows of x
-    weight: np.ndarray  # [T, K, B] float32
-    x: np.ndarray  # [N + 1, ...] float32, last row zero
+    start: np.ndarray  # [T + 1] where step t's block begins
+    width: int  # the largest batch
+    idx: np.ndarray  # [E] sample (row of x) of each entry
+    weight: np.ndarray  # [E] float32
+    row: np.ndarray  # [E] the row (job) of each entry
+    x: np.ndarray  # [N + 1, ...] float32, the last sample all zero
     y: np.ndarray  # [N + 1] int64
+
+    def block(self, t: int) -> tuple[int, int, int]:
+        """(rows active, first entry, end entry) of step t."""
+        k = int(self.active[t])
+        a = int(self.start[t])
+        return k, a, a + k * self.width
 
 
 def _layout(jobs: Sequence[Job]) -> _Layout:
-    steps = np.array([len(j.batches) for j in jobs], dtype=np.int64)
-    order = sorted(range(len(jobs)), key=lambda k: -steps[k])
-    steps = steps[order]
-    t_max = int(steps[0]) if len(steps) else 0
-    width = max((len(b) for j in jobs for b in j.batches), default=1)
+    K = len(jobs)
+    counts = np.array([len(j.sizes) for j in jobs], dtype=np.int64)
+    order = sorted(range(K), key=lambda k: -counts[k])
+    steps = counts[order]
+    t_max = int(steps[0]) if K else 0
+    width = max((int(j.sizes.max()) for j in jobs if len(j.sizes)), default=1)
+    active = K - np.searchsorted(np.sort(steps), np.arange(t_max), side="right")
+    start = np.concatenate([[0], np.cumsum(active * width)]).astype(np.int64)
     sizes = [len(jobs[k].data) for k in order]
     offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
-    pad = int(offsets[-1])
-    idx = np.full((t_max, len(jobs), width), pad, dtype=np.int64)
-    weight = np.zeros((t_max, len(jobs), width), dtype=np.float32)
-    for row, k in enumerate(order):
-        for t, b in enumerate(jobs[k].batches):
-            n = len(b)
-            idx[t, row, :n] = b.numpy() + offsets[row]
-            weight[t, row, :n] = np.float32(1.0) / np.float32(n)
+    n_entries = int(start[-1])
+    idx = np.full(n_entries, offsets[-1], dtype=np.int64)
+    weight = np.zeros(n_entries, dtype=np.float32)
+    for r, k in enumerate(order):
+        sz = jobs[k].sizes
+        if not len(sz):
+            continue
+        t_of = np.repeat(np.arange(len(sz)), sz)
+        slot = np.arange(len(jobs[k].idx)) - np.repeat(np.cumsum(sz) - sz, sz)
+        pos = start[t_of] + r * width + slot
+        idx[pos] = jobs[k].idx + offsets[r]
+        weight[pos] = np.repeat(np.float32(1.0) / sz.astype(np.float32), sz)
+    t_of_entry = np.repeat(np.arange(t_max), active * width)
+    row = (np.arange(n_entries) - start[t_of_entry]) // width
     feat = jobs[0].data.x.shape[1:]
     xs = [jobs[k].data.x.numpy().astype(np.float32, copy=False) for k in order]
     x = np.concatenate([*xs, np.zeros((1, *feat), np.float32)])
     y = np.concatenate([*(jobs[k].data.y.numpy() for k in order), np.zeros(1, np.int64)])
-    active = (steps[None, :] > np.arange(t_max)[:, None]).sum(1)
-    return _Layout(order, steps, active, idx, weight, x, y)
+    return _Layout(order, steps, active, start, width, idx, weight, row, x, y)
 
 
 class _Sgd:
-    """torch.optim.SGD's update on stacked tensors of the active prefix, plus FedProx's term.
+    """torch.optim.SGD (momentum, weight decay) plus FedProx's term, for every client at once.
 
-    ``g`` is the data gradient; ``weight_decay`` adds ``wd * w``, ``mu`` adds ``mu * (w - w0)``
-    (the gradient of ``mu/2 ||w - w0||^2``), momentum keeps one buffer per client and tensor.
+    All of a client's parameters live in one row of ``w`` (``[K, P]`` float32; :meth:`views`
+    gives each tensor's ``[K, ...]`` view), and the training loop writes ``lr`` times the data
+    gradient into the same layout in ``g``, so one step of the active prefix is a few whole-array
+    operations: ``w -= g + lr*wd*w + lr*mu*(w - w0)`` (through a momentum buffer if any). FedProx's
+    ``mu/2 ||w - w0||^2`` is added to the clients' losses as sequential training does.
     """
 
-    def __init__(self, cfg: TrainConfig, params: Sequence[Any]):
+    def __init__(self, cfg: TrainConfig, params: Sequence[np.ndarray]):
         self.cfg = cfg
-        self.anchor = [p.copy() for p in params] if cfg.mu > 0 else None
-        self.buf: list[Any] | None = None
+        K = len(params[0])
+        self.shapes = [p.shape[1:] for p in params]
+        sizes = [int(np.prod(sh)) for sh in self.shapes]
+        self.offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(int)
+        self.w = np.concatenate([p.reshape(K, -1) for p in params], axis=1).astype(np.float32)
+        self.g = np.zeros_like(self.w)
+        self.anchor = self.w.copy() if cfg.mu > 0 else None
+        self.pull = None if self.anchor is None else np.float32(cfg.lr * cfg.mu) * self.anchor
+        self.decay = np.float32(1.0 - cfg.lr * (cfg.mu + cfg.weight_decay))
+        self.buf = np.zeros_like(self.w) if cfg.momentum else None
+        self.first = True
+        self.prox_sq = np.zeros(K, dtype=np.float64)
 
-    def prox(self, params: Sequence[Any], k: int) -> Any:
-        """Per-client ``mu/2 ||w - w0||^2`` of the active prefix (0 without FedProx)."""
-        if self.anchor is None:
-            return 0.0
-        total = 0.0
-        for p, a in zip(params, self.anchor, strict=True):
-            d = p[:k] - a[:k]
-            total = total + (d * d).reshape(k, -1).sum(1)
-        return 0.5 * self.cfg.mu * total
+    def views(self, arr: np.ndarray) -> list[np.ndarray]:
+        """Each parameter tensor's ``[K, ...]`` view into ``arr`` (``w`` or ``g``)."""
+        o = self.offsets
+        out = [arr[:, o[i] : o[i + 1]].reshape(len(arr), *sh) for i, sh in enumerate(self.shapes)]
+        assert all(np.shares_memory(v, arr) for v in out), "a parameter view became a copy"
+        return out
 
-    def step(self, params: Sequence[Any], grads: Sequence[Any], k: int) -> None:
-        cfg = self.cfg
-        first = self.buf is None
-        if first and cfg.momentum:
-            self.buf = [p.copy() * 0 for p in params]
-        for i, (p, g) in enumerate(zip(params, grads, strict=True)):
-            w = p[:k]
+    def step(self, k: int) -> None:
+        cfg, w, g = self.cfg, self.w[:k], self.g[:k]
+        if self.anchor is not None:
+            d = w - self.anchor[:k]
+            self.prox_sq[:k] += np.einsum("ij,ij->i", d, d)
+        if self.buf is None:
+            if self.decay != 1:
+                w *= self.decay
+            if self.pull is not None:
+                w += self.pull[:k]
+            w -= g
+        else:
             if self.anchor is not None:
-                g = g + cfg.mu * (w - self.anchor[i][:k])
+                d *= np.float32(cfg.lr * cfg.mu)
+                g += d
             if cfg.weight_decay:
-                g = g + cfg.weight_decay * w
-            if cfg.momentum:
-                assert self.buf is not None
-                b = self.buf[i][:k]
-                if first:
-                    b[...] = g
-                else:
-                    b *= cfg.momentum
-                    b += g
-                g = b
-            w -= cfg.lr * g
+                g += np.float32(cfg.lr * cfg.weight_decay) * w
+            b = self.buf[:k]
+            if self.first:
+                b[...] = g
+            else:
+                b *= np.float32(cfg.momentum)
+                b += g
+            w -= b
+        self.first = False
+
+    def prox_loss(self) -> np.ndarray:
+        return 0.5 * self.cfg.mu * self.prox_sq
+
+
+def _results(lay: _Layout, data_loss: np.ndarray, opt: _Sgd) -> list[Result]:
+    total = data_loss + opt.prox_loss()
+    views = opt.views(opt.w)
+    out: list[Result | None] = [None] * len(lay.order)
+    for r, j in enumerate(lay.order):
+        out[j] = ([v[r].copy() for v in views], _metrics(float(total[r]), int(lay.steps[r])))
+    return [x for x in out if x is not None]
 
 
 # ----------------------------------------------------------------- Flatten / Linear / ReLU
@@ -204,28 +248,29 @@ class _Sgd:
 
 def _train_mlp(module: nn.Module, jobs: Sequence[Job], cfg: TrainConfig) -> list[Result]:
     """Hand-written forward and backward of a ReLU MLP (logreg: no hidden layer), in numpy.
-
-    Weights are kept transposed, ``[K, in, out]``, so a layer is ``h @ W + b``.
-    """
+    Weights are used transposed (a layer is ``h @ W.T + b``, written ``matmul(h, W^T)``)."""
     lay = _layout(jobs)
     K = len(jobs)
+    opt = _Sgd(cfg, [np.stack([jobs[k].params[i] for k in lay.order]) for i in range(len(jobs[0].params))])
     n_layers = len(jobs[0].params) // 2
-    ws = [np.stack([np.ascontiguousarray(jobs[k].params[2 * i].T) for k in lay.order]).astype(np.float32)
-          for i in range(n_layers)]
-    bs = [np.stack([jobs[k].params[2 * i + 1] for k in lay.order]).astype(np.float32)[:, None, :]
-          for i in range(n_layers)]
-    params = [p for pair in zip(ws, bs, strict=True) for p in pair]
-    opt = _Sgd(cfg, params)
+    wv, gv = opt.views(opt.w), opt.views(opt.g)
+    ws = [wv[2 * i].transpose(0, 2, 1) for i in range(n_layers)]  # [K, in, out] views
+    bs = [wv[2 * i + 1][:, None, :] for i in range(n_layers)]
+    gws = [gv[2 * i].transpose(0, 2, 1) for i in range(n_layers)]
+    gbs = [gv[2 * i + 1][:, None, :] for i in range(n_layers)]
     x_all = lay.x.reshape(len(lay.x), -1)
-    total = np.zeros(K, dtype=np.float64)
-    rows = np.arange(K)[:, None]
-    cols = np.arange(lay.idx.shape[2])[None, :]
+    n_out = ws[-1].shape[2]
+    width = lay.width
+    # where each entry's label sits in the flattened logits of its step: the one-hot
+    local = np.arange(len(lay.idx)) - np.repeat(lay.start[:-1], lay.active * width)
+    label_at = local * n_out + lay.y[lay.idx]
+    scale = (lay.weight * np.float32(cfg.lr))[:, None]  # lr / b per real sample, 0 for padding
+    ce = np.zeros(len(lay.idx), dtype=np.float32)  # each entry's -log p(label)
+    add, top = np.add.reduce, np.maximum.reduce
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         for t in range(len(lay.active)):
-            k = int(lay.active[t])
-            i = lay.idx[t, :k]
-            w = lay.weight[t, :k]
-            h = x_all[i]
+            k, a, e = lay.block(t)
+            h = x_all[lay.idx[a:e]].reshape(k, width, -1)
             acts, pres = [h], []
             for layer in range(n_layers):
                 z = np.matmul(h, ws[layer][:k])
@@ -234,31 +279,26 @@ def _train_mlp(module: nn.Module, jobs: Sequence[Job], cfg: TrainConfig) -> list
                     pres.append(z)
                     h = np.maximum(z, 0)
                     acts.append(h)
-            y = lay.y[i]
-            m = z.max(axis=2, keepdims=True)
-            e = np.exp(z - m)
-            s = e.sum(axis=2, keepdims=True)
-            zy = z[rows[:k], cols, y]
-            loss = ((np.log(s[..., 0]) + m[..., 0] - zy) * w).sum(1, dtype=np.float32)
-            total[:k] += loss + opt.prox(params, k)
-            g = e / s
-            g[rows[:k], cols, y] -= 1.0
-            g *= w[..., None]
-            grads: list[Any] = [None] * len(params)
+            z -= top(z, axis=2, keepdims=True)
+            flat = z.reshape(-1)
+            at = label_at[a:e]
+            zy = flat[at]
+            np.exp(z, out=z)
+            total = add(z, axis=2, keepdims=True)
+            np.subtract(np.log(total).reshape(-1), zy, out=ce[a:e])
+            z /= total
+            flat[at] -= 1.0
+            z *= scale[a:e].reshape(k, width, 1)
+            g = z  # lr x the gradient w.r.t. the logits
             for layer in reversed(range(n_layers)):
-                grads[2 * layer] = np.matmul(acts[layer].transpose(0, 2, 1), g)
-                grads[2 * layer + 1] = g.sum(axis=1, keepdims=True)
+                np.matmul(acts[layer].transpose(0, 2, 1), g, out=gws[layer][:k])
+                add(g, axis=1, keepdims=True, out=gbs[layer][:k])
                 if layer > 0:
                     g = np.matmul(g, ws[layer][:k].transpose(0, 2, 1))
                     g *= pres[layer - 1] > 0
-            opt.step(params, grads, k)
-    out: list[Result | None] = [None] * K
-    for row, j in enumerate(lay.order):
-        trained = []
-        for layer in range(n_layers):
-            trained += [np.ascontiguousarray(ws[layer][row].T), bs[layer][row, 0].copy()]
-        out[j] = (trained, _metrics(total[row], int(lay.steps[row])))
-    return [r for r in out if r is not None]
+            opt.step(k)
+    data_loss = np.bincount(lay.row, weights=ce.astype(np.float64) * lay.weight, minlength=K)
+    return _results(lay, data_loss, opt)
 
 
 # ----------------------------------------------------------------------- torch.func.vmap
@@ -277,31 +317,31 @@ def _train_vmap(module: nn.Module, jobs: Sequence[Job], cfg: TrainConfig) -> lis
         return (F.cross_entropy(out, y, reduction="none") * w).sum()
 
     step = vmap(grad_and_value(loss_fn))
-    params = [torch.from_numpy(np.stack([jobs[k].params[i] for k in lay.order]).astype(np.float32))
-              for i in range(len(names))]
-    opt = _Sgd(cfg, [p.numpy() for p in params])
-    views = [p.numpy() for p in params]  # the optimizer updates the tensors through these
+    opt = _Sgd(cfg, [np.stack([jobs[k].params[i] for k in lay.order]) for i in range(len(names))])
+    params = [torch.from_numpy(v) for v in opt.views(opt.w)]  # updated in place by opt.step
+    grads_at = opt.views(opt.g)
     x_all, y_all = torch.from_numpy(lay.x), torch.from_numpy(lay.y)
     idx, weight = torch.from_numpy(lay.idx), torch.from_numpy(lay.weight)
-    total = np.zeros(K, dtype=np.float64)
+    feat = tuple(lay.x.shape[1:])
+    lr = np.float32(cfg.lr)
+    data_loss = np.zeros(K, dtype=np.float64)
     module.train()
     for t in range(len(lay.active)):
-        k = int(lay.active[t])
-        i = idx[t, :k]
-        with torch.no_grad():
-            grads, loss = step({n: p[:k] for n, p in zip(names, params, strict=True)},
-                               x_all[i], y_all[i], weight[t, :k])
-        total[:k] += loss.numpy() + opt.prox(views, k)
-        opt.step(views, [grads[n].numpy() for n in names], k)
-    out: list[Result | None] = [None] * K
-    for row, j in enumerate(lay.order):
-        out[j] = ([v[row].copy() for v in views], _metrics(total[row], int(lay.steps[row])))
-    return [r for r in out if r is not None]
+        k, a, e = lay.block(t)
+        i = idx[a:e]
+        grads, loss = step({n: p[:k] for n, p in zip(names, params, strict=True)},
+                           x_all[i].reshape(k, lay.width, *feat), y_all[i].reshape(k, lay.width),
+                           weight[a:e].reshape(k, lay.width))
+        data_loss[:k] += loss.numpy()
+        for n, out in zip(names, grads_at, strict=True):
+            np.multiply(grads[n].numpy(), lr, out=out[:k])
+        opt.step(k)
+    return _results(lay, data_loss, opt)
 
 
 def _metrics(total: float, steps: int) -> dict[str, float]:
     try:
-        return train_metrics(float(total), steps)
+        return train_metrics(total, steps)
     except FloatingPointError:
         return {"train_loss": float("nan"), "steps": float(steps)}  # raised by the replay
 
@@ -368,7 +408,7 @@ class Stacked:
             return None
         gen = frng.rng(config.seed, "train", t.round, t.client)  # the generator ctx.rng("train") gives
         data = host.state.train
-        return module, program, config.train, Job(t, params, data, batches(len(data), config.train, gen))
+        return module, program, config.train, Job(t, params, data, *batch_plan(len(data), config.train, gen))
 
     def close(self) -> None:
         pass
