@@ -7,7 +7,7 @@ PIP    := $(PY) -m pip -q --disable-pip-version-check
 TORCH  ?= torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint proto bench bench-training bench-codecs bench-grpc bench-compression bench-events bench-secagg clean
+.PHONY: demo test lint proto bench bench-training bench-codecs bench-grpc bench-compression bench-events bench-secagg bench-execution bench-fedprox clean
 
 $(VENV)/.base:
 	$(PYTHON) -m venv $(VENV)
@@ -38,7 +38,7 @@ proto: $(VENV)/.dev
 	$(PY) -m fedkit.transport.protogen
 
 # Each benchmark writes a table to benchmarks/results/.
-bench: bench-training bench-codecs bench-grpc bench-compression bench-events bench-secagg
+bench: bench-training bench-codecs bench-grpc bench-compression bench-events bench-secagg bench-execution bench-fedprox
 
 bench-training: $(VENV)/.installed
 	$(PY) benchmarks/bench_training.py
@@ -60,3 +60,9 @@ bench-events: $(VENV)/.installed
 
 bench-secagg: $(VENV)/.installed
 	$(PY) benchmarks/bench_secagg.py
+
+bench-execution: $(VENV)/.dev  # the ray section needs ray (a dev extra)
+	$(PY) benchmarks/bench_execution.py
+
+bench-fedprox: $(VENV)/.installed
+	$(PY) benchmarks/bench_fedprox.py

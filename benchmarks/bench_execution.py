@@ -7,7 +7,7 @@ the sequential loop and the no-framework floor of bench_training.py.
    is the share of the steps on the longest client of each round (clients are sequential chains
    of steps): what lock-step batching at the floor's cost per step could reach.
 2. ``pool`` with 2 workers against sequential on a training-dominated workload (digits, the
-   reference CNN, 20 clients, 10 per round, 10 local epochs). Target: <= 0.65x.
+   reference CNN, 20 clients, 10 per round, 10 local epochs, 30 rounds). Target: <= 0.65x.
 3. ``ray`` on a local 2-worker Ray: per-round overhead beyond compute (W1), and 1,000 clients with
    100 per round run to completion, with the peak memory of all processes (the driver, the Ray
    daemons and the actors; sampled from /proc every 0.2 s).
@@ -39,10 +39,10 @@ sys.path.insert(0, str(HERE))
 from bench_training import FLOOR, SCENARIO, VARIANTS  # noqa: E402
 
 POOL_WORKLOAD = {
-    "name": "digits CNN(16,32), 20 clients, 10 per round, 10 epochs, batch 16, 10 rounds",
+    "name": "digits CNN(16,32), 20 clients, 10 per round, 10 epochs, batch 16, 30 rounds",
     "scenario": ROOT / "scenarios" / "quickstart.yaml",
     "overrides": ["model={name: cnn, channels: [16, 32]}", "clients.per_round={count: 10}",
-                  "train.epochs=10", "rounds=10"],
+                  "train.epochs=10", "rounds=30"],
 }
 RAY_W1 = ["clients.per_round.count=10", "rounds=20"]
 RAY_1000 = {
@@ -87,6 +87,20 @@ def _mem_mb(pid: int) -> tuple[float, float]:
     return rss, pss
 
 
+def _kind(pid: int) -> str:
+    try:
+        cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return "other"
+    if "ray::" in cmd or "default_worker.py" in cmd:
+        return "ray workers"
+    if "fedkit.sim.pool" in cmd:
+        return "pool workers"
+    if "ray" in cmd:
+        return "ray daemons"
+    return "other"
+
+
 class PeakMemory:
     """Samples the memory of this process and all its descendants in a thread."""
 
@@ -94,6 +108,7 @@ class PeakMemory:
         self.every_s = every_s
         self.peak_rss = self.peak_pss = 0.0
         self.peak_procs = 0
+        self.at_peak: dict[str, float] = {}  # PSS MB by kind of process, at the peak
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
 
@@ -101,6 +116,11 @@ class PeakMemory:
         pids = _tree(os.getpid())
         mem = [_mem_mb(p) for p in pids]
         rss, pss = sum(m[0] for m in mem), sum(m[1] for m in mem)
+        if pss > self.peak_pss:
+            self.at_peak = {}
+            for p, m in zip(pids, mem, strict=True):
+                kind = "driver" if p == os.getpid() else _kind(p)
+                self.at_peak[kind] = self.at_peak.get(kind, 0.0) + m[1]
         self.peak_rss, self.peak_pss = max(self.peak_rss, rss), max(self.peak_pss, pss)
         self.peak_procs = max(self.peak_procs, len(pids))
         return rss, pss, len(pids)
@@ -142,7 +162,8 @@ def child(scenario: str, overrides: list[str]) -> dict[str, Any]:
         wall = time.perf_counter() - t0
         compute = [_round_compute(Path(d) / "clients.jsonl", r) for r in range(1, s.rounds + 1)]
     return {"wall_s": wall, "acc": summary["final_accuracy"], "rounds": rounds, "compute": compute,
-            "peak_rss_mb": mem.peak_rss, "peak_pss_mb": mem.peak_pss, "procs": mem.peak_procs}
+            "peak_rss_mb": mem.peak_rss, "peak_pss_mb": mem.peak_pss, "procs": mem.peak_procs,
+            "at_peak": mem.at_peak}
 
 
 def _round_compute(path: Path, rnd: int) -> dict[str, float]:
@@ -246,6 +267,10 @@ def bench_pool(repeats: int) -> list[str]:
 
 
 def bench_ray(repeats: int) -> list[str]:
+    import importlib.util
+
+    if importlib.util.find_spec("ray") is None:
+        return ["## `ray`", "", "Skipped: ray is not installed (`pip install 'fedkit[ray]'`)."]
     seq = [_fedkit(SCENARIO, RAY_W1) for _ in range(repeats)]
     ray = [_fedkit(SCENARIO, [*RAY_W1, "execution={kind: ray, workers: 2}"]) for _ in range(repeats)]
 
@@ -276,6 +301,7 @@ def bench_ray(repeats: int) -> list[str]:
         f"{RAY_1000['name']}: ran to completion in {big['wall_s']:.1f} s (median round {statistics.median(r['wall_s'] for r in big['rounds']):.2f} s), "
         f"final accuracy {big['acc']:.4f}. Peak memory of all {big['procs']} processes: "
         f"**{big['peak_pss_mb']:.0f} MB PSS** ({big['peak_rss_mb']:.0f} MB summed RSS, shared pages counted per process); "
+        f"at the peak: {', '.join(f'{k} {v:.0f} MB' for k, v in sorted(big['at_peak'].items()))}; "
         f"after round 1 {first['pss_mb']:.0f} MB PSS, after round {len(big['rounds'])} {last['pss_mb']:.0f} MB "
         "(bounded: each actor holds every client's data once, tasks carry only params and small states).",
     ]

@@ -22,7 +22,7 @@ from typing import Any
 
 import fedkit
 from fedkit.runtime.client import ClientHost, ClientState
-from fedkit.sim.workers import HostsFactory, Worker, job, lost, next_ready, settle
+from fedkit.sim.workers import HostsFactory, Worker, job, longest_first, lost, next_ready, settle
 from fedkit.types import ClientId, Reply, Task
 
 INSTALL = "execution kind 'ray' needs Ray, an optional extra: pip install 'fedkit[ray]'"
@@ -98,7 +98,7 @@ class RayExecutor:
     def run(self, batch: Sequence[Task]) -> list[Reply]:
         ray = self._ray
         replies: list[Reply | None] = [None] * len(batch)
-        queue = list(range(len(batch)))
+        queue = longest_first(batch, self._hosts)
         idle = list(range(len(self._actors)))
         running: dict[Any, tuple[int, int]] = {}  # object ref -> (task index, actor index)
         while queue or running:

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import fedkit
 from fedkit.runtime.client import ClientHost
-from fedkit.sim.workers import HostsFactory, Worker, job, lost, next_ready, settle
+from fedkit.sim.workers import HostsFactory, Worker, job, longest_first, lost, next_ready, settle
 from fedkit.types import ClientId, Reply, Task
 
 
@@ -111,7 +111,7 @@ class Pool:
 
     def run(self, batch: Sequence[Task]) -> list[Reply]:
         replies: list[Reply | None] = [None] * len(batch)
-        queue = list(range(len(batch)))
+        queue = longest_first(batch, self._hosts)
         self._slots = [self._alive(s) for s in self._slots]
         idle = list(self._slots)
         running: dict[Connection, tuple[int, _Slot]] = {}

@@ -9,7 +9,8 @@ with the reply. Hence:
 
 - results are bit-identical to sequential execution (same state, data, kernels and draws; workers
   run torch with one thread, as the simulation does);
-- any worker can run any client, so tasks go to whichever worker is free (no affinity);
+- any worker can run any client, so tasks go to whichever worker is free (no affinity), the
+  clients with the most data first (longest-processing-time-first keeps the workers' loads even);
 - a lost worker loses only the task it was running: that client's state stays as it was before
   the task, as when a device fails mid-round, and the task comes back as an error reply.
 """
@@ -77,3 +78,8 @@ def next_ready(queue: list[int], batch: Sequence[Task], busy: set[ClientId]) -> 
         if batch[i].client not in busy:
             return pos
     return None
+
+
+def longest_first(batch: Sequence[Task], hosts: Mapping[ClientId, ClientHost]) -> list[int]:
+    """Task indices, clients with the most training samples first (ties: task order)."""
+    return sorted(range(len(batch)), key=lambda i: -hosts[batch[i].client].state.num_train)

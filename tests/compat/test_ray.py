@@ -67,3 +67,19 @@ def test_without_ray_a_clear_error_says_how_to_install(monkeypatch: pytest.Monke
     monkeypatch.setitem(sys.modules, "ray", None)
     with pytest.raises(ImportError, match=r"pip install 'fedkit\[ray\]'"):
         import_ray()
+
+
+def test_only_compat_imports_ray() -> None:
+    import ast
+    from pathlib import Path
+
+    pkg = Path(__file__).parents[2] / "fedkit"
+    bad = []
+    for path in pkg.rglob("*.py"):
+        if "compat" in path.relative_to(pkg).parts:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
+                [node.module] if isinstance(node, ast.ImportFrom) and node.module else [])
+            bad += [f"{path.relative_to(pkg)}: {n}" for n in names if n == "ray" or n.startswith("ray.")]
+    assert not bad
