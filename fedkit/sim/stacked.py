@@ -34,6 +34,7 @@ Supported (anything else runs sequentially, with the reason logged once):
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -83,6 +84,8 @@ def program_for(module: nn.Module, cfg: TrainConfig) -> Program | str:
         return f"model {type(module).__name__} is not an nn.Sequential"
     if any(True for _ in module.buffers()):
         return "the model has buffers"
+    if any(p.dtype != torch.float32 for p in module.parameters()):
+        return "the model's parameters are not float32"
     if len(module.state_dict()) != len(list(module.parameters())):
         return "the model's state has entries that are not parameters"
     layers = [m for m in module.modules() if not isinstance(m, nn.Sequential)]
@@ -99,14 +102,12 @@ def program_for(module: nn.Module, cfg: TrainConfig) -> Program | str:
 
 
 def _is_mlp(layers: Sequence[nn.Module]) -> bool:
-    """Flatten, then Linear layers with ReLU between them (and none after the last)."""
-    if not layers or not all(isinstance(m, _LINEAR) for m in layers):
+    """Flatten, then biased Linear layers with a ReLU between each two (none after the last)."""
+    if not layers or not isinstance(layers[0], nn.Flatten) or (layers[0].start_dim, layers[0].end_dim) != (1, -1):
         return False
-    if not isinstance(layers[0], nn.Flatten) or layers[0].start_dim != 1:
-        return False
-    rest = layers[1:]
-    kinds = "".join("L" if isinstance(m, nn.Linear) else "R" if isinstance(m, nn.ReLU) else "F" for m in rest)
-    return bool(kinds) and kinds.endswith("L") and "F" not in kinds and "RR" not in kinds and "LL" not in kinds
+    kinds = "".join("L" if isinstance(m, nn.Linear) and m.bias is not None else
+                    "R" if isinstance(m, nn.ReLU) else "?" for m in layers[1:])
+    return re.fullmatch(r"L(RL)*", kinds) is not None
 
 
 # ------------------------------------------------------------------------- the batch layout

@@ -47,3 +47,11 @@ def test_cli_executor_runs_the_same_model(tmp_path: Path) -> None:
     for a, b in zip(seq, st, strict=True):
         np.testing.assert_allclose(b, a, atol=1e-5, rtol=1e-4)
     assert "kind: stacked" in (tmp_path / "stacked" / "scenario.yaml").read_text()
+
+
+def test_cli_offers_every_kind() -> None:
+    from fedkit.cli import parser
+
+    run = next(a for a in parser()._subparsers._group_actions[0].choices["run"]._actions  # type: ignore[union-attr]
+               if "--executor" in a.option_strings)
+    assert set(run.choices) == set(EXECUTORS)

@@ -78,3 +78,15 @@ def test_reasons_name_what_stacked_does_not_support() -> None:
     assert "buffers" in str(program_for(nn.Sequential(nn.Linear(4, 2), nn.BatchNorm1d(2)), sgd))
     assert "LSTM" in str(program_for(nn.Sequential(nn.LSTM(4, 2)), sgd))
     assert "custom training function" in str(program_for(nn.Sequential(nn.Linear(4, 2)), TrainConfig(fn="m:f")))
+
+
+def test_only_relu_mlps_take_the_hand_written_path() -> None:
+    from fedkit.sim.stacked import _train_mlp, _train_vmap
+
+    sgd = TrainConfig()
+    flat = nn.Flatten()
+    assert program_for(nn.Sequential(flat, nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2)), sgd) is _train_mlp
+    assert program_for(nn.Sequential(flat, nn.Linear(4, 3), nn.Linear(3, 2)), sgd) is _train_vmap
+    assert program_for(nn.Sequential(flat, nn.ReLU(), nn.Linear(4, 2)), sgd) is _train_vmap
+    assert program_for(nn.Sequential(flat, nn.Linear(4, 2, bias=False)), sgd) is _train_vmap
+    assert "float32" in str(program_for(nn.Sequential(flat, nn.Linear(4, 2)).double(), sgd))
