@@ -7,7 +7,7 @@ PIP    := $(PY) -m pip -q --disable-pip-version-check
 TORCH  ?= torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint proto bench bench-training bench-codecs bench-grpc bench-split-grpc bench-compression bench-events bench-secagg bench-split bench-flower bench-stragglers bench-async bench-hostile bench-wire clean
+.PHONY: demo test lint proto bench bench-training bench-codecs bench-grpc bench-split-grpc bench-compression bench-events bench-secagg bench-split bench-flower bench-stragglers bench-async bench-hostile bench-wire bench-execution bench-fedprox clean
 
 $(VENV)/.base:
 	$(PYTHON) -m venv $(VENV)
@@ -38,7 +38,7 @@ proto: $(VENV)/.dev
 	$(PY) -m fedkit.transport.protogen
 
 # Each benchmark writes a table to benchmarks/results/.
-bench: bench-training bench-codecs bench-grpc bench-split-grpc bench-compression bench-events bench-secagg bench-split bench-flower bench-stragglers bench-async bench-hostile bench-wire
+bench: bench-training bench-codecs bench-grpc bench-split-grpc bench-compression bench-events bench-secagg bench-split bench-flower bench-stragglers bench-async bench-hostile bench-wire bench-execution bench-fedprox
 
 bench-training: $(VENV)/.installed
 	$(PY) benchmarks/bench_training.py
@@ -88,3 +88,9 @@ bench-hostile: $(VENV)/.installed
 
 bench-wire: $(VENV)/.installed
 	$(PY) benchmarks/bench_wire.py
+
+bench-execution: $(VENV)/.dev  # the ray section needs ray (a dev extra)
+	$(PY) benchmarks/bench_execution.py
+
+bench-fedprox: $(VENV)/.installed
+	$(PY) benchmarks/bench_fedprox.py

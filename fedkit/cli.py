@@ -43,7 +43,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.engine == "flower" and importlib.util.find_spec("flwr") is None:
         print("fedkit: --engine flower needs Flower: pip install 'fedkit[flower]'", file=sys.stderr)
         return EXIT_INVALID
-    scenario = load(args.scenario, args.set)
+    executor = [f"execution.kind={args.executor}"] if args.executor else []
+    scenario = load(args.scenario, [*args.set, *executor])
     default = Path(scenario.output.dir) / scenario.name
     run_dir = Path(args.out) if args.out else (default if args.resume else fresh_path(default))
     totals = {"bytes": 0}
@@ -346,6 +347,8 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--workers", type=int, help="client processes in --mode processes, Ray workers with --engine flower")
     r.add_argument("--engine", default="fedkit", choices=["fedkit", "flower"],
                    help="flower: run the scenario on Flower's simulation engine, for comparison")
+    r.add_argument("--executor", choices=["sequential", "pool", "ray", "stacked"],
+                   help="how --mode inprocess runs the clients (sets execution.kind)")
     r.add_argument("--resume", action="store_true", help="continue from the run directory's checkpoint")
     r.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
     r.add_argument("--force", action="store_true", help="--resume even if the scenario changed")

@@ -25,16 +25,17 @@ from fedkit.report.run_dir import (
     save_params,
     summarize,
 )
-from fedkit.runtime.client import ClientHost, ClientState, ModelCache
+from fedkit.runtime.client import ClientHost, ClientState, hosts
 from fedkit.runtime.downlink import DownlinkState
 from fedkit.runtime.link import Link
 from fedkit.runtime.server import Plan, RoundRecord, ServerState, run
 from fedkit.runtime.task import ModelRef
 from fedkit.scenario import Scenario, dump
 from fedkit.scenario.build import Experiment, build, initial_state
+from fedkit.scenario.execution import make_executor
 from fedkit.scenario.participation import presence
 from fedkit.sim.availability import Always
-from fedkit.sim.link import CostFn, InProcessLink, OnlineFn, PresentFn
+from fedkit.sim.link import CostFn, Executor, InProcessLink, OnlineFn, PresentFn
 from fedkit.split.wire import SplitConnect
 from fedkit.transport.overhead import InProcessWire
 from fedkit.types import ClientId, Params
@@ -49,31 +50,33 @@ def inprocess_link(
     online: OnlineFn | None = None,
     start_s: float = 0.0,
     present: PresentFn | None = None,
+    executor: Callable[[Mapping[ClientId, ClientHost]], Executor] | None = None,
 ) -> Link:
     """Every client in this process; ``connect``: how they reach the split endpoint; ``cost``,
     ``online``, ``start_s``: the simulated clock (fedkit/sim/link.py); ``present``: who answers
-    (participation patterns)."""
-    models = ModelCache()  # one module shared by every simulated client
-    fns = {cid: ClientHost(c, models, connect=connect) for cid, c in clients.items()}
-    # wire bytes as gRPC would send them
-    return InProcessLink(fns, cost, online, start_s, present, wire=InProcessWire())
+    (participation patterns); ``executor(hosts)``: how the clients run (default: one after
+    another, in this process)."""
+    fleet = hosts(clients, connect)  # one module shared by every simulated client
+    return InProcessLink(fleet, cost, online, start_s, present, wire=InProcessWire(),  # wire bytes as gRPC would send them
+                         executor=None if executor is None else executor(fleet))
 
 
 def scenario_link(exp: Experiment, start_s: float = 0.0) -> Link:
     """The in-process Link of an experiment: on the simulated clock of its ``devices:``, with
-    its ``participation:`` pattern deciding who answers."""
+    its ``participation:`` pattern deciding who answers and its ``execution:`` running them."""
     from fedkit.scenario.simulation import simulation
 
     s = exp.scenario
     connect = None if exp.plan.split is None else exp.plan.split.connect()
     labels = {c: st.train.y.numpy() for c, st in exp.clients.items()}
     present = presence(s.participation, s.seed, labels)
+    executor = None if s.execution.kind == "sequential" else (lambda fleet: make_executor(s, fleet))
     sim = simulation(s, {c: st.num_train for c, st in exp.clients.items()})
     if sim is None:
-        return inprocess_link(exp.clients, connect=connect, start_s=start_s, present=present)
+        return inprocess_link(exp.clients, connect=connect, start_s=start_s, present=present, executor=executor)
     always = all(isinstance(d.availability, Always) for d in sim.devices.values())
     online = None if always else sim.online  # no per-call filter of a population always there
-    return inprocess_link(exp.clients, sim.cost, connect, online, start_s, present)
+    return inprocess_link(exp.clients, sim.cost, connect, online, start_s, present, executor)
 
 
 def resumed_clock(out: str | Path, resume: bool) -> float:

@@ -116,6 +116,7 @@ class Context:
     config: Any
     models: ModelCache
     connect: SplitConnect | None = None
+    train: TrainFn | None = None  # replaces the configured training function (stacked execution)
 
     def keys(self) -> tuple[int | str, ...]:
         """The key parts after the purpose: (round, client), plus the repeat of an async task."""
@@ -154,7 +155,8 @@ def handle_train(state: ClientState, task: Task, ctx: Context) -> tuple[ClientSt
     module = ctx.models.get(cfg.model)
     set_params(module, params)
     with keyed_torch(ctx.seed_int("torch-train")):
-        metrics = dict(train_fn(cfg.train)(module, state.train, cfg.train, ctx.rng("train")))
+        fn = ctx.train or train_fn(cfg.train)
+        metrics = dict(fn(module, state.train, cfg.train, ctx.rng("train")))
     delta = [n - p for n, p in zip(get_params(module), params, strict=True)]
     metrics["compute_s"] = time.perf_counter() - t0
     n = int(metrics.pop("num_examples", state.num_train))
@@ -242,17 +244,19 @@ def run_task(
     models: ModelCache,
     mods: Sequence[Mod] = DEFAULT_MODS,
     connect: SplitConnect | None = None,
+    train: TrainFn | None = None,
     *,
     handlers: Mapping[str, ClientFn] = HANDLERS,
 ) -> tuple[ClientState, Reply]:
     """Run one task. Failures become a reply with ``error`` set (and the state unchanged).
-    ``handlers`` replace fedkit's own per kind (a Flower client's, fedkit/compat/flower)."""
+    ``handlers`` replace fedkit's own per kind (a Flower client's, fedkit/compat/flower);
+    ``train`` replaces the task's training function (an executor that trained it elsewhere)."""
     try:
         config = tasks.parse(task.kind, task.config)
         if task.kind not in handlers:
             raise ValueError(f"this client serves no {task.kind!r} tasks (only: {', '.join(handlers)})")
         fn = compose(mods, handlers[task.kind])
-        new, reply = fn(state, task, Context(task, config, models, connect))
+        new, reply = fn(state, task, Context(task, config, models, connect=connect, train=train))
         if reply.delta is not None:
             raise RuntimeError("a mod chain must end with an encoded update (no encode mod?)")
         return new, reply
@@ -286,11 +290,17 @@ class ClientHost:
         self.connect = connect
         self.handlers = HANDLERS if handlers is None else dict(handlers)
 
-    def __call__(self, task: Task) -> Reply:
+    def __call__(self, task: Task, train: TrainFn | None = None) -> Reply:
         self.state, reply = run_task(
-            self.state, task, self.models, self.mods, self.connect, handlers=self.handlers
+            self.state, task, self.models, self.mods, self.connect, train, handlers=self.handlers
         )
         return reply
+
+
+def hosts(states: Mapping[ClientId, ClientState], connect: SplitConnect | None = None) -> dict[ClientId, ClientHost]:
+    """One host per client, all sharing one :class:`ModelCache` (one module per process)."""
+    models = ModelCache()
+    return {cid: ClientHost(st, models, connect=connect) for cid, st in states.items()}
 
 
 def save_client_data(path: str | Path, state: ClientState) -> None:

@@ -401,6 +401,26 @@ def _split_model(s: Scenario) -> tuple[Any, tuple[int, ...]] | None:
     return build_model(s.model, ds.input_shape, ds.num_classes), ds.input_shape
 
 
+class Execution(Strict):
+    """How the in-process simulation runs the sampled clients (fedkit/scenario/execution.py);
+    every kind gives the same parameters (``stacked``: to float tolerance).
+    ``workers``: processes (pool; default: this machine's cores) or Ray actors (default: the
+    cluster's CPUs). ``address``: the Ray cluster (``auto`` or ``ray://host:10001``); none
+    starts a local Ray."""
+
+    kind: Literal["sequential", "pool", "ray", "stacked"] = "sequential"
+    workers: int | None = Field(default=None, ge=1)
+    address: str | None = None
+
+    @model_validator(mode="after")
+    def _fits(self) -> Execution:
+        if self.address is not None and self.kind != "ray":
+            raise ValueError(f"address is for kind ray, not {self.kind}")
+        if self.workers is not None and self.kind not in ("pool", "ray"):
+            raise ValueError(f"workers is for kinds pool and ray, not {self.kind}")
+        return self
+
+
 class Output(Strict):
     dir: str = "runs"
     plot: bool = True
@@ -422,6 +442,7 @@ class Scenario(Strict):
     split: Split | None = None
     devices: Devices | None = None
     participation: Participation | None = None
+    execution: Execution = Execution()
     output: Output = Output()
 
     @field_validator("model", mode="before")

@@ -10,6 +10,13 @@ task settles only by the engine's deadline, exactly like a silent device over gR
 (client, time) says who is reachable, so rounds sample only clients that are online.
 ``present(task)`` False means the client is not there for that task (FedAU's participation
 patterns): its function is not called and the task never arrives.
+
+``executor`` decides how a batch of sent tasks becomes replies (:class:`Executor`): one after
+another in this process (:func:`sequential`, the default and the reference), in worker processes,
+on a Ray cluster, or stacked into one batched computation (``fedkit.sim.pool``,
+``fedkit.compat.ray``, ``fedkit.sim.stacked``). It changes where the clients' work runs, never
+what the Link schedules: replies come back in task order, and a task whose worker was lost comes
+back as an error reply (the engine records that client as failed; the round goes on).
 """
 
 from __future__ import annotations
@@ -42,6 +49,32 @@ class WireModel(Protocol):
     def reply(self, task: Task, reply: Reply) -> tuple[int, int]: ...
 
 
+class Executor(Protocol):
+    """Runs the clients' side of a batch of tasks; every executor gives the same replies."""
+
+    def run(self, tasks: Sequence[Task]) -> Sequence[Reply]:
+        """One reply per task, in task order (an error reply where its worker was lost)."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class _Sequential:
+    def __init__(self, fns: Mapping[ClientId, ClientFn]):
+        self._fns = fns
+
+    def run(self, tasks: Sequence[Task]) -> list[Reply]:
+        return [self._fns[t.client](t) for t in tasks]
+
+    def close(self) -> None:
+        pass
+
+
+def sequential(fns: Mapping[ClientId, ClientFn]) -> Executor:
+    """Each task's client function, one after another, in this process."""
+    return _Sequential(fns)
+
+
 class InProcessLink:
     def __init__(
         self,
@@ -51,8 +84,11 @@ class InProcessLink:
         start_s: float = 0.0,
         present: PresentFn | None = None,
         wire: WireModel | None = None,
+        *,
+        executor: Executor | None = None,
     ):
         self._fns = dict(clients)
+        self._executor = executor or sequential(self._fns)
         self._wire = wire
         self._bytes = [0, 0]  # (down, up) the wire model charged so far
         self._ids = sorted(self._fns)
@@ -78,13 +114,18 @@ class InProcessLink:
                 raise ValueError(f"task id {t.task_id!r} is empty or already open")
             if t.client not in self._fns:
                 raise ValueError(f"task {t.task_id!r} for unknown client {t.client!r}")
+        here: list[Task] = []
         for t in tasks:
             if self._present is not None and not self._present(t):
                 self._open[t.task_id] = (t, None)  # never queued: it never arrives
                 self._charge(self._wire.task(t) if self._wire is not None else None)  # sent all the same
                 self._seq += 1
                 continue
-            reply = self._fns[t.client](t)
+            here.append(t)
+        replies = self._executor.run(here)
+        if len(replies) != len(here):
+            raise RuntimeError(f"executor returned {len(replies)} replies for {len(here)} tasks")
+        for t, reply in zip(here, replies, strict=True):
             dt = 0.0 if self._cost is None else float(self._cost(t, reply, self._now))
             if math.isnan(dt) or dt < 0:
                 raise ValueError(f"cost of task {t.task_id!r} is {dt}; need >= 0 simulated seconds")
@@ -125,3 +166,4 @@ class InProcessLink:
     def close(self) -> None:
         self._open.clear()
         self._queue.clear()
+        self._executor.close()
