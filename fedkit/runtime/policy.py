@@ -15,28 +15,33 @@ Actions: :class:`Send` starts tasks, :class:`Await` sets the deadline of the wai
 :class:`Aggregate` applies updates as one new model version, :class:`Close` ends the round
 (the engine evaluates, records and checkpoints). :class:`SyncRound` is the synchronous round
 (FedAvg's): sample, wait for all or the deadline, aggregate; :class:`SequentialRound` asks the
-sampled clients one after another (split learning's sequential schemes); asynchronous policies
-(buffered, immediate, grouped) answer the same three calls.
+sampled clients one after another (split learning's sequential schemes);
+:class:`~fedkit.runtime.secagg.SecAggRound` runs secure aggregation's four exchanges in one round;
+asynchronous policies (buffered, immediate, grouped) answer the same three calls.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal, Protocol
 
 import numpy as np
 
 from fedkit import rng as frng
-from fedkit.types import Arrival, ClientId, Update
+from fedkit.types import Arrival, ClientId, Encoded, Update
 
 
 @dataclass(frozen=True)
 class Send:
+    """Start one ``kind`` task per client. ``payloads``: each client's payload, made by the
+    policy (a protocol message: secure aggregation's later stages) instead of the model."""
+
     kind: str
     clients: tuple[ClientId, ...]
     attempt: int = 0
+    payloads: Mapping[ClientId, Encoded] | None = None
 
 
 @dataclass(frozen=True)
@@ -46,12 +51,19 @@ class Await:
 
 @dataclass(frozen=True)
 class Aggregate:
+    """Apply ``updates`` as one new model version. ``clients``: how many clients they stand for
+    (secure aggregation hands one combined update of many; default: one each)."""
+
     updates: tuple[Update, ...]
+    clients: int | None = None
 
 
 @dataclass(frozen=True)
 class Close:
+    """End the round; ``metrics`` go into its metrics row (e.g. secure aggregation's stages)."""
+
     status: str = "ok"
+    metrics: Mapping[str, float] = field(default_factory=dict)
 
 
 Action = Send | Await | Aggregate | Close

@@ -31,7 +31,7 @@ from fedkit.runtime import downlink as dl
 from fedkit.runtime.accept import Acceptance, Rejected, accept, weighted
 from fedkit.runtime.link import Link, gather
 from fedkit.runtime.policy import Aggregate, Await, Close, Policy, Sampling, Send, SyncRound, View
-from fedkit.runtime.task import EvaluateTask, ModelRef, TrainTask
+from fedkit.runtime.task import KINDS, UPDATE_KINDS, EvaluateTask, ModelRef, TrainTask
 from fedkit.types import Arrival, ClientId, Encoded, Params, Task, Update
 
 log = logging.getLogger("fedkit.server")
@@ -69,6 +69,7 @@ class Plan:
     metrics: MetricsFn = default_metrics
     max_skipped_rounds: int | None = None  # consecutive rounds without a new model -> RunFailed
     split: Any = None  # fedkit.runtime.split.SplitPlan: split learning's seam (None: FL)
+    secagg: Any = None  # fedkit.runtime.secagg.SecAggPlan: secure aggregation's (None: plain)
 
     @property
     def sampler(self) -> Sampling:
@@ -127,23 +128,31 @@ def dense_nbytes(params: Params) -> int:
 
 
 def make_tasks(
-    plan: Plan, state: ServerState, rnd: int, kind: str, clients: Sequence[ClientId], attempt: int = 0
+    plan: Plan, state: ServerState, rnd: int, kind: str, clients: Sequence[ClientId], attempt: int = 0,
+    payloads: Mapping[ClientId, Encoded] | None = None,
 ) -> tuple[list[Task], dl.DownlinkState, float]:
-    """One task per client; training tasks go through the downlink codec (and its mode).
+    """One task per client; training tasks go through the downlink codec (and its mode);
+    ``payloads`` (a protocol stage's messages, made by the policy) replace the model.
     Returns the tasks, the new downlink state and the server's encode seconds."""
     t0 = time.perf_counter()
-    if kind in ("train", "split_train"):
+    if payloads is not None:  # secure aggregation's later stages: a message, no model
+        out = dl.Outgoing(state.downlink, {c: payloads[c] for c in clients}, {})
+        stage = KINDS[kind].model_validate({"seed": plan.seed})
+        configs: dict[ClientId, Any] = dict.fromkeys(clients, stage)
+    elif kind in ("train", "split_train", "secagg_advertise"):
         out = dl.prepare(
             plan.downlink_mode, plan.downlink, state.downlink, state.params, clients, rnd, plan.seed
         )
         train = plan.train(rnd)
-        configs: dict[ClientId, Any] = {
+        configs = {
             c: TrainTask(seed=plan.seed, model=plan.model, train=train, uplink=plan.uplink,
                          downlink=out.configs[c])
             for c in clients
         }
         if kind == "split_train":  # the same, plus the split configuration
             configs = {c: plan.split.config(t) for c, t in configs.items()}
+        if kind == "secagg_advertise":  # the same, plus how to put the update into the field
+            configs = {c: plan.secagg.config(t) for c, t in configs.items()}
     else:  # evaluation sees the server's model exactly, and leaves clients' references alone
         _, enc = make("identity").encode(None, state.params)
         out = dl.Outgoing(state.downlink, {c: enc for c in clients}, {})
@@ -178,13 +187,15 @@ class _Round:
                 "round %d: %d updates accepted, fewer than needed; attempt %d asks %d more clients",
                 self.rnd, len(self.accepted), a.attempt, len(a.clients),
             )
-        tasks, down, enc_s = make_tasks(self.plan, self.state, self.rnd, a.kind, a.clients, a.attempt)
+        tasks, down, enc_s = make_tasks(self.plan, self.state, self.rnd, a.kind, a.clients, a.attempt,
+                                        a.payloads)
         self.state = replace(self.state, downlink=down)
         rec = self.rec
         rec.encode_s += enc_s
-        rec.clients_sampled += len(tasks)
         rec.bytes_down += sum(t.params.nbytes for t in tasks)
-        rec.dense_down += self.dense * len(tasks)
+        if a.payloads is None:  # tasks that carry the model (not a protocol stage's message)
+            rec.clients_sampled += len(tasks)
+            rec.dense_down += self.dense * len(tasks)
         self.open |= {t.task_id: t for t in tasks}
         if self.plan.split is not None:
             self.plan.split.opened(tasks)  # before sending: in-process clients stream at once
@@ -205,7 +216,7 @@ class _Round:
         else:
             if r.update is not None:
                 rec.bytes_up += r.update.nbytes
-                rec.dense_up += self.dense
+                rec.dense_up += self.dense if task.kind in UPDATE_KINDS else 0
                 row["bytes_up"] = r.update.nbytes
             rec.encode_s += float(r.metrics.get("encode_s", 0.0))
             t0 = time.perf_counter()
@@ -248,7 +259,7 @@ class _Round:
         st = self.state
         agg_state, params = self.plan.aggregator.step(st.agg_state, st.params, list(a.updates))
         self.state = replace(st, params=params, agg_state=agg_state, version=st.version + 1)
-        self.rec.clients_finished += len(a.updates)
+        self.rec.clients_finished += len(a.updates) if a.clients is None else a.clients
         pairs = [(u.num_examples, u.metrics) for u in a.updates]
         self.rec.metrics |= self.plan.metrics("train", pairs)
 
@@ -268,6 +279,7 @@ def _run_policy(r: _Round) -> None:
             elif isinstance(a, Close):
                 r.miss()
                 r.closed = a.status
+                r.rec.metrics |= dict(a.metrics)
                 return
         actions = []
         for arrival in r.link.arrivals(deadline):

@@ -32,11 +32,12 @@ from fedkit.registry import resolve_import
 from fedkit.runtime.accept import Acceptance
 from fedkit.runtime.client import ClientState
 from fedkit.runtime.policy import Policy, Sampling, SequentialRound, SyncRound
+from fedkit.runtime.secagg import SecAggPlan, SecAggRound
 from fedkit.runtime.server import Plan, ServerState, default_metrics
 from fedkit.runtime.split import KIND as SPLIT_KIND
 from fedkit.runtime.split import SplitPlan
-from fedkit.runtime.task import ModelRef
-from fedkit.scenario.check import DataError
+from fedkit.runtime.task import ModelRef, SecAggField
+from fedkit.scenario.check import DataError, per_round
 from fedkit.scenario.schema import Scenario, Schedule, read_examples
 from fedkit.split.endpoint import Endpoint
 from fedkit.split.schemes import initial, make_setup, whole
@@ -150,7 +151,22 @@ def _split_plan(s: Scenario, module: torch.nn.Module, ds: Dataset) -> tuple[Spli
     return plan, client
 
 
-def _policy(s: Scenario) -> Policy:
+def _secagg_plan(s: Scenario, init_params: Params) -> SecAggPlan | None:
+    """Secure aggregation's seam of the plan: the field for the clients a round samples."""
+    sa = None if s.privacy is None else s.privacy.secagg
+    if sa is None:
+        return None
+    field = SecAggField(clip=sa.clip, levels=sa.levels(per_round(s)), bits=sa.bits,
+                        weighting=sa.weighting, max_weight=sa.max_weight)
+    layout = tuple((tuple(p.shape), p.dtype) for p in init_params)
+    return SecAggPlan(field, layout, sa.degree, sa.threshold, sa.min_survivors, sa.complete, s.seed)
+
+
+def _policy(s: Scenario, secagg: SecAggPlan | None = None) -> Policy:
+    if secagg is not None:
+        assert s.privacy is not None and s.privacy.secagg is not None
+        stage = s.privacy.secagg.deadline_s or s.server.deadline_s
+        return SecAggRound(secagg, s.server.deadline_s, stage, s.server.min_replies)
     if s.split is None or s.split.scheme == "splitfed_v1":
         return SyncRound(
             deadline_s=s.server.deadline_s,
@@ -183,6 +199,7 @@ def build_server(s: Scenario) -> tuple[Plan, Params]:
     if s.evaluation.metrics_fn:
         metrics = resolve_import(s.evaluation.metrics_fn, "metrics function")
     per = s.clients.per_round
+    secagg = _secagg_plan(s, init_params)
     plan = Plan(
         seed=s.seed,
         rounds=s.rounds,
@@ -196,7 +213,7 @@ def build_server(s: Scenario) -> tuple[Plan, Params]:
             examples=read_examples(s.server.registered_examples) if s.server.registered_examples else None,
         ),
         max_skipped_rounds=s.server.max_skipped_rounds,
-        policy=_policy(s),
+        policy=_policy(s, secagg),
         sampling=Sampling(s.seed, per.fraction if per.count is None else None, per.count, per.min),
         uplink=s.compression.uplink,
         downlink=s.compression.downlink,
@@ -207,6 +224,7 @@ def build_server(s: Scenario) -> tuple[Plan, Params]:
         eval_deadline_s=s.server.deadline_s,
         metrics=metrics,
         split=split_plan,
+        secagg=secagg,
     )
     return plan, init_params
 

@@ -22,6 +22,7 @@ from pydantic import (
 
 from fedkit.models.train import TrainConfig
 from fedkit.registry import did_you_mean
+from fedkit.scenario.privacy import Privacy, check_privacy
 from fedkit.types import Strict
 
 
@@ -391,6 +392,7 @@ class Scenario(Strict):
     server: Server = Server()
     compression: Compression = Field(default_factory=Compression)
     split: Split | None = None
+    privacy: Privacy | None = None
     output: Output = Output()
 
     @field_validator("model", mode="before")
@@ -416,4 +418,5 @@ class Scenario(Strict):
         if s.min > self.clients.count:
             raise ValueError(f"clients.per_round.min={s.min} exceeds clients.count={self.clients.count}")
         check_split(self)
+        check_privacy(self)
         return self
