@@ -26,10 +26,12 @@ stage's deadline passed; a client lost, failed or refused at a stage is one of t
 dropouts. The server holds only the running sum of masked inputs (``ServerState.masked_sum``)
 and hands the engine **one** combined update per round:
 
-- client i's field input is ``[q(w_i delta_i) (d values), m_i, c_i]``: its weighted update
-  quantised into the field, its example count capped at ``max_weight`` (m_i), and how many of
-  its values the clipping range cut (c_i); the last two are plain integers, so their sums are
-  exact and the server learns only the totals;
+- client i's field input is ``[q(w_i delta_i) (d values), m_i, c_i, k_i]``: its weighted
+  update quantised into the field, its example count capped at ``max_weight`` (m_i), how many
+  of its values the clipping range cut (c_i) and whether its count was capped (k_i, 0 or 1);
+  the last three are plain integers, so their sums are exact and the server learns only the
+  totals (``secagg_clipped`` and ``secagg_capped`` in the metrics say when ``clip`` or
+  ``max_weight`` is too small);
 - ``weighting: examples``: w_i = m_i / max_weight, so the combined delta
   ``max_weight * sum_i q_i / sum_i m_i`` is FedAvg's example-weighted mean (within the
   quantisation step); ``uniform``: w_i = 1, the delta is ``sum_i q_i / |survivors|``;
@@ -72,8 +74,8 @@ STAGES = ("advertise", "share", "masked", "unmask")
 CODEC = "secagg"
 """The codec name of every protocol payload."""
 
-EXTRA = 2
-"""Plain integer values after the update in a field input: capped example count, clipped."""
+EXTRA = 3
+"""Plain integers after the update in a field input: example count (capped), clipped, capped."""
 
 REPLIES: Mapping[str, type] = {ADVERTISE: sa.AdvertiseKeys, SHARE: sa.ShareKeys,
                                MASKED: sa.MaskedInput, UNMASK: sa.UnmaskShares}
@@ -106,7 +108,8 @@ def field_spec(cfg: SecAggField) -> FieldSpec:
 
 
 def field_input(cfg: SecAggField, delta: Params, num_examples: int, rng: np.random.Generator) -> np.ndarray:
-    """``[q(w delta), min(n, max_weight), clipped]`` in the field's words (module docstring)."""
+    """``[q(w delta), min(n, max_weight), clipped, capped]`` in the field's words (module
+    docstring)."""
     if num_examples < 1:
         raise ValueError("secagg: a client without training examples cannot take part")
     if cfg.max_weight > cfg.levels:
@@ -118,7 +121,8 @@ def field_input(cfg: SecAggField, delta: Params, num_examples: int, rng: np.rand
         v = v * (m / cfg.max_weight)
     clipped = int(np.count_nonzero(np.abs(v) > cfg.clip))
     q = quantize(spec, v, rng)
-    return np.concatenate([q, np.array([m, min(clipped, cfg.levels)], dtype=spec.dtype)])
+    tail = [m, min(clipped, cfg.levels), int(num_examples > cfg.max_weight)]
+    return np.concatenate([q, np.array(tail, dtype=spec.dtype)])
 
 
 @dataclass(frozen=True)
@@ -219,11 +223,16 @@ class SecAggPlan:
             dim=self.dim, field=field_spec(self.field), degree=self.degree, threshold=self.threshold,
             min_survivors=self.min_survivors, complete=self.complete, seed=self.seed)
 
-    def combine(self, agg: sa.Aggregate, version: int, metrics: Mapping[str, float]) -> tuple[Update, int]:
-        """The protocol's field sum as one update (module docstring) and the clipped count."""
+    def combine(
+        self, agg: sa.Aggregate, version: int, metrics: Mapping[str, float],
+    ) -> tuple[Update, dict[str, float]]:
+        """The protocol's field sum as one update (module docstring), and the sums of the
+        clipped values and of the capped example counts."""
         d, n = self.dim - EXTRA, len(agg.survivors)
         total = dequantize_sum(field_spec(self.field), agg.total[:d], n)
-        m, clipped = int(agg.total[d]), int(agg.total[d + 1])
+        m = int(agg.total[d])
+        counts: dict[str, float] = {"secagg_clipped": int(agg.total[d + 1]),
+                                    "secagg_capped": int(agg.total[d + 2])}
         if m < 1:
             raise sa.SecAggError(f"secagg round {agg.round}: the survivors' example counts sum to {m}")
         scale = self.field.max_weight / m if self.field.weighting == "examples" else 1.0 / n
@@ -232,7 +241,7 @@ class SecAggPlan:
             size = math.prod(shape)
             delta.append(flat[at : at + size].reshape(shape).astype(dtype))
             at += size
-        return Update(f"secagg({n} clients)", delta, m, dict(metrics), version), clipped
+        return Update(f"secagg({n} clients)", delta, m, dict(metrics), version), counts
 
 
 @dataclass(frozen=True)
@@ -261,8 +270,8 @@ class SecAggRound:
     ``deadline_s`` bounds the advertise stage (local training), ``stage_deadline_s`` each later
     one; ``min_replies`` masked inputs are needed to unmask. The round's metrics row gets
     ``secagg_*``: degree, threshold, survivors, bytes up per stage, bytes down of the protocol
-    stages (the advertise stage's downlink is the model, in ``bytes_down``), clipped values and
-    the server's protocol seconds.
+    stages (the advertise stage's downlink is the model, in ``bytes_down``), clipped values,
+    capped example counts and the server's protocol seconds.
     """
 
     plan: SecAggPlan
@@ -319,9 +328,9 @@ class SecAggRound:
                 survivors = sorted(out.survivors)
                 losses = [state.losses[c] for c in survivors if c in state.losses]
                 metrics = {"train_loss": float(np.mean(losses))} if losses else {}
-                update, clipped = self.plan.combine(out, state.version, metrics)
+                update, counts = self.plan.combine(out, state.version, metrics)
                 return state, [Aggregate((update,), clients=len(survivors)),
-                               Close("ok", self._metrics(state) | {"secagg_clipped": clipped})]
+                               Close("ok", self._metrics(state) | counts)]
         except sa.SecAggError as e:  # SecAggAbort: too many dropouts; or inconsistent shares
             state = replace(state, server_s=state.server_s + time.perf_counter() - t0)
             return state, [Close(f"skipped: {e}", self._metrics(state))]

@@ -5,7 +5,7 @@ learn only the sum of the round's updates. Each client puts ``weight x delta`` i
 clipped to [-clip, clip] and rounded stochastically to ``levels = (2^bits - 1) // n`` steps for
 the n clients a round samples, so the sum of n inputs cannot wrap. That field encoding *is* the
 uplink's quantiser (quantisation before masking is the sound composition); precision is one
-step ``2 clip / levels`` per client and value (about 4e-8 x clip for 10 clients at 32 bits).
+step ``2 clip / levels`` per client and value (about 5e-9 x clip for 10 clients at 32 bits).
 Compositions that are not sound are refused here, each with the fix.
 """
 
@@ -37,7 +37,9 @@ class SecAgg(Strict):
     strict majority of the neighbours): each client's secrets survive while at most k - t of
     its neighbours drop out. ``min_survivors``: fewest inputs the server may sum (default
     max(2, t)). ``weighting``: ``examples`` (FedAvg's, each client's count capped at
-    ``max_weight``, travelling inside the masked sum) or ``uniform``. ``deadline_s``: each stage
+    ``max_weight`` as in Flower, travelling inside the masked sum; ``secagg_capped`` counts
+    the capped clients) or ``uniform``. A smaller ``max_weight`` or ``clip`` is finer: the
+    average's error is about ``2 clip max_weight n / (2^bits mean(n_i))``. ``deadline_s``: each stage
     after the first (default ``server.deadline_s``; the first includes local training and uses
     ``server.deadline_s``).
     """
@@ -49,7 +51,7 @@ class SecAgg(Strict):
     threshold: int | None = Field(default=None, ge=1)
     min_survivors: int | None = Field(default=None, ge=2)
     weighting: Literal["examples", "uniform"] = "examples"
-    max_weight: int = Field(default=10_000, ge=1)
+    max_weight: int = Field(default=1000, ge=1)
     deadline_s: float | None = Field(default=None, gt=0)
 
     @model_validator(mode="after")

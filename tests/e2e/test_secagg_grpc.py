@@ -4,6 +4,7 @@ bit-identical params and bytes, and a killed client process is a dropout, not a 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -62,10 +63,8 @@ def _run(raw: dict[str, Any], out: Path, grpc: bool, die: Mapping[str, Collectio
     stop = threading.Event()
 
     def client(state: Any) -> None:
-        try:
+        with contextlib.suppress(Killed):  # the thread ends like a killed process: no goodbye
             run_client(addr, ClientHost(state, mods=mods), name=state.id, insecure=True, stop=stop)
-        except Killed:
-            pass  # the thread ends like a killed process: no goodbye
 
     threads = [threading.Thread(target=client, args=(s,), daemon=True) for s in exp.clients.values()]
     try:

@@ -78,7 +78,7 @@ def failing(at: Mapping[str, Collection[str]], exc: Callable[[str], BaseExceptio
 class SpyPlan(rsa.SecAggPlan):
     totals: list[sa.Aggregate] = field(default_factory=list, compare=False)
 
-    def combine(self, agg: sa.Aggregate, version: int, metrics: Mapping[str, float]) -> tuple[Update, int]:
+    def combine(self, agg: sa.Aggregate, version: int, metrics: Mapping[str, float]) -> tuple[Update, Any]:
         self.totals.append(agg)
         return super().combine(agg, version, metrics)
 
@@ -254,18 +254,20 @@ def test_the_combined_update_weights_like_fedavg_or_uniformly(weighting: str) ->
     deltas = {c: [frng.rng(1, "d", c).normal(0, 0.5, s).astype(np.float32) for s, _ in layout] for c in counts}
     xs = {c: rsa.field_input(f, deltas[c], n, frng.rng(1, "q", c)) for c, n in counts.items()}
     total = np.sum([x.astype(np.uint64) for x in xs.values()], axis=0).astype(np.uint32)
-    update, clipped = plan.combine(sa.Aggregate(1, total, tuple(counts), 2, 2), 0, {})
+    update, extra = plan.combine(sa.Aggregate(1, total, tuple(counts), 2, 2), 0, {})
     w = {c: (n if weighting == "examples" else 1) for c, n in counts.items()}
     want = sum(w[c] * flatten(deltas[c]) for c in counts) / sum(w.values())
     got = flatten(update.delta)
-    assert update.num_examples == sum(counts.values()) and clipped == 0
+    assert update.num_examples == sum(counts.values())
+    assert extra == {"secagg_clipped": 0, "secagg_capped": 0}
     assert [d.shape for d in update.delta] == [(3, 2), (4,)]
     step = 2 * f.clip / f.levels
     assert np.max(np.abs(got - want)) < 3 * step * (f.max_weight / 10 if weighting == "examples" else 1)
-    # the clipping range is counted, not silently applied
-    big = {c: [d * 100 for d in deltas[c]] for c in counts}
-    x_big = rsa.field_input(_field("uniform"), big["a"], 10, frng.rng(1, "q", "a"))
-    assert x_big[-1] == int(np.sum(np.abs(flatten(big["a"])) > f.clip)) > 0
+    # the clipping range and the weight cap are counted, not silently applied
+    big = [d * 100 for d in deltas["a"]]
+    x_big = rsa.field_input(_field("uniform"), big, 2000, frng.rng(1, "q", "a"))
+    assert x_big[-3:].tolist() == [1000, int(np.sum(np.abs(flatten(big)) > f.clip)), 1]
+    assert 0 < x_big[-2] < x_big.size
 
 
 def test_secagg_reaches_plain_fedavg_accuracy_within_the_quantisation_error() -> None:
