@@ -17,6 +17,7 @@ import numpy as np
 
 from fedkit.compression import decode, family
 from fedkit.compression.limits import layout_of
+from fedkit.runtime import secagg
 from fedkit.types import DecodeError, Params, Reply, Task, Update
 from fedkit.untrusted import shorten
 
@@ -139,11 +140,34 @@ def _evaluate(rule: Acceptance, task: Task, reply: Reply) -> Update:
     return Update(reply.client, [], reply.num_examples, dict(reply.metrics), task.version)
 
 
+def _secagg(rule: Acceptance, task: Task, reply: Reply) -> Update:
+    """A secure-aggregation stage answers with one protocol message from that client for that
+    round (a masked input as long as the model plus its two counts); the round's policy takes it
+    into the protocol. The update is empty: no individual update exists on the server."""
+    if reply.update is None:
+        raise Rejected(f"{task.kind} reply carries no protocol message")
+    try:
+        msg = secagg.message(reply.update, secagg.REPLIES[task.kind])
+    except ValueError as e:
+        raise Rejected(f"malformed {task.kind} reply: {e}") from None
+    if msg.client != task.client or msg.round != task.round:
+        raise Rejected(f"{task.kind} message names client {msg.client[:64]!r} round {msg.round}, "
+                       f"the task went to {task.client!r} for round {task.round}")
+    if task.kind == secagg.MASKED:
+        dim = sum(math.prod(shape) for shape, _ in rule.layout) + secagg.EXTRA
+        if msg.vector.shape != (dim,):
+            raise Rejected(f"masked input has {msg.vector.size} values, expected {dim}")
+    return Update(reply.client, [], 0, dict(reply.metrics), task.version)
+
+
 KindRule = Callable[[Acceptance, Task, Reply], Update]
-RULES: dict[str, KindRule] = {"train": _train, "evaluate": _evaluate, "split_train": _train}
+RULES: dict[str, KindRule] = {
+    "train": _train, "evaluate": _evaluate, "split_train": _train,
+    **dict.fromkeys(secagg.KINDS, _secagg),
+}
 """Per task kind: what a valid answer looks like. A split task answers like a training task:
-the delta of the client part (the plan's params are the client part). Later kinds
-(secure-aggregation stages) register theirs here."""
+the delta of the client part (the plan's params are the client part); secure aggregation's
+stages each with a protocol message."""
 
 
 def accept(rule: Acceptance, task: Task, reply: Reply, version: int | None = None) -> Update:

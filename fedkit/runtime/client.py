@@ -9,7 +9,8 @@ of the same shape plus the inner function, outermost first::
     reply = mods[0](state, task, ctx, lambda s, t, c: mods[1](s, t, c, ... handler))
 
 The uplink encoder is one (it turns the handler's raw ``delta`` into the encoded update);
-clipping, noise and masking are others. :class:`ClientHost` holds the current state between
+secure aggregation's mask (:func:`secagg_mask`) is another, inside it; clipping and noise go
+inside that, so they see the raw delta before it is quantised and masked. :class:`ClientHost` holds the current state between
 tasks and is what a Link calls.
 """
 
@@ -33,6 +34,7 @@ from fedkit.compression import make
 from fedkit.models import LocalData, build_model, evaluate, get_params, keyed_torch, set_params
 from fedkit.models.train import TrainConfig, TrainFn, sgd_train
 from fedkit.registry import resolve_import
+from fedkit.runtime import secagg
 from fedkit.runtime import task as tasks
 from fedkit.runtime.downlink import receive
 from fedkit.split.channel import ClientHalf, StreamChannel
@@ -45,14 +47,16 @@ from fedkit.types import ClientId, Params, Reply, Task
 
 @dataclass(frozen=True)
 class ClientState:
-    """One client: its data, its codecs' memory (error-feedback residuals) by codec spec, and
-    the (round, model) it holds for downlink deltas."""
+    """One client: its data, its codecs' memory (error-feedback residuals) by codec spec, the
+    (round, model) it holds for downlink deltas, and its part of the current secure-aggregation
+    round (secrets, field input, neighbours' shares: never sent, dropped after unmasking)."""
 
     id: ClientId
     train: LocalData
     test: LocalData | None = None
     codec: Mapping[str, Any] = field(default_factory=dict)
     held: tuple[int, Params] | None = None
+    secagg: secagg.Held | None = None
 
     @classmethod
     def from_arrays(
@@ -204,8 +208,17 @@ def handle_split_train(state: ClientState, task: Task, ctx: Context) -> tuple[Cl
     return state, reply
 
 
+def handle_secagg_stage(state: ClientState, task: Task, ctx: Context) -> tuple[ClientState, Reply]:
+    """Secure aggregation's share-keys, masked-input and unmask exchanges, on the round's state."""
+    held, reply = secagg.step(state.secagg, task)
+    return dataclasses.replace(state, secagg=held), reply
+
+
 HANDLERS: dict[str, ClientFn] = {
     "train": handle_train, "evaluate": handle_evaluate, "split_train": handle_split_train,
+    "secagg_advertise": handle_train,  # trains; secagg_mask turns the delta into the keys
+    "secagg_share": handle_secagg_stage, "secagg_masked": handle_secagg_stage,
+    "secagg_unmask": handle_secagg_stage,
 }
 """Task kind -> handler. A kind needs a config class in ``fedkit.runtime.task.KINDS`` too."""
 
@@ -227,7 +240,17 @@ def encode_uplink(state: ClientState, task: Task, ctx: Context, inner: ClientFn)
     return state, dataclasses.replace(reply, update=enc, delta=None, metrics=metrics)
 
 
-DEFAULT_MODS: tuple[Mod, ...] = (encode_uplink,)
+def secagg_mask(state: ClientState, task: Task, ctx: Context, inner: ClientFn) -> tuple[ClientState, Reply]:
+    """Secure aggregation's client mod: an advertise task's raw delta goes into the field and
+    stays on the client (masked at the third exchange); the reply carries the public keys."""
+    state, reply = inner(state, task, ctx)
+    if task.kind != secagg.ADVERTISE or reply.error is not None:
+        return state, reply
+    held, reply = secagg.advertise(ctx.config, task, reply, ctx.rng("secagg-quantize"))
+    return dataclasses.replace(state, secagg=held), reply
+
+
+DEFAULT_MODS: tuple[Mod, ...] = (encode_uplink, secagg_mask)
 
 
 def compose(mods: Sequence[Mod], handler: ClientFn) -> ClientFn:
@@ -250,7 +273,10 @@ def run_task(
 ) -> tuple[ClientState, Reply]:
     """Run one task. Failures become a reply with ``error`` set (and the state unchanged).
     ``handlers`` replace fedkit's own per kind (a Flower client's, fedkit/compat/flower);
-    ``train`` replaces the task's training function (an executor that trained it elsewhere)."""
+    ``train`` replaces the task's training function (an executor that trained it elsewhere).
+    A task of another round first drops what an unfinished secure-aggregation round left."""
+    if state.secagg is not None and state.secagg.round != task.round:
+        state = dataclasses.replace(state, secagg=None)
     try:
         config = tasks.parse(task.kind, task.config)
         if task.kind not in handlers:

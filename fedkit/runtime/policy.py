@@ -20,7 +20,9 @@ tasks, :class:`Close` ends the round
 
 :class:`SyncRound` is the synchronous round (FedAvg's): sample, wait for all or the deadline,
 aggregate, cancel the rest; :class:`SequentialRound` asks the sampled clients one after another
-(split learning's sequential schemes). Asynchronous policies
+(split learning's sequential schemes);
+:class:`~fedkit.runtime.secagg.SecAggRound` runs secure aggregation's four exchanges in one
+round. Asynchronous policies
 (``fedkit/runtime/async_policy.py``) answer the same three calls but close with
 ``Close(keep_open=True)``: their tasks stay in flight into the next round, and the next
 ``start`` gets the policy's state back as ``carried`` (None on a fresh start: the first round,
@@ -40,18 +42,21 @@ from typing import Any, Literal, Protocol
 import numpy as np
 
 from fedkit import rng as frng
-from fedkit.types import Arrival, ClientId, Update
+from fedkit.types import Arrival, ClientId, Encoded, Update
 
 
 @dataclass(frozen=True)
 class Send:
     """Start one ``kind`` task per client on the current model. ``train``: per-client updates of
-    the round's TrainConfig (FedCompass sets each client's local ``steps``)."""
+    the round's TrainConfig (FedCompass sets each client's local ``steps``). ``payloads``: each
+    client's payload, made by the policy (a protocol message: secure aggregation's later
+    stages) instead of the model."""
 
     kind: str
     clients: tuple[ClientId, ...]
     attempt: int = 0
     train: Mapping[ClientId, Mapping[str, Any]] = field(default_factory=dict)
+    payloads: Mapping[ClientId, Encoded] | None = None
 
 
 @dataclass(frozen=True)
@@ -66,17 +71,23 @@ class Await:
 
 @dataclass(frozen=True)
 class Aggregate:
+    """Apply ``updates`` as one new model version. ``clients``: how many clients they stand for
+    (secure aggregation hands one combined update of many; default: one each)."""
+
     updates: tuple[Update, ...]
+    clients: int | None = None
 
 
 @dataclass(frozen=True)
 class Close:
     """End the round. ``keep_open``: tasks in flight stay open into the next round and the
     policy's state is handed to its next ``start`` (asynchronous policies); otherwise the
-    engine cancels them (recorded as missed)."""
+    engine cancels them (recorded as missed). ``metrics`` go into its metrics row (e.g. secure
+    aggregation's stages)."""
 
     status: str = "ok"
     keep_open: bool = False
+    metrics: Mapping[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

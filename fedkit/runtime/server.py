@@ -48,7 +48,7 @@ from fedkit.runtime.policy import (
     SyncRound,
     View,
 )
-from fedkit.runtime.task import EvaluateTask, ModelRef, TrainTask
+from fedkit.runtime.task import KINDS, UPDATE_KINDS, EvaluateTask, ModelRef, TrainTask
 from fedkit.types import Arrival, ClientId, Encoded, Params, Task, Update
 
 log = logging.getLogger("fedkit.server")
@@ -96,6 +96,7 @@ class Plan:
     bench_after: int | None = None  # consecutive missed deadlines before a client sits out (Benched)
     split: Any = None  # fedkit.runtime.split.SplitPlan: split learning's seam (None: FL)
     work: Work | None = None  # caps each client's local steps (stragglers: partial)
+    secagg: Any = None  # fedkit.runtime.secagg.SecAggPlan: secure aggregation's (None: plain)
 
     @property
     def sampler(self) -> Sampling:
@@ -205,14 +206,20 @@ def make_tasks(
     attempt: int = 0,
     train: Mapping[ClientId, Mapping[str, Any]] | None = None,
     repeat: Mapping[ClientId, int] | None = None,
+    payloads: Mapping[ClientId, Encoded] | None = None,
 ) -> tuple[list[Task], dl.DownlinkState, float]:
     """One task per client; training tasks go through the downlink codec (and its mode).
     ``train``: per-client TrainConfig updates; ``repeat``: how many tasks of this kind each
-    client already got this round (asynchronous policies), which keys its draws apart.
+    client already got this round (asynchronous policies), which keys its draws apart;
+    ``payloads`` (a protocol stage's messages, made by the policy) replace the model.
     Returns the tasks, the new downlink state and the server's encode seconds."""
     t0 = time.perf_counter()
     train, repeat = train or {}, repeat or {}
-    if kind in ("train", "split_train"):
+    if payloads is not None:  # secure aggregation's later stages: a message, no model
+        out = dl.Outgoing(state.downlink, {c: payloads[c] for c in clients}, {})
+        stage = KINDS[kind].model_validate({"seed": plan.seed})
+        configs: dict[ClientId, Any] = dict.fromkeys(clients, stage)
+    elif kind in ("train", "split_train", "secagg_advertise"):
         out = dl.prepare(
             plan.downlink_mode, plan.downlink, state.downlink, state.params, clients, rnd, plan.seed
         )
@@ -223,13 +230,15 @@ def make_tasks(
             t = base.model_copy(update=dict(train[c])) if c in train else base
             return t if cap is None else cap(rnd, c, t, out.payloads[c].nbytes)
 
-        configs: dict[ClientId, Any] = {
+        configs = {
             c: TrainTask(seed=plan.seed, model=plan.model, train=config(c), uplink=plan.uplink,
                          downlink=out.configs[c], repeat=repeat.get(c, 0))
             for c in clients
         }
         if kind == "split_train":  # the same, plus the split configuration
             configs = {c: plan.split.config(t) for c, t in configs.items()}
+        if kind == "secagg_advertise":  # the same, plus how to put the update into the field
+            configs = {c: plan.secagg.config(t) for c, t in configs.items()}
     else:  # evaluation sees the server's model exactly, and leaves clients' references alone
         _, enc = make("identity").encode(None, state.params)
         out = dl.Outgoing(state.downlink, {c: enc for c in clients}, {})
@@ -274,14 +283,15 @@ class _Round:
         repeat = {c: self.sent.get((a.kind, c), 0) for c in a.clients}
         self.sent |= {(a.kind, c): n + 1 for c, n in repeat.items()}
         tasks, down, enc_s = make_tasks(
-            self.plan, self.state, self.rnd, a.kind, a.clients, a.attempt, a.train, repeat
+            self.plan, self.state, self.rnd, a.kind, a.clients, a.attempt, a.train, repeat, a.payloads
         )
         self.state = replace(self.state, downlink=down)
         rec = self.rec
         rec.encode_s += enc_s
-        rec.clients_sampled += len(tasks)
         rec.bytes_down += sum(t.params.nbytes for t in tasks)
-        rec.dense_down += self.dense * len(tasks)
+        if a.payloads is None:  # tasks that carry the model (not a protocol stage's message)
+            rec.clients_sampled += len(tasks)
+            rec.dense_down += self.dense * len(tasks)
         self.open |= {t.task_id: t for t in tasks}
         if self.plan.split is not None:
             self.plan.split.opened(tasks)  # before sending: in-process clients stream at once
@@ -312,7 +322,7 @@ class _Round:
         else:
             if r.update is not None:
                 rec.bytes_up += r.update.nbytes
-                rec.dense_up += self.dense
+                rec.dense_up += self.dense if task.kind in UPDATE_KINDS else 0
                 row["bytes_up"] = r.update.nbytes
             rec.encode_s += float(r.metrics.get("encode_s", 0.0))
             t0 = time.perf_counter()
@@ -365,7 +375,7 @@ class _Round:
         agg_state, params = self.plan.aggregator.step(st.agg_state, st.params, list(a.updates))
         self.state = replace(st, params=params, agg_state=agg_state, version=st.version + 1)
         self.aggregated = True
-        self.rec.clients_finished += len(a.updates)
+        self.rec.clients_finished += len(a.updates) if a.clients is None else a.clients
         pairs = [(u.num_examples, u.metrics) for u in a.updates]
         self.rec.metrics |= self.plan.metrics("train", pairs)
         if self.work and a.updates:
@@ -401,6 +411,7 @@ def _run_policy(r: _Round) -> None:
                 else:
                     r.miss("cancelled")
                 r.closed = a.status
+                r.rec.metrics |= dict(a.metrics)
                 return
         actions = []
         for arrival in r.link.arrivals(wait.deadline):

@@ -34,11 +34,12 @@ from fedkit.runtime.accept import Acceptance
 from fedkit.runtime.async_policy import is_async, make_async_policy
 from fedkit.runtime.client import ClientState
 from fedkit.runtime.policy import Policy, Sampling, SequentialRound, SyncRound
+from fedkit.runtime.secagg import SecAggPlan, SecAggRound
 from fedkit.runtime.server import Plan, ServerState, default_metrics
 from fedkit.runtime.split import KIND as SPLIT_KIND
 from fedkit.runtime.split import SplitPlan
-from fedkit.runtime.task import ModelRef
-from fedkit.scenario.check import DataError
+from fedkit.runtime.task import ModelRef, SecAggField
+from fedkit.scenario.check import DataError, per_round
 from fedkit.scenario.schema import Compression, Scenario, Schedule, read_examples
 from fedkit.split.endpoint import Endpoint
 from fedkit.split.schemes import initial, make_setup, whole
@@ -118,14 +119,14 @@ def _aggregator(s: Scenario) -> Any:
     return make_aggregator(name, **params)
 
 
-def _policy_and_aggregator(s: Scenario) -> tuple[Any, Any]:
+def _policy_and_aggregator(s: Scenario, secagg: Any = None) -> tuple[Any, Any]:
     """Synchronous rounds with the named aggregator, or an async strategy's own pair."""
     name = str(s.strategy["name"])
     if is_async(name):
         params = {k: v for k, v in s.strategy.items() if k != "name"}
         return make_async_policy(name, s.clients.count, s.server.deadline_s, **params)
     vanilla = s.split is not None and s.split.scheme == "vanilla"  # relays, never averages
-    return _policy(s), make_aggregator("fedavg") if vanilla else _aggregator(s)
+    return _policy(s, secagg), make_aggregator("fedavg") if vanilla else _aggregator(s)
 
 
 def _server_eval(s: Scenario, module: torch.nn.Module, ds: Dataset) -> Callable[[Params], dict[str, float]]:
@@ -162,7 +163,22 @@ def _split_plan(s: Scenario, module: torch.nn.Module, ds: Dataset) -> tuple[Spli
     return plan, client
 
 
-def _policy(s: Scenario) -> Policy:
+def _secagg_plan(s: Scenario, init_params: Params) -> SecAggPlan | None:
+    """Secure aggregation's seam of the plan: the field for the clients a round samples."""
+    sa = None if s.privacy is None else s.privacy.secagg
+    if sa is None:
+        return None
+    field = SecAggField(clip=sa.clip, levels=sa.levels(per_round(s)), bits=sa.bits,
+                        weighting=sa.weighting, max_weight=sa.max_weight)
+    layout = tuple((tuple(p.shape), p.dtype) for p in init_params)
+    return SecAggPlan(field, layout, sa.degree, sa.threshold, sa.min_survivors, sa.complete, s.seed)
+
+
+def _policy(s: Scenario, secagg: SecAggPlan | None = None) -> Policy:
+    if secagg is not None:
+        assert s.privacy is not None and s.privacy.secagg is not None
+        stage = s.privacy.secagg.deadline_s or s.server.deadline_s
+        return SecAggRound(secagg, s.server.deadline_s, stage, s.server.min_replies)
     if s.split is None or s.split.scheme == "splitfed_v1":
         return SyncRound(
             deadline_s=s.server.deadline_s,
@@ -196,7 +212,8 @@ def build_server(s: Scenario) -> tuple[Plan, Params]:
     if s.evaluation.metrics_fn:
         metrics = resolve_import(s.evaluation.metrics_fn, "metrics function")
     per = s.clients.per_round
-    policy, aggregator = _policy_and_aggregator(s)
+    secagg = _secagg_plan(s, init_params)
+    policy, aggregator = _policy_and_aggregator(s, secagg)
     plan = Plan(
         seed=s.seed,
         rounds=s.rounds,
@@ -224,6 +241,7 @@ def build_server(s: Scenario) -> tuple[Plan, Params]:
         metrics=metrics,
         split=split_plan,
         work=_partial_work(s, init_params),
+        secagg=secagg,
     )
     return plan, init_params
 

@@ -24,6 +24,7 @@ from fedkit.models.train import TrainConfig
 from fedkit.registry import did_you_mean
 from fedkit.scenario.devices import Devices
 from fedkit.scenario.participation import Participation
+from fedkit.scenario.privacy import Privacy, check_privacy
 from fedkit.types import Strict
 
 
@@ -443,6 +444,7 @@ class Scenario(Strict):
     devices: Devices | None = None
     participation: Participation | None = None
     execution: Execution = Execution()
+    privacy: Privacy | None = None
     output: Output = Output()
 
     @field_validator("model", mode="before")
@@ -480,6 +482,7 @@ class Scenario(Strict):
         if self.participation is not None:
             self.participation.check_count(self.clients.count)
         self._async_fits()
+        check_privacy(self)
         return self
 
     def _async_fits(self) -> None:
