@@ -7,7 +7,7 @@ PIP    := $(PY) -m pip -q --disable-pip-version-check
 TORCH  ?= torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint proto bench bench-training bench-codecs bench-grpc bench-compression bench-events bench-secagg bench-stragglers bench-async clean
+.PHONY: demo test lint proto bench bench-training bench-codecs bench-grpc bench-split-grpc bench-compression bench-events bench-secagg bench-split bench-flower bench-stragglers bench-async clean
 
 $(VENV)/.base:
 	$(PYTHON) -m venv $(VENV)
@@ -38,7 +38,7 @@ proto: $(VENV)/.dev
 	$(PY) -m fedkit.transport.protogen
 
 # Each benchmark writes a table to benchmarks/results/.
-bench: bench-training bench-codecs bench-grpc bench-compression bench-events bench-secagg bench-stragglers bench-async
+bench: bench-training bench-codecs bench-grpc bench-split-grpc bench-compression bench-events bench-secagg bench-split bench-flower bench-stragglers bench-async
 
 bench-training: $(VENV)/.installed
 	$(PY) benchmarks/bench_training.py
@@ -48,6 +48,9 @@ bench-codecs: $(VENV)/.installed
 
 bench-grpc: $(VENV)/.installed
 	$(PY) benchmarks/bench_grpc.py
+
+bench-split-grpc: $(VENV)/.installed
+	$(PY) benchmarks/bench_split_grpc.py
 
 clean:
 	rm -rf $(VENV) runs
@@ -60,6 +63,19 @@ bench-events: $(VENV)/.installed
 
 bench-secagg: $(VENV)/.installed
 	$(PY) benchmarks/bench_secagg.py
+
+bench-split: $(VENV)/.installed
+	$(PY) benchmarks/bench_split.py
+
+# flwr 1.42 declares protobuf<7, fedkit's stubs need protobuf 7 (flwr's own 5.29 stubs run on
+# it): pip cannot resolve both in one install, so flwr goes in first and protobuf 7 after it.
+$(VENV)/.flower: $(VENV)/.installed
+	$(PIP) install 'flwr[simulation]==1.42.0'
+	$(PIP) install 'protobuf>=7.35.1'
+	touch $@
+
+bench-flower: $(VENV)/.flower
+	$(PY) benchmarks/bench_flower.py
 
 bench-stragglers: $(VENV)/.installed
 	$(PY) benchmarks/bench_stragglers.py

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import logging
 import sys
@@ -36,6 +37,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     from fedkit.experiment import run_scenario
     from fedkit.report.run_dir import fresh_path
 
+    if args.engine == "flower" and (args.mode != "inprocess" or args.resume):
+        print("fedkit: --engine flower runs in-process only, without --resume", file=sys.stderr)
+        return EXIT_INVALID
+    if args.engine == "flower" and importlib.util.find_spec("flwr") is None:
+        print("fedkit: --engine flower needs Flower: pip install 'fedkit[flower]'", file=sys.stderr)
+        return EXIT_INVALID
     scenario = load(args.scenario, args.set)
     default = Path(scenario.output.dir) / scenario.name
     run_dir = Path(args.out) if args.out else (default if args.resume else fresh_path(default))
@@ -71,7 +78,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         summary = run_scenario(
             scenario, run_dir, mode=args.mode, on_round=on_round, resume=args.resume,
-            overwrite=args.overwrite, workers=args.workers, force=args.force,
+            overwrite=args.overwrite, workers=args.workers, force=args.force, engine=args.engine,
         )
     acc = summary["final_accuracy"]
     out.print(
@@ -328,7 +335,9 @@ def parser() -> argparse.ArgumentParser:
     with_set(r)
     r.add_argument("--out", help="run directory (default: <output.dir>/<name>)")
     r.add_argument("--mode", default="inprocess", choices=["inprocess", "processes"])
-    r.add_argument("--workers", type=int, help="client processes in --mode processes")
+    r.add_argument("--workers", type=int, help="client processes in --mode processes, Ray workers with --engine flower")
+    r.add_argument("--engine", default="fedkit", choices=["fedkit", "flower"],
+                   help="flower: run the scenario on Flower's simulation engine, for comparison")
     r.add_argument("--resume", action="store_true", help="continue from the run directory's checkpoint")
     r.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
     r.add_argument("--force", action="store_true", help="--resume even if the scenario changed")

@@ -26,7 +26,7 @@ from fedkit.scenario import Scenario, dump
 from fedkit.scenario.build import build_server
 from fedkit.scenario.simulation import simulation
 from fedkit.sim.clocked import ClockedLink
-from fedkit.transport.client import DEFAULT_WAIT_S, run_client
+from fedkit.transport.client import DEFAULT_WAIT_S, SplitDialer, run_client
 from fedkit.transport.security import Authenticator, ClientTls, ServerTls
 from fedkit.transport.server import GrpcServer
 from fedkit.types import Reply, Task
@@ -75,7 +75,9 @@ def serve(
         except Rejected as e:
             raise ValueError(str(e)) from None
 
-    extra = {} if opts.max_message_bytes is None else {"max_message_bytes": opts.max_message_bytes}
+    extra: dict[str, Any] = {} if opts.max_message_bytes is None else {"max_message_bytes": opts.max_message_bytes}
+    if plan.split is not None:  # split learning: the Split streams reach the plan's endpoint
+        extra["split"] = plan.split.endpoint
     server = GrpcServer(
         opts.listen, tls=opts.tls, auth=opts.auth, validate=validate, insecure=opts.insecure,
         max_sessions=opts.max_sessions, **extra
@@ -147,10 +149,11 @@ def join(
     errors: list[BaseException] = []
 
     def one(state: Any, token: str | None) -> None:
+        dialer = SplitDialer()  # split tasks open their Split stream on this client's session
         try:
             run_client(
-                address, ClientHost(state), name=state.id, token=token, tls=tls, insecure=insecure,
-                stop=stop, wait_s=wait_s,
+                address, ClientHost(state, connect=dialer), name=state.id, token=token, tls=tls,
+                insecure=insecure, stop=stop, wait_s=wait_s, split=dialer,
             )
         except BaseException as e:  # reported after every thread has finished
             errors.append(e)

@@ -17,7 +17,14 @@ import torch
 from fedkit.aggregation import state_from_arrays, state_to_arrays
 from fedkit.models import build_model, set_params
 from fedkit.report import plots
-from fedkit.report.run_dir import RunDir, check_can_start, load_params, summarize
+from fedkit.report.run_dir import (
+    RunDir,
+    check_can_start,
+    load_params,
+    params_hash,
+    save_params,
+    summarize,
+)
 from fedkit.runtime.client import ClientHost, ClientState, ModelCache
 from fedkit.runtime.downlink import DownlinkState
 from fedkit.runtime.link import Link
@@ -28,6 +35,7 @@ from fedkit.scenario.build import Experiment, build, initial_state
 from fedkit.scenario.participation import presence
 from fedkit.sim.availability import Always
 from fedkit.sim.link import CostFn, InProcessLink, OnlineFn, PresentFn
+from fedkit.split.wire import SplitConnect
 from fedkit.types import ClientId, Params
 
 RoundCallback = Callable[[Mapping[str, Any]], None]
@@ -36,12 +44,15 @@ RoundCallback = Callable[[Mapping[str, Any]], None]
 def inprocess_link(
     clients: Mapping[ClientId, ClientState],
     cost: CostFn | None = None,
+    connect: SplitConnect | None = None,
     online: OnlineFn | None = None,
     start_s: float = 0.0,
     present: PresentFn | None = None,
 ) -> Link:
+    """Every client in this process; ``connect``: how they reach the split endpoint; ``cost``,
+    ``online``, ``start_s``: the simulated clock (fedkit/sim/link.py)."""
     models = ModelCache()  # one module shared by every simulated client
-    fns = {cid: ClientHost(c, models) for cid, c in clients.items()}
+    fns = {cid: ClientHost(c, models, connect=connect) for cid, c in clients.items()}
     return InProcessLink(fns, cost, online, start_s, present)
 
 
@@ -51,14 +62,15 @@ def scenario_link(exp: Experiment, start_s: float = 0.0) -> Link:
     from fedkit.scenario.simulation import simulation
 
     s = exp.scenario
+    connect = None if exp.plan.split is None else exp.plan.split.connect()
     labels = {c: st.train.y.numpy() for c, st in exp.clients.items()}
     present = presence(s.participation, s.seed, labels)
     sim = simulation(s, {c: st.num_train for c, st in exp.clients.items()})
     if sim is None:
-        return inprocess_link(exp.clients, start_s=start_s, present=present)
+        return inprocess_link(exp.clients, connect=connect, start_s=start_s, present=present)
     always = all(isinstance(d.availability, Always) for d in sim.devices.values())
     online = None if always else sim.online  # no per-call filter of a population always there
-    return inprocess_link(exp.clients, sim.cost, online, start_s, present)
+    return inprocess_link(exp.clients, sim.cost, connect, online, start_s, present)
 
 
 def resumed_clock(out: str | Path, resume: bool) -> float:
@@ -79,12 +91,18 @@ def resume_state(plan: Plan, init_params: Params, rd: RunDir, resume: bool) -> S
     if ck is None:
         return initial_state(plan, init_params)
     sec = ck.sections
+    split = None
+    if plan.split is not None:
+        if "split" not in sec:
+            raise ValueError(f"{rd.path}: the checkpoint holds no split server part (not a split run?)")
+        split = plan.split.from_arrays(sec["split"])
     return ServerState(
         ck.round,
         ck.params,
         state_from_arrays(sec.get("agg", {})),
         DownlinkState.from_arrays(sec.get("down", {})),
         int(sec.get("engine", {}).get("version", ck.round)),
+        split,
     )
 
 
@@ -120,6 +138,8 @@ def run_with_link(
                 "down": st.downlink.to_arrays(),
                 "engine": {"version": np.array(st.version)},
             }
+            if st.split is not None:
+                sections["split"] = plan.split.to_arrays(st.split)
             rd.write_checkpoint(st.round, st.params, sections, {"metrics": row, "clients": rec.clients})
         rd.append_rows(row, rec.clients)
         if on_round is not None:
@@ -128,6 +148,11 @@ def run_with_link(
     final = run(plan, link, state, record)
     rows = rd.metrics()
     summary = summarize(rows, final.params, s.seed, s.name, target_acc=s.evaluation.target_acc)
+    if final.split is not None:  # split learning: params.npz is the client part; this the server's
+        save_params(rd.path / "server_params.npz", final.split.shared.params)
+        summary["server_params_sha256"] = params_hash(final.split.shared.params)
+        split_bytes = sorted({k for r in rows for k in r if k.startswith("bytes_") and k not in ("bytes_down", "bytes_up")})
+        summary |= {f"total_{k}": sum(r.get(k, 0) for r in rows) for k in split_bytes}
     rd.write_final(final.params, summary)
     if s.output.plot:
         plots.curves(rows, rd.path / "curves.png", title=s.name)
@@ -143,9 +168,21 @@ def run_scenario(
     overwrite: bool = False,
     workers: int | None = None,
     force: bool = False,
+    engine: str = "fedkit",
 ) -> dict[str, Any]:
     """Run a scenario in-process or as local processes over gRPC; returns the summary.
-    ``force``: resume even though the scenario differs from the run's."""
+    ``force``: resume even though the scenario differs from the run's. ``engine="flower"``
+    runs it on Flower's simulation engine instead (fedkit/compat/flower/engine.py)."""
+    if engine == "flower":
+        if mode != "inprocess" or resume:
+            raise ValueError("--engine flower runs in-process only, without --resume")
+        if scenario.devices is not None:
+            raise ValueError("--engine flower has no simulated clock: run devices: scenarios on fedkit's")
+        from fedkit.compat.flower.engine import run_flower
+
+        return run_flower(scenario, out, on_round, overwrite, workers)
+    if engine != "fedkit":
+        raise ValueError(f"unknown engine {engine!r}; known: fedkit, flower")
     if mode == "processes":
         from fedkit.launch import run_processes
 
@@ -173,7 +210,30 @@ def load_model(run_dir: str | Path) -> torch.nn.Module:
     source = path / "params.npz" if (path / "params.npz").exists() else path / "checkpoint.npz"
     if not source.exists():
         raise FileNotFoundError(f"{path}: neither params.npz nor checkpoint.npz")
-    params, _ = load_params(source)
+    params, extra = load_params(source)
+    if (path / "server_params.npz").exists() or any(k.startswith("split/") for k in extra):
+        return _split_model(path, ref, params, extra)
     module = build_model(ref.spec, ref.input_shape, ref.num_classes)
     set_params(module, params)
+    return module.eval()
+
+
+def _split_model(path: Path, ref: ModelRef, client: Params, extra: Mapping[str, np.ndarray]) -> torch.nn.Module:
+    """A split run's composed model (client part, server part, U-shape's tail)."""
+    from fedkit.scenario import load
+    from fedkit.split.schemes import make_setup, whole
+    from fedkit.split.server import state_from_arrays as split_state
+
+    sp = load(path / "scenario.yaml").split
+    if sp is None:
+        raise ValueError(f"{path}: holds a split server part but its scenario has no split section")
+    if (path / "params.npz").exists():
+        server = load_params(path / "server_params.npz")[0]
+    else:
+        server = split_state({k[len("split/"):]: v for k, v in extra.items() if k.startswith("split/")}).shared.params
+    dim = None if sp.bottleneck is None else sp.bottleneck.dim
+    setup = make_setup(sp.scheme, build_model(ref.spec, ref.input_shape, ref.num_classes), sp.cut_list,
+                       ref.input_shape, ref.num_classes, bottleneck=dim)
+    module, join = whole(setup)
+    set_params(module, join(client, server))
     return module.eval()

@@ -12,21 +12,31 @@ import hashlib
 import numpy as np
 
 
+@functools.lru_cache(maxsize=4096)
+def _text(part: str) -> int:
+    return int.from_bytes(hashlib.sha256(part.encode()).digest()[:8], "little")
+
+
 def _word(part: int | str) -> int:
     if isinstance(part, (int, np.integer)):
         return int(part) & 0xFFFFFFFFFFFFFFFF
-    return _text_word(str(part))
+    return _text(str(part))
 
 
-@functools.lru_cache(maxsize=65536)
-def _text_word(part: str) -> int:
-    """A string part's word (cached: client names and purposes recur in every task's keys)."""
-    digest = hashlib.sha256(part.encode()).digest()
-    return int.from_bytes(digest[:8], "little")
+def _limbs(words: list[int]) -> np.ndarray:
+    """The uint32 entropy numpy itself makes of these 64-bit words (each: its little-endian 32-bit
+    limbs, 0 as one limb), handed over ready: the same SeedSequence, without numpy's per-int
+    coercion, which costs more than the rest of a key (split learning keys every batch)."""
+    out: list[int] = []
+    for w in words:
+        out.append(w & 0xFFFFFFFF)
+        if w >> 32:
+            out.append(w >> 32)
+    return np.array(out, dtype=np.uint32)
 
 
 def key(seed: int, *parts: int | str) -> np.random.SeedSequence:
-    return np.random.SeedSequence([_word(seed), *(_word(p) for p in parts)])
+    return np.random.SeedSequence(_limbs([_word(seed), *(_word(p) for p in parts)]))
 
 
 def rng(seed: int, *parts: int | str) -> np.random.Generator:

@@ -2,7 +2,8 @@
 
 Files: ``scenario.yaml`` (resolved), ``model.json`` (how to rebuild the model), ``metrics.jsonl``
 (a row per round), ``clients.jsonl`` (a row per client task), ``checkpoint.npz`` (after every
-round, written atomically), ``params.npz``, ``summary.json``, ``curves.png``.
+round, written atomically), ``params.npz``, ``summary.json``, ``curves.png``; split learning adds
+``server_params.npz`` (the server part; ``params.npz`` holds the client part).
 
 Crash consistency. The checkpoint is the commit point of a round: it is written first (atomically,
 by rename) and carries the round's metrics and client rows; the JSONL files are appended after it.
@@ -108,7 +109,7 @@ def load_params(path: Path) -> tuple[Params, dict[str, np.ndarray]]:
     return params, extra
 
 
-RESULT_FILES = ("metrics.jsonl", "clients.jsonl", "checkpoint.npz", "summary.json")
+RESULT_FILES = ("metrics.jsonl", "clients.jsonl", "checkpoint.npz", "summary.json", "server_params.npz")
 
 
 class RunDirExists(FileExistsError):

@@ -120,9 +120,10 @@ def _evaluate(rule: Acceptance, task: Task, reply: Reply) -> Update:
 
 
 KindRule = Callable[[Acceptance, Task, Reply], Update]
-RULES: dict[str, KindRule] = {"train": _train, "evaluate": _evaluate}
-"""Per task kind: what a valid answer looks like. Later kinds (split steps, secure-aggregation
-stages) register theirs here."""
+RULES: dict[str, KindRule] = {"train": _train, "evaluate": _evaluate, "split_train": _train}
+"""Per task kind: what a valid answer looks like. A split task answers like a training task:
+the delta of the client part (the plan's params are the client part). Later kinds
+(secure-aggregation stages) register theirs here."""
 
 
 def accept(rule: Acceptance, task: Task, reply: Reply, version: int | None = None) -> Update:

@@ -35,6 +35,11 @@ from fedkit.models.train import TrainConfig, TrainFn, sgd_train
 from fedkit.registry import resolve_import
 from fedkit.runtime import task as tasks
 from fedkit.runtime.downlink import receive
+from fedkit.split.channel import ClientHalf, StreamChannel
+from fedkit.split.client import ClientConfig as SplitClientConfig
+from fedkit.split.client import train_split
+from fedkit.split.schemes import SplitSetup, make_setup
+from fedkit.split.wire import SplitConnect
 from fedkit.types import ClientId, Params, Reply, Task
 
 
@@ -74,10 +79,12 @@ class ClientState:
 
 
 class ModelCache:
-    """One module per model spec per process: clients share it instead of rebuilding it."""
+    """One module per model spec per process: clients share it instead of rebuilding it (and
+    one split of it per split configuration)."""
 
     def __init__(self) -> None:
         self._models: dict[str, nn.Module] = {}
+        self._setups: dict[str, SplitSetup] = {}
         self._last: tuple[tasks.ModelRef, nn.Module] | None = None  # in-process tasks share one ref
 
     def get(self, model: tasks.ModelRef) -> nn.Module:
@@ -89,14 +96,26 @@ class ModelCache:
         self._last = (model, self._models[key])
         return self._models[key]
 
+    def split_setup(self, cfg: tasks.SplitTrainTask) -> SplitSetup:
+        """The parts of ``cfg``'s model (architecture only: weights come with each task)."""
+        key = json.dumps(cfg.model_dump(mode="json", include={"model", "scheme", "cuts", "bottleneck", "seed"}),
+                         sort_keys=True)
+        if key not in self._setups:
+            m = cfg.model
+            self._setups[key] = make_setup(cfg.scheme, self.get(m), cfg.cuts, m.input_shape, m.num_classes,
+                                           seed=cfg.seed, bottleneck=cfg.bottleneck)
+        return self._setups[key]
+
 
 @dataclass(frozen=True)
 class Context:
-    """What a handler or mod may use besides its state: the parsed config, keyed RNGs, models."""
+    """What a handler or mod may use besides its state: the parsed config, keyed RNGs, models,
+    and how to open a split task's stream (``connect``; None where the host has none)."""
 
     task: Task
     config: Any
     models: ModelCache
+    connect: SplitConnect | None = None
 
     def keys(self) -> tuple[int | str, ...]:
         """The key parts after the purpose: (round, client), plus the repeat of an async task."""
@@ -156,7 +175,36 @@ def handle_evaluate(state: ClientState, task: Task, ctx: Context) -> tuple[Clien
     return state, dataclasses.replace(reply, num_examples=len(state.test), metrics=metrics)
 
 
-HANDLERS: dict[str, ClientFn] = {"train": handle_train, "evaluate": handle_evaluate}
+def handle_split_train(state: ClientState, task: Task, ctx: Context) -> tuple[ClientState, Reply]:
+    """Split learning's local epochs over the task's split stream; the reply carries the raw
+    delta of the client part (local - sent), which the uplink mod encodes like any update."""
+    t0 = time.perf_counter()
+    state, params = _receive(state, task, ctx)
+    cfg: tasks.SplitTrainTask = ctx.config
+    if ctx.connect is None:
+        raise RuntimeError("this client host cannot open split streams (no SplitConnect)")
+    setup = ctx.models.split_setup(cfg)
+    half = ClientHalf(cfg.activations, state.id, seed=cfg.seed, round=task.round)
+    stream = ctx.connect(task)
+    channel = StreamChannel(stream, half, expect_reply=setup.scheme.gradients_down, body_shape=setup.body_shape)
+    ccfg = SplitClientConfig(cfg.scheme, setup.client_modules, cfg.train, cfg.seed)
+    try:
+        new, m = train_split(ccfg, params, state.train.x, state.train.y, channel, ctx.rng("train"),
+                             round=task.round, client=state.id)
+    except BaseException as e:
+        stream.close(f"{type(e).__name__}: {e}"[:500] or "client failed")
+        raise
+    stream.close()
+    delta = [n - p for n, p in zip(new, params, strict=True)]
+    metrics = {"train_loss": m["loss"], "steps": m["steps"], "compute_s": time.perf_counter() - t0}
+    reply = Reply(task.task_id, state.id, task.round, state.num_train, metrics=metrics, version=task.version,
+                  delta=delta)
+    return state, reply
+
+
+HANDLERS: dict[str, ClientFn] = {
+    "train": handle_train, "evaluate": handle_evaluate, "split_train": handle_split_train,
+}
 """Task kind -> handler. A kind needs a config class in ``fedkit.runtime.task.KINDS`` too."""
 
 
@@ -189,13 +237,22 @@ def compose(mods: Sequence[Mod], handler: ClientFn) -> ClientFn:
 
 
 def run_task(
-    state: ClientState, task: Task, models: ModelCache, mods: Sequence[Mod] = DEFAULT_MODS
+    state: ClientState,
+    task: Task,
+    models: ModelCache,
+    mods: Sequence[Mod] = DEFAULT_MODS,
+    connect: SplitConnect | None = None,
+    *,
+    handlers: Mapping[str, ClientFn] = HANDLERS,
 ) -> tuple[ClientState, Reply]:
-    """Run one task. Failures become a reply with ``error`` set (and the state unchanged)."""
+    """Run one task. Failures become a reply with ``error`` set (and the state unchanged).
+    ``handlers`` replace fedkit's own per kind (a Flower client's, fedkit/compat/flower)."""
     try:
         config = tasks.parse(task.kind, task.config)
-        fn = compose(mods, HANDLERS[task.kind])
-        new, reply = fn(state, task, Context(task, config, models))
+        if task.kind not in handlers:
+            raise ValueError(f"this client serves no {task.kind!r} tasks (only: {', '.join(handlers)})")
+        fn = compose(mods, handlers[task.kind])
+        new, reply = fn(state, task, Context(task, config, models, connect))
         if reply.delta is not None:
             raise RuntimeError("a mod chain must end with an encoded update (no encode mod?)")
         return new, reply
@@ -206,15 +263,33 @@ def run_task(
 
 
 class ClientHost:
-    """Holds one client's state between tasks; calling it runs a task (what a Link calls)."""
+    """Holds one client's state between tasks; calling it runs a task (what a Link calls).
 
-    def __init__(self, state: ClientState, models: ModelCache | None = None, mods: Sequence[Mod] = DEFAULT_MODS):
+    ``connect`` opens split tasks' streams: in-process a
+    :class:`~fedkit.split.local.LocalConnect` on the server's endpoint, over gRPC the ``Split``
+    RPC of the client's session (a transport may set it once its session exists). ``handlers``
+    replace fedkit's own per task kind (a Flower client's, fedkit/compat/flower).
+    """
+
+    def __init__(
+        self,
+        state: ClientState,
+        models: ModelCache | None = None,
+        mods: Sequence[Mod] = DEFAULT_MODS,
+        connect: SplitConnect | None = None,
+        *,
+        handlers: Mapping[str, ClientFn] | None = None,
+    ):
         self.state = state
         self.models = models or ModelCache()
         self.mods = tuple(mods)
+        self.connect = connect
+        self.handlers = HANDLERS if handlers is None else dict(handlers)
 
     def __call__(self, task: Task) -> Reply:
-        self.state, reply = run_task(self.state, task, self.models, self.mods)
+        self.state, reply = run_task(
+            self.state, task, self.models, self.mods, self.connect, handlers=self.handlers
+        )
         return reply
 
 

@@ -14,14 +14,15 @@ state: its state is a value passed in and returned, so a policy is a plain froze
 
 Actions: :class:`Send` starts tasks, :class:`Await` sets the deadline of the wait for arrivals,
 :class:`Aggregate` applies updates as one new model version, :class:`Drop` gives up some open
-tasks, :class:`Close` ends the round
-(the engine evaluates, records and checkpoints). A round is one aggregation: one metrics row.
+tasks, :class:`Close` ends the round (the engine evaluates, records and checkpoints). A round is
+one metrics row, normally one aggregation (a relaying SequentialRound aggregates each client).
 
 :class:`SyncRound` is the synchronous round (FedAvg's): sample, wait for all or the deadline,
-aggregate, cancel the rest. Asynchronous policies (``fedkit/runtime/async_policy.py``) answer
-the same three calls but close with ``Close(keep_open=True)``: their tasks stay in flight into
-the next round, and the next ``start`` gets the policy's state back as ``carried`` (None on a
-fresh start: the first round, after a round that cancelled its tasks, or after a resume from a
+aggregate, cancel the rest; :class:`SequentialRound` asks the sampled clients one after another
+(split learning's sequential schemes). Asynchronous policies (``fedkit/runtime/async_policy.py``)
+answer the same three calls but close with ``Close(keep_open=True)``: their tasks stay in flight
+into the next round, and the next ``start`` gets the policy's state back as ``carried`` (None on
+a fresh start: the first round, after a round that cancelled its tasks, or after a resume from a
 checkpoint, where in-flight tasks are lost and the policy sends new ones). Arrivals of tasks
 sent in earlier rounds settle into the current round, ``current version - task.version``
 versions stale (refused beyond ``Acceptance.max_staleness``).
@@ -171,11 +172,12 @@ class SyncRound:
     min_replies: int = 1
     on_too_few: Literal["skip", "retry"] = "skip"
     max_retries: int = 2
+    kind: str = "train"  # the task kind sent ("split_train": SplitFed V1)
     over_select: float = 1.0
 
     def _send(self, view: View, attempt: int, clients: Sequence[ClientId]) -> list[Action]:
         deadline = None if self.deadline_s is None else view.now + self.deadline_s
-        return [Send("train", tuple(clients), attempt), Await(deadline)]
+        return [Send(self.kind, tuple(clients), attempt), Await(deadline)]
 
     def start(self, view: View, carried: Any = None) -> tuple[_SyncState, list[Action]]:
         keep = None  # never carried: every round closes without keep_open
@@ -215,3 +217,62 @@ class SyncRound:
                 state = replace(state, attempt=attempt, asked=state.asked + tuple(more), waiting=frozenset(more))
                 return state, self._send(view, attempt, more)
         return state, [Close(f"skipped: {got} replies < min_replies={self.min_replies}")]
+
+
+@dataclass(frozen=True)
+class _SeqState:
+    order: tuple[ClientId, ...]
+    next: int = 0
+    updates: tuple[Update, ...] = field(default=())
+
+
+@dataclass(frozen=True)
+class SequentialRound:
+    """The sampled clients one after another, in a seeded order, each task only after the last
+    settled: split learning's sequential schemes (vanilla, SplitFed V2, U-shape, local loss),
+    where one server part sees the clients' batches in turn, so in the same order in every mode.
+
+    The order is ``rng(seed, "split-order", round).permutation`` of the sampled clients (in
+    population order); ``deadline_s`` applies to each task. ``relay`` (vanilla SL): aggregate
+    each accepted update as it arrives, so the next client starts from the last one's model;
+    otherwise every accepted update is aggregated once at the end, in population order, if
+    there are at least ``min_replies`` (else the round is skipped). A lost or refused client is
+    passed over. ``min_replies`` does not apply with ``relay``.
+    """
+
+    kind: str = "train"
+    deadline_s: float | None = None
+    min_replies: int = 1
+    relay: bool = False
+
+    def _next(self, view: View, state: _SeqState) -> tuple[_SeqState, list[Action]]:
+        if state.next < len(state.order):
+            deadline = None if self.deadline_s is None else view.now + self.deadline_s
+            client = state.order[state.next]
+            return replace(state, next=state.next + 1), [Send(self.kind, (client,)), Await(deadline)]
+        got = len(state.updates)
+        if self.relay:  # each accepted update is already applied
+            return state, [Close("ok" if got else "skipped: no client finished")]
+        if got < self.min_replies:
+            return state, [Close(f"skipped: {got} replies < min_replies={self.min_replies}")]
+        order = {c: i for i, c in enumerate(sorted(view.population))}
+        ups = tuple(sorted(state.updates, key=lambda u: order.get(u.client, math.inf)))
+        return state, [Aggregate(ups), Close("ok")]
+
+    def start(self, view: View, carried: Any = None) -> tuple[_SeqState, list[Action]]:
+        sampled = view.sample(0)  # never carried: every round closes without keep_open
+        perm = frng.rng(view.sampling.seed, "split-order", view.round).permutation(len(sampled))
+        return self._next(view, _SeqState(tuple(sampled[i] for i in perm)))
+
+    def on_arrival(
+        self, view: View, state: _SeqState, arrival: Arrival, update: Update | None
+    ) -> tuple[_SeqState, list[Action]]:
+        if update is None:
+            return self._next(view, state)
+        state = replace(state, updates=state.updates + (update,))
+        relayed: list[Action] = [Aggregate((update,))] if self.relay else []
+        state, more = self._next(view, state)
+        return state, relayed + more
+
+    def on_deadline(self, view: View, state: _SeqState) -> tuple[_SeqState, list[Action]]:
+        return self._next(view, state)

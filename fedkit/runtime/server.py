@@ -93,6 +93,7 @@ class Plan:
     eval_deadline_s: float | None = None
     metrics: MetricsFn = default_metrics
     max_skipped_rounds: int | None = None  # consecutive rounds without a new model -> RunFailed
+    split: Any = None  # fedkit.runtime.split.SplitPlan: split learning's seam (None: FL)
     work: Work | None = None  # caps each client's local steps (stragglers: partial)
 
     @property
@@ -115,6 +116,7 @@ class ServerState:
     agg_state: Any
     downlink: dl.DownlinkState = field(default_factory=dl.DownlinkState)
     version: int = 0  # aggregations applied: the model version tasks carry
+    split: Any = None  # split learning: the server part (fedkit.split.server.ServerState)
     inflight: InFlight | None = None  # not checkpointed (see the module docstring)
 
 
@@ -177,7 +179,7 @@ def make_tasks(
     Returns the tasks, the new downlink state and the server's encode seconds."""
     t0 = time.perf_counter()
     train, repeat = train or {}, repeat or {}
-    if kind == "train":
+    if kind in ("train", "split_train"):
         out = dl.prepare(
             plan.downlink_mode, plan.downlink, state.downlink, state.params, clients, rnd, plan.seed
         )
@@ -193,6 +195,8 @@ def make_tasks(
                          downlink=out.configs[c], repeat=repeat.get(c, 0))
             for c in clients
         }
+        if kind == "split_train":  # the same, plus the split configuration
+            configs = {c: plan.split.config(t) for c, t in configs.items()}
     else:  # evaluation sees the server's model exactly, and leaves clients' references alone
         _, enc = make("identity").encode(None, state.params)
         out = dl.Outgoing(state.downlink, {c: enc for c in clients}, {})
@@ -246,6 +250,8 @@ class _Round:
         rec.bytes_down += sum(t.params.nbytes for t in tasks)
         rec.dense_down += self.dense * len(tasks)
         self.open |= {t.task_id: t for t in tasks}
+        if self.plan.split is not None:
+            self.plan.split.opened(tasks)  # before sending: in-process clients stream at once
         if self.plan.work is not None and a.kind == "train":
             full = self.plan.train(self.rnd)
             self.work |= {t.client: self.plan.work.fraction(t.client, t.config.train, full) for t in tasks}
@@ -291,6 +297,8 @@ class _Round:
         rec.clients.append(row)
         if update is not None:
             self.accepted.append(update)
+        if self.plan.split is not None:
+            self.plan.split.settled(task, keep=update is not None)
         return update
 
     def miss(self, status: str = "missed", clients: Sequence[ClientId] | None = None) -> None:
@@ -306,6 +314,8 @@ class _Round:
                 log.warning("round %d: client %s missed the deadline", self.rnd, task.client)
                 self.rec.clients_dropped += 1
             self.state = replace(self.state, downlink=dl.forget(self.state.downlink, task.client))
+            if self.plan.split is not None:
+                self.plan.split.settled(task, keep=False)
             self.rec.clients.append({"round": self.rnd, "client": task.client, "kind": task.kind,
                                      "status": status, "time_s": self.link.now(),
                                      "bytes_down": task.params.nbytes})
@@ -374,6 +384,8 @@ def run_round(plan: Plan, link: Link, state: ServerState) -> tuple[ServerState, 
     t0 = time.perf_counter()
     wire0 = link.wire_bytes()
     r = _Round(plan, link, state)
+    if plan.split is not None:
+        plan.split.begin(state.split, r.rnd)
     _run_policy(r)
     if not r.aggregated:
         r.idle()
@@ -382,6 +394,10 @@ def run_round(plan: Plan, link: Link, state: ServerState) -> tuple[ServerState, 
         rec.status = r.closed or "skipped"
         log.warning("round %d %s", r.rnd, rec.status)
     new = replace(r.state, round=r.rnd, inflight=r.keep)
+    if plan.split is not None:  # the server part after this round, and its bytes by category
+        split_state, split_metrics = plan.split.end()
+        new = replace(new, split=split_state)
+        rec.metrics |= split_metrics
     if r.rnd % plan.eval_every == 0 or r.rnd == plan.rounds:
         rec.metrics |= _evaluate(plan, link, new, rec)
     wire1 = link.wire_bytes()
@@ -394,8 +410,9 @@ def run_round(plan: Plan, link: Link, state: ServerState) -> tuple[ServerState, 
 
 def _evaluate(plan: Plan, link: Link, state: ServerState, rec: RoundRecord) -> dict[str, float]:
     out: dict[str, float] = {}
-    if plan.evaluate is not None:
-        m = plan.evaluate(state.params)
+    evaluate = plan.evaluate if plan.split is None else plan.split.evaluator(state.split)
+    if evaluate is not None:
+        m = evaluate(state.params)
         out |= {"test_loss": float(m["loss"]), "test_acc": float(m["accuracy"])}
         out |= {f"test_{k}": float(v) for k, v in m.items() if k not in ("loss", "accuracy")}
     if plan.federated_eval:

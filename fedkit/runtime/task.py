@@ -55,7 +55,26 @@ class EvaluateTask(Strict):
     downlink: DownlinkRef = DownlinkRef()
 
 
-KINDS: dict[str, type[Strict]] = {"train": TrainTask, "evaluate": EvaluateTask}
+class SplitTrainTask(Strict):
+    """One client's local epochs of split learning (fedkit/split/): the client part comes as
+    the payload, batches go over the task's split stream, the reply carries the client part's
+    delta through the ``uplink`` codec. ``activations`` encodes every client -> server tensor;
+    ``gradients`` names the codec of the server's tensors (decoding needs no more than the frame)."""
+
+    schema_version: Literal[1] = 1
+    seed: int
+    model: ModelRef
+    scheme: Literal["vanilla", "splitfed_v1", "splitfed_v2", "ushape", "local_loss"]
+    cuts: tuple[str, ...] = Field(min_length=1, max_length=2)
+    activations: str = "identity"
+    gradients: str = "identity"
+    bottleneck: int | None = Field(default=None, ge=1)
+    train: TrainConfig
+    uplink: str = "identity"
+    downlink: DownlinkRef = DownlinkRef()
+
+
+KINDS: dict[str, type[Strict]] = {"train": TrainTask, "evaluate": EvaluateTask, "split_train": SplitTrainTask}
 
 
 def parse(kind: str, config: Any) -> Strict:

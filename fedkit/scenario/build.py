@@ -32,11 +32,16 @@ from fedkit.registry import resolve_import
 from fedkit.runtime.accept import Acceptance
 from fedkit.runtime.async_policy import is_async, make_async_policy
 from fedkit.runtime.client import ClientState
-from fedkit.runtime.policy import Sampling, SyncRound
+from fedkit.runtime.policy import Policy, Sampling, SequentialRound, SyncRound
 from fedkit.runtime.server import Plan, ServerState, default_metrics
+from fedkit.runtime.split import KIND as SPLIT_KIND
+from fedkit.runtime.split import SplitPlan
 from fedkit.runtime.task import ModelRef
 from fedkit.scenario.check import DataError
 from fedkit.scenario.schema import Scenario, Schedule, read_examples
+from fedkit.split.endpoint import Endpoint
+from fedkit.split.schemes import initial, make_setup, whole
+from fedkit.split.server import server_init
 from fedkit.types import ClientId, Params
 
 
@@ -118,14 +123,8 @@ def _policy_and_aggregator(s: Scenario) -> tuple[Any, Any]:
     if is_async(name):
         params = {k: v for k, v in s.strategy.items() if k != "name"}
         return make_async_policy(name, s.clients.count, s.server.deadline_s, **params)
-    policy = SyncRound(
-        deadline_s=s.server.deadline_s,
-        min_replies=s.server.min_replies,
-        on_too_few=s.server.on_too_few,
-        max_retries=s.server.max_retries,
-        over_select=s.server.over_select,
-    )
-    return policy, _aggregator(s)
+    vanilla = s.split is not None and s.split.scheme == "vanilla"  # relays: plain FedAvg steps
+    return _policy(s), make_aggregator("fedavg") if vanilla else _aggregator(s)
 
 
 def _server_eval(s: Scenario, module: torch.nn.Module, ds: Dataset) -> Callable[[Params], dict[str, float]]:
@@ -143,12 +142,47 @@ def _server_eval(s: Scenario, module: torch.nn.Module, ds: Dataset) -> Callable[
     return central_eval
 
 
+def _split_plan(s: Scenario, module: torch.nn.Module, ds: Dataset) -> tuple[SplitPlan, Params]:
+    """The split seam of the plan and the initial client part (the plan's params)."""
+    sp = s.split
+    assert sp is not None
+    dim = None if sp.bottleneck is None else sp.bottleneck.dim
+    setup = make_setup(sp.scheme, module, sp.cut_list, ds.input_shape, ds.num_classes, seed=s.seed, bottleneck=dim)
+    client, server = initial(setup)
+    opt = TrainConfig(**sp.server.model_dump())
+    endpoint = Endpoint(setup, opt, gradients=sp.gradients, seed=s.seed, batch_size=s.train.batch_size)
+    evaluate = None
+    if s.evaluation.centralized:
+        composed, join = whole(setup)
+        central = _server_eval(s, composed, ds)
+        evaluate = lambda c, p: central(join(c, p))  # noqa: E731
+    plan = SplitPlan(setup, endpoint, server_init(endpoint.cfg, server), sp.cut_list, sp.activations,
+                     sp.gradients, dim, evaluate)
+    return plan, client
+
+
+def _policy(s: Scenario) -> Policy:
+    if s.split is None or s.split.scheme == "splitfed_v1":
+        return SyncRound(
+            deadline_s=s.server.deadline_s,
+            min_replies=s.server.min_replies,
+            on_too_few=s.server.on_too_few,
+            max_retries=s.server.max_retries,
+            kind="train" if s.split is None else SPLIT_KIND,
+            over_select=s.server.over_select,
+        )
+    return SequentialRound(SPLIT_KIND, s.server.deadline_s, s.server.min_replies, relay=s.split.scheme == "vanilla")
+
+
 def build_server(s: Scenario) -> tuple[Plan, Params]:
-    """The server's plan and the initial parameters."""
+    """The server's plan and the initial parameters (split learning: of the client part)."""
     ds = _dataset(s)
     model = ModelRef(spec=dict(s.model), input_shape=tuple(ds.input_shape), num_classes=ds.num_classes)
     module = init_model(s.model, ds.input_shape, ds.num_classes, frng.seed_int(s.seed, "init"))
     init_params = get_params(module)
+    split_plan = None
+    if s.split is not None:
+        split_plan, init_params = _split_plan(s, module, ds)
     name = str(s.strategy["name"])
     strat = {k: v for k, v in s.strategy.items() if k != "name"}
     train = TrainConfig(**s.train.model_dump(exclude={"schedule"}))
@@ -181,11 +215,12 @@ def build_server(s: Scenario) -> tuple[Plan, Params]:
         uplink=s.compression.uplink,
         downlink=s.compression.downlink,
         downlink_mode=s.compression.downlink_mode,
-        evaluate=_server_eval(s, module, ds) if s.evaluation.centralized else None,
+        evaluate=_server_eval(s, module, ds) if s.evaluation.centralized and split_plan is None else None,
         eval_every=s.evaluation.every,
         federated_eval=s.evaluation.federated,
         eval_deadline_s=s.server.deadline_s,
         metrics=metrics,
+        split=split_plan,
         work=_partial_work(s, init_params),
     )
     return plan, init_params
@@ -201,7 +236,8 @@ def _partial_work(s: Scenario, init_params: Params) -> Any:
 
 
 def initial_state(plan: Plan, init_params: Params) -> ServerState:
-    return ServerState(0, init_params, plan.aggregator.init(init_params))
+    split = None if plan.split is None else plan.split.initial
+    return ServerState(0, init_params, plan.aggregator.init(init_params), split=split)
 
 
 @dataclass

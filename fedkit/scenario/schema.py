@@ -283,6 +283,113 @@ class Compression(Strict):
         return self
 
 
+SCHEMES = ("vanilla", "splitfed_v1", "splitfed_v2", "ushape", "local_loss")
+SEQUENTIAL = ("vanilla", "splitfed_v2", "ushape", "local_loss")  # one client after another
+
+
+class SplitServer(Strict):
+    """The optimizer of the server's part (the client part uses ``train:``)."""
+
+    optimizer: Literal["sgd", "adam"] = "sgd"
+    lr: float = Field(default=0.05, gt=0)
+    momentum: float = Field(default=0.0, ge=0, lt=1)
+    weight_decay: float = Field(default=0.0, ge=0)
+
+
+class Bottleneck(Strict):
+    """A learned bottleneck at the (first) cut: ``dim`` channels (or features) on the wire."""
+
+    dim: int = Field(ge=1)
+
+
+class Split(Strict):
+    """Split learning (fedkit/split/): the model is cut at ``cut`` (U-shape: ``cuts: [a, b]``),
+    the client trains its part, the server the rest. ``activations`` / ``gradients`` are the
+    codec specs of client -> server and server -> client tensors."""
+
+    scheme: Literal["vanilla", "splitfed_v1", "splitfed_v2", "ushape", "local_loss"]
+    cut: str | None = None
+    cuts: list[str] | None = None
+    server: SplitServer = SplitServer()
+    activations: str = "identity"
+    gradients: str = "identity"
+    bottleneck: Bottleneck | None = None
+
+    @property
+    def cut_list(self) -> tuple[str, ...]:
+        return tuple(self.cuts) if self.cuts is not None else (self.cut,) if self.cut is not None else ()
+
+    @model_validator(mode="after")
+    def _check(self) -> Split:
+        from fedkit.compression import make
+
+        if (self.cut is None) == (self.cuts is None):
+            want = "cuts: [a, b] (head/body and body/tail)" if self.scheme == "ushape" else "cut: <module name>"
+            raise ValueError(f"give either 'cut' or 'cuts', not {'both' if self.cut else 'neither'}; {self.scheme} takes {want}")
+        need = 2 if self.scheme == "ushape" else 1
+        if len(self.cut_list) != need:
+            raise ValueError(f"scheme {self.scheme} takes {need} cut(s), got {list(self.cut_list)}")
+        for field in ("activations", "gradients"):
+            try:
+                make(getattr(self, field))
+            except (ValueError, TypeError) as e:
+                raise ValueError(f"{field}: {e}") from None
+        if self.scheme == "local_loss" and self.gradients != "identity":
+            raise ValueError("local_loss sends no gradients to the client; drop 'gradients'")
+        return self
+
+
+def check_split(s: Scenario) -> None:
+    """What the split section needs from the rest of the scenario, and cut names that exist."""
+    sp = s.split
+    if sp is None:
+        return
+    if s.evaluation.federated:
+        raise ValueError("split: federated evaluation of a split model is not supported; use evaluation.centralized")
+    if s.train.fn is not None:
+        raise ValueError("split: train.fn does not apply (split training runs fedkit.split.client.train_split)")
+    if sp.scheme == "vanilla" and s.strategy["name"] != "fedavg":
+        raise ValueError(
+            f"split: vanilla relays the client part from client to client; strategy {s.strategy['name']!r} "
+            "does not apply (use splitfed_v1/v2, ushape or local_loss to aggregate client parts)"
+        )
+    if sp.scheme in SEQUENTIAL:
+        if s.server.on_too_few == "retry":
+            raise ValueError(f"split: {sp.scheme} runs clients one after another; server.on_too_few: retry is not supported")
+        if s.compression.downlink_mode == "delta":
+            raise ValueError(f"split: {sp.scheme} runs clients one after another; use compression.downlink_mode: full")
+    built = _split_model(s)
+    if built is None:
+        return
+    from fedkit.split import cut_names, split, with_bottleneck
+
+    model, shape = built
+    names = cut_names(model)
+    for cut in sp.cut_list:
+        if cut not in names:
+            raise ValueError(f"split: unknown cut {cut!r}{did_you_mean(cut, names)}; valid cuts: {', '.join(names)}")
+    try:
+        parts = split(model, sp.cut_list)
+        if sp.bottleneck is not None:
+            with_bottleneck(parts, shape, sp.bottleneck.dim)
+    except ValueError as e:
+        raise ValueError(f"split: {e}") from None
+
+
+def _split_model(s: Scenario) -> tuple[Any, tuple[int, ...]] | None:
+    """The scenario's model, built to list its cuts; None when the data cannot be read here
+    (a deployed server without the files): ``split()`` refuses a bad cut at build time then."""
+    from fedkit.data import load_dataset
+    from fedkit.models import build_model
+
+    params = {k: v for k, v in s.data.dataset.items() if k != "name"}
+    try:
+        ds = load_dataset(s.data.dataset["name"], s.seed, **params)
+    except (OSError, ValueError):
+        return None
+    return build_model(s.model, ds.input_shape, ds.num_classes), ds.input_shape
+
+
 class Output(Strict):
     dir: str = "runs"
     plot: bool = True
@@ -301,6 +408,7 @@ class Scenario(Strict):
     evaluation: Evaluation = Evaluation()
     server: Server = Server()
     compression: Compression = Field(default_factory=Compression)
+    split: Split | None = None
     devices: Devices | None = None
     participation: Participation | None = None
     output: Output = Output()
@@ -327,6 +435,10 @@ class Scenario(Strict):
             )
         if s.min > self.clients.count:
             raise ValueError(f"clients.per_round.min={s.min} exceeds clients.count={self.clients.count}")
+        check_split(self)
+        if self.devices is not None and self.split is not None:
+            raise ValueError("devices: split learning's per-batch messages are not charged on the "
+                             "simulated clock yet; remove devices: or split:")
         if self.server.stragglers == "partial":
             if self.devices is None:
                 raise ValueError("server.stragglers: partial needs a devices: section (whose "
@@ -360,6 +472,7 @@ class Scenario(Strict):
             "evaluation.federated": self.evaluation.federated,
             "compression.downlink_mode: delta": self.compression.downlink_mode == "delta",
             "participation": self.participation is not None,
+            "split": self.split is not None,
         }
         bad = [k for k, v in sync_only.items() if v]
         if bad:

@@ -13,6 +13,7 @@ with the gradient) and ``torch.optim.Adam`` (bias-corrected), configured by the 
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -105,18 +106,42 @@ def opt_step(cfg: TrainConfig, st: OptState, params: Tensors, grads: Tensors) ->
 # Params <-> the tensors functional_call needs
 
 
+@dataclass(frozen=True, eq=False)
+class _Layout:
+    params: tuple[torch.Tensor, ...]  # the module's parameters, to re-read requires_grad
+    flags: tuple[bool, ...]
+    keys: tuple[str, ...]  # state_dict order
+    mask: tuple[bool, ...]  # per key: a trainable parameter?
+
+
+_LAYOUTS: weakref.WeakKeyDictionary[nn.Module, _Layout] = weakref.WeakKeyDictionary()
+
+
+def _layout(module: nn.Module) -> _Layout:
+    """State_dict keys and trainable mask, cached per module: building a state_dict costs more
+    than a small part's forward, and a split step asks several times. A parameter frozen
+    (requires_grad) after the fact is seen; a part's structure is fixed once it is cut."""
+    hit = _LAYOUTS.get(module)
+    if hit is None or tuple(p.requires_grad for p in hit.params) != hit.flags:
+        params = tuple(module.parameters())
+        names = {n for n, p in module.named_parameters() if p.requires_grad}
+        keys = tuple(module.state_dict())
+        hit = _Layout(params, tuple(p.requires_grad for p in params), keys, tuple(k in names for k in keys))
+        _LAYOUTS[module] = hit
+    return hit
+
+
 def trainable(module: nn.Module) -> list[bool]:
     """For each state_dict entry (the ``Params`` order): is it a trainable parameter?"""
-    names = {n for n, p in module.named_parameters() if p.requires_grad}
-    return [n in names for n in module.state_dict()]
+    return list(_layout(module).mask)
 
 
 def tensors(module: nn.Module, params: Params, grad: bool = True) -> dict[str, torch.Tensor]:
     """state_dict name -> tensor viewing ``params`` (trainable ones require grad when ``grad``)."""
-    keys = list(module.state_dict())
+    layout = _layout(module)
+    keys, mask = layout.keys, layout.mask
     if len(keys) != len(params):
         raise ValueError(f"part has {len(keys)} tensors, got {len(params)} arrays")
-    mask = trainable(module)
     out = {}
     for k, a, tr in zip(keys, params, mask, strict=True):
         if tr:
@@ -129,7 +154,12 @@ def tensors(module: nn.Module, params: Params, grad: bool = True) -> dict[str, t
 
 @contextmanager
 def seeded(seed: int, *parts: int | str) -> Iterator[None]:
-    """Run torch's randomness (dropout) from the key (seed, *parts); the global RNG is restored."""
+    """Run torch's randomness (dropout) from the key (seed, *parts); the global RNG is restored.
+
+    Seeds the CPU generator only (what ``fork_rng(devices=[])`` saves): ``torch.manual_seed`` also
+    queues lazy CUDA/XPU/MTIA seeding, each recording a stack trace, which costs more than a
+    small model's whole training step when called twice per split step.
+    """
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed_int(seed, *parts))
+        torch.default_generator.manual_seed(seed_int(seed, *parts))
         yield

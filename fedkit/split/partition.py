@@ -32,7 +32,6 @@ the model has no countable FLOPs (``cost_basis`` says which).
 from __future__ import annotations
 
 import copy
-import difflib
 import math
 import time
 from collections import OrderedDict
@@ -42,6 +41,8 @@ from typing import Any, Literal
 
 import torch
 from torch import fx, nn
+
+from fedkit.registry import did_you_mean
 
 __all__ = ["CutPoint", "SplitModel", "cut_names", "cut_points", "split"]
 
@@ -219,9 +220,7 @@ def _positions(model: nn.Module) -> tuple[Any, dict[str, int]]:
 def _resolve(name: str, ends: dict[str, int]) -> int:
     if name in ends:
         return ends[name]
-    close = difflib.get_close_matches(name, list(ends), n=1)
-    hint = f"; did you mean {close[0]!r}?" if close else ""
-    raise ValueError(f"unknown cut {name!r}{hint} (valid cuts: {', '.join(_ordered(ends))})")
+    raise ValueError(f"unknown cut {name!r}{did_you_mean(name, ends)}; valid cuts: {', '.join(_ordered(ends))}")
 
 
 def _ordered(ends: dict[str, int]) -> list[str]:

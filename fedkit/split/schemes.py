@@ -6,8 +6,10 @@ Han et al. 2021 ("Accelerating Federated Learning with Split Learning on Locally
 Losses"). Notes: REFERENCES.md A1, A2, A4.
 
 * **vanilla** -- clients in turn, in a seeded order (``rng(seed, "split-order", round)``); one
-  server part. Client k+1 starts from client k's client part, relayed through the server: those
-  bytes count as model exchange (down and up per client). The client part is not averaged.
+  server part. Client k+1 starts from client k's client part, relayed through the server: client
+  k sends its delta up (the uplink codec), the server applies it (FedAvg of that one update) and
+  sends the result down to client k+1; those bytes count as model exchange (down and up per
+  client). The client part is not averaged.
 * **splitfed_v1** -- clients in parallel; the server forks one server-part copy per client at its
   first batch and averages the copies after the round, **sample-weighted** (Thapa et al.'s code
   averages unweighted; the two agree for equal client sizes). Client parts are FedAvg'd. With
@@ -22,10 +24,12 @@ Losses"). Notes: REFERENCES.md A1, A2, A4.
   Client part + auxiliary head are FedAvg'd. In-process the server consumes the activations as
   they come (a seeded client order); the result does not depend on the client side waiting.
 
-Where the engine plugs in: :func:`make_setup` builds the modules once; per round the engine calls
-``server_begin_round``, runs :func:`fedkit.split.client.train_split` for each selected client
-over ``link.split_channel(client)`` (the server end calls ``server_handle``), aggregates client
-parts with any FL aggregator (vanilla: relays them instead), and calls ``server_end_round``.
+Where the engine plugs in (:mod:`fedkit.runtime.split`): :func:`make_setup` builds the modules
+once; per round the engine hands the server state to the :class:`~fedkit.split.endpoint.Endpoint`,
+sends one ``split_train`` task per selected client (splitfed_v1 all at once, the others one after
+another in the seeded order), each client runs :func:`fedkit.split.client.train_split` over its
+split stream (the endpoint calls ``server_handle``), client parts are aggregated by any FL
+aggregator (vanilla: relayed instead), and the endpoint closes the round (``server_end_round``).
 :func:`run_round` is that loop in process, the reference for the engine and the tests.
 """
 
@@ -33,7 +37,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -41,7 +45,9 @@ import torch
 from torch import nn
 
 from fedkit import compression
+from fedkit.aggregation.base import Aggregator
 from fedkit.aggregation.reduce import weighted_mean
+from fedkit.aggregation.server_opt import sgd
 from fedkit.models.train import TrainConfig
 from fedkit.rng import rng as keyed_rng
 from fedkit.rng import seed_int
@@ -58,7 +64,7 @@ from fedkit.split.server import (
 )
 from fedkit.types import ClientId, Params, Update
 
-__all__ = ["SCHEMES", "Scheme", "SplitSetup", "initial", "make_setup", "run_round"]
+__all__ = ["SCHEMES", "Scheme", "SplitSetup", "initial", "make_setup", "run_round", "whole"]
 
 
 @dataclass(frozen=True)
@@ -68,13 +74,14 @@ class Scheme:
     relay: bool  # vanilla: the client part goes from client to client, no averaging
     labels_up: bool
     gradients_down: bool
+    parallel: bool = False  # splitfed_v1: clients at once (one server copy each); else in turn
 
 
 SCHEMES: dict[str, Scheme] = {
     s.name: s
     for s in (
         Scheme("vanilla", 1, relay=True, labels_up=True, gradients_down=True),
-        Scheme("splitfed_v1", 1, relay=False, labels_up=True, gradients_down=True),
+        Scheme("splitfed_v1", 1, relay=False, labels_up=True, gradients_down=True, parallel=True),
         Scheme("splitfed_v2", 1, relay=False, labels_up=True, gradients_down=True),
         Scheme("ushape", 2, relay=False, labels_up=False, gradients_down=True),
         Scheme("local_loss", 1, relay=False, labels_up=True, gradients_down=False),
@@ -90,6 +97,7 @@ class SplitSetup:
     client_modules: tuple[nn.Module, ...]
     server_module: nn.Module
     activation_shape: tuple[int, ...]  # per sample, at the (first) cut
+    body_shape: tuple[int, ...] | None = None  # ushape: per-sample body output (sent down)
 
 
 def _aux_head(shape: tuple[int, ...], num_classes: int, seed: int) -> nn.Module:
@@ -124,17 +132,22 @@ def make_setup(
         act = sm.parts[0](torch.zeros((2, *input_shape)))
     shape = tuple(int(s) for s in act.shape[1:])
     if scheme == "ushape":
-        return SplitSetup(sch, (sm.head, sm.tail), sm.body, shape)
+        with torch.no_grad():
+            body = sm.body(act)
+        return SplitSetup(sch, (sm.head, sm.tail), sm.body, shape, tuple(int(s) for s in body.shape[1:]))
     client: tuple[nn.Module, ...] = (sm.client,)
     if scheme == "local_loss":
         client = (sm.client, aux if aux is not None else _aux_head(shape, num_classes, seed))
     return SplitSetup(sch, client, sm.server, shape)
 
 
+_FEDAVG = Aggregator(weighted_mean, sgd(1.0))
+
+
 def _mean(params: Params, results: list[tuple[ClientId, Params, int]]) -> Params:
-    """FedAvg of the client parts: params + sample-weighted mean delta."""
+    """FedAvg of the client parts: params + sample-weighted mean delta (the engine's arithmetic)."""
     ups = [Update(c, [a - g for a, g in zip(p, params, strict=True)], n) for c, p, n in results]
-    return [g + d for g, d in zip(params, weighted_mean(ups), strict=True)]
+    return _FEDAVG.step({}, params, ups)[1]
 
 
 def run_round(
@@ -172,7 +185,8 @@ def run_round(
         x, y = data[c]
         new, m = train_split(ccfg, start, x, y, ch, keyed_rng(seed, "train", round, c), round=round, client=c)
         model_up += raw.encode(None, new)[1].nbytes
-        counted, current = counted + ch.bytes, new
+        counted = counted + ch.bytes
+        current = _mean(start, [(c, new, len(y))]) if setup.scheme.relay else new  # relayed as a delta
         results.append((c, new, len(y)))
         losses.append(m["loss"])
     out = current if setup.scheme.relay else _mean(params, results)
@@ -180,6 +194,21 @@ def run_round(
     metrics = {"loss": float(np.mean(losses)), **smetrics, **counted.as_metrics(),
                "bytes_model_down": float(model_down), "bytes_model_up": float(model_up)}
     return out, state, metrics
+
+
+def whole(setup: SplitSetup) -> tuple[nn.Module, Callable[[Params, Params], Params]]:
+    """The model the parts compose for inference (client part, server part, and ushape's tail;
+    local_loss's auxiliary head is left out) and how to lay (client, server) params into it."""
+    first = setup.client_modules[0]
+    tail = setup.client_modules[1:] if setup.scheme.name == "ushape" else ()
+    model = copy.deepcopy(nn.Sequential(first, setup.server_module, *tail))
+    n_first = len(first.state_dict())
+    n_client = n_first + sum(len(m.state_dict()) for m in tail)
+
+    def join(client: Params, server: Params) -> Params:
+        return [*client[:n_first], *server, *client[n_first:n_client]]
+
+    return model, join
 
 
 def initial(setup: SplitSetup) -> tuple[Params, Params]:

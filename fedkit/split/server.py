@@ -52,6 +52,8 @@ __all__ = [
     "server_end_round",
     "server_handle",
     "server_init",
+    "state_from_arrays",
+    "state_to_arrays",
 ]
 
 
@@ -95,6 +97,34 @@ def server_init(cfg: ServerConfig, params: Params | None = None) -> ServerState:
 
 def server_begin_round(state: ServerState, round: int) -> ServerState:
     return ServerState(round, state.shared)
+
+
+def state_to_arrays(state: ServerState) -> dict[str, np.ndarray]:
+    """Checkpoint form of the state between rounds: the shared part and its optimizer state
+    (V1 copies, sample counts and U-shape graphs live within a round and are not kept)."""
+    if state.copies or state.pending:
+        raise ValueError("the split server state holds a round in progress; checkpoint it between rounds")
+    opt = state.shared.opt
+    out = {"round": np.array(state.round), "opt_step": np.array(opt.step), "opt_kinds": np.array(len(opt.buffers))}
+    out |= {f"params/{i}": a for i, a in enumerate(state.shared.params)}
+    out |= {f"opt/{k}/{i}": a for k, bufs in enumerate(opt.buffers) for i, a in enumerate(bufs)}
+    return out
+
+
+def state_from_arrays(arrays: Mapping[str, np.ndarray]) -> ServerState:
+    """Inverse of :func:`state_to_arrays` (copies the arrays)."""
+    for key in ("round", "opt_step", "opt_kinds"):
+        if key not in arrays:
+            raise ValueError(f"split server checkpoint lacks {key!r}")
+
+    def listed(prefix: str) -> Params:
+        found = sorted((int(k[len(prefix):]), v) for k, v in arrays.items()
+                       if k.startswith(prefix) and k[len(prefix):].isdigit())
+        return [np.array(v) for _, v in found]
+
+    bufs = tuple(listed(f"opt/{k}/") for k in range(int(arrays["opt_kinds"])))
+    part = PartState(listed("params/"), OptState(int(arrays["opt_step"]), bufs))
+    return ServerState(int(arrays["round"]), part)
 
 
 def average_parts(parts: list[PartState], weights: list[int]) -> PartState:

@@ -12,16 +12,23 @@ a session the client gives up with ``ConnectionError`` (``fedkit client`` exits 
 replaced by a newer join under our name (ABORTED), or refused because our previous session is
 still live on the server (ALREADY_EXISTS: it lingers until keepalive notices it is dead), is
 logged and retried with backoff, never final.
+
+Split learning: a :class:`SplitDialer` is the ``SplitConnect`` a client host uses to open a
+split task's ``Split`` stream; ``run_client(..., split=dialer)`` binds it to each session
+(channel, credentials, session id), so the stream rides the connection the task arrived on.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import queue
 import random
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
@@ -33,11 +40,16 @@ from fedkit.transport.serde import (
     DEFAULT_MAX_MESSAGE_BYTES,
     DEFAULT_MAX_PAYLOAD_BYTES,
     Reassembler,
+    SplitAssembler,
     TransportError,
     reply_chunks,
+    split_messages,
     task_from_proto,
 )
 from fedkit.types import Encoded, Reply, Task
+
+if TYPE_CHECKING:  # imported where used at run time: fedkit.split's package imports torch
+    from fedkit.split.wire import SplitFrame
 
 log = logging.getLogger("fedkit.transport")
 
@@ -115,6 +127,7 @@ def run_client(
     backoff: tuple[float, float] = (0.2, 5.0),
     max_attempts: int | None = None,
     wait_s: float | None = DEFAULT_WAIT_S,
+    split: SplitDialer | None = None,
 ) -> None:
     """Serve tasks from the server at ``address`` until it says done or ``stop`` is set.
 
@@ -124,7 +137,8 @@ def run_client(
     ``max_attempts`` consecutive failed joins or ``wait_s`` seconds without a session (since the
     start or the last session; None: retry until ``stop``). UNAUTHENTICATED /
     PERMISSION_DENIED raise ``grpc.RpcError``. Being replaced (ABORTED) or refused as a
-    duplicate (ALREADY_EXISTS) is retried.
+    duplicate (ALREADY_EXISTS) is retried. ``split`` (the ``connect`` given to the client
+    host) is bound to each session while it lasts.
     """
     if tls is None and not insecure:
         raise ValueError("pass tls=ClientTls(...) or, for plaintext, insecure=True")
@@ -144,7 +158,7 @@ def run_client(
         try:
             if _session(
                 channel, client_fn, name, md, capabilities or {}, max_payload_bytes, chunk_bytes,
-                stop, joined,
+                stop, joined, split,
             ):
                 return
             reason = "stream ended"
@@ -200,6 +214,7 @@ def _session(
     chunk_bytes: int,
     stop: threading.Event,
     joined: list[bool],
+    split: SplitDialer | None = None,
 ) -> bool:
     """One session; True when the server said the experiment is done."""
     stub = pb_grpc.FedKitStub(channel)
@@ -224,6 +239,8 @@ def _session(
         joined.append(True)
         chunk = min(chunk_bytes, w.chunk_bytes) if w.chunk_bytes else chunk_bytes
         log.info("client %s joined (session %s)", name, w.session_id)
+        if split is not None:
+            split.bind(stub, md, w.session_id, chunk, max_payload_bytes)
         reasm: Reassembler | None = None
         for msg in messages:
             kind = msg.WhichOneof("body")
@@ -254,6 +271,8 @@ def _session(
             _push(stub, reply, w.session_id, md, chunk, name)
         return False
     finally:
+        if split is not None:
+            split.unbind()
         ended.set()
         call.cancel()
 
@@ -307,3 +326,199 @@ def _push(
             )
             return
         raise
+
+
+# ---- split learning: the client end of the Split stream ------------------------------------
+
+_LINK_DOWN = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED, grpc.StatusCode.DEADLINE_EXCEEDED)
+_GIVE_UP_WAIT_S = 10.0  # how long close(reason) waits for the server to hear it
+_QUEUED = 64  # messages waiting for gRPC's flow control before send blocks (backpressure)
+_END = object()
+
+
+def _split_error(e: grpc.RpcError, what: str) -> Exception:
+    """The server's status as :class:`~fedkit.split.wire.SplitRefused` (``code`` its lower-case
+    name, the message its details); a lost link as ConnectionError."""
+    from fedkit.split.wire import SplitRefused
+
+    code = e.code() if hasattr(e, "code") else grpc.StatusCode.UNKNOWN
+    details = (e.details() if hasattr(e, "details") else None) or str(e)
+    if code in _LINK_DOWN:
+        return ConnectionError(f"{what}: {code.name}: {details}")
+    return SplitRefused(details, code.name.lower())
+
+
+class GrpcSplitStream:
+    """The client end of one task's ``Split`` stream: a :class:`~fedkit.split.wire.SplitStream`.
+
+    Requests go through a queue the gRPC call drains in its own thread, so ``send`` without a
+    reply returns at once (it blocks only while 64 messages wait for HTTP/2 flow control: a
+    server slower than the client slows the client down instead of filling its memory); a
+    reply is read in the caller's thread. Every non-OK status the
+    server ends the stream with is raised as ``SplitRefused(details, code)`` (e.g.
+    ``invalid_argument``), by the ``send`` that waits for a reply or else by ``close``; a lost
+    connection is ConnectionError. Use it as a context manager or call ``close``.
+    """
+
+    def __init__(
+        self,
+        stub: pb_grpc.FedKitStub,
+        md: tuple[tuple[str, str], ...],
+        session_id: str,
+        task: Task,
+        chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+        max_frame_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
+    ) -> None:
+        self.task_id = task.task_id
+        self._what = f"split stream of task {task.task_id!r}"
+        self._chunk = chunk_bytes
+        self._down = SplitAssembler(max_frame_bytes, f"reply on the {self._what}")
+        self._queue: queue.Queue[Any] = queue.Queue(_QUEUED)
+        self._queue.put(
+            pb.SplitMessage(open=pb.SplitOpen(session_id=session_id, task_id=task.task_id, round=task.round))
+        )
+        self._closed = False
+        self._surfaced = False  # the stream's failure was already raised to the caller
+        self._call = stub.Split(self._requests(), metadata=md)
+        self._call.add_done_callback(self._release)
+
+    def _release(self, _: object) -> None:
+        """The call ended: wake gRPC's sender thread if it waits for a request (when the queue
+        is full it is not waiting: it takes the next one, sees the call ended and stops)."""
+        with contextlib.suppress(queue.Full):
+            self._queue.put_nowait(_END)
+
+    def _put(self, m: Any) -> None:
+        """Queue one request; while the queue is full wait, unless the call has ended."""
+        while True:
+            try:
+                self._queue.put(m, timeout=0.05)
+                return
+            except queue.Full:
+                if self._call.done():
+                    return
+
+    def _requests(self) -> Iterator[pb.SplitMessage]:
+        while (m := self._queue.get()) is not _END:
+            yield m
+
+    def _fail(self, e: Exception) -> Exception:
+        self._surfaced = True
+        self._call.cancel()  # _release wakes the sender
+        return e
+
+    def send(self, frame: SplitFrame, expect_reply: bool = True) -> SplitFrame | None:
+        """Send one frame; with ``expect_reply`` wait for the server's reply to it."""
+        if self._closed or self._surfaced:
+            raise ConnectionError(f"{self._what} is closed")
+        if not expect_reply and self._call.done():  # refused already: say so now
+            self._finish()
+            raise self._fail(ConnectionError(f"{self._what}: the server ended the stream"))
+        for m in split_messages(frame, self._chunk):
+            self._put(m)
+        if not expect_reply:
+            return None
+        while True:
+            try:
+                msg = next(self._call)
+            except StopIteration:
+                raise self._fail(ConnectionError(
+                    f"{self._what}: the server ended the stream without replying to step {frame.step}"
+                )) from None
+            except grpc.RpcError as e:
+                raise self._fail(_split_error(e, self._what)) from None
+            kind = msg.WhichOneof("body")
+            if kind not in ("activations", "gradients"):
+                continue  # newer servers may add messages; ignore what we do not know
+            try:
+                out = self._down.feed(kind, getattr(msg, kind))
+            except TransportError as e:
+                raise self._fail(ConnectionError(f"{self._what}: bad reply: {e.message}")) from None
+            if out is None:
+                continue
+            if out.step != frame.step:
+                raise self._fail(ConnectionError(
+                    f"{self._what}: server replied to step {out.step} while step {frame.step} "
+                    "waits (a frame sent without waiting was answered: scheme mismatch?)"
+                ))
+            return out
+
+    def _finish(self) -> None:
+        """Read to the end of the stream; raise the server's refusal, if any."""
+        try:
+            for msg in self._call:
+                if msg.WhichOneof("body") in ("activations", "gradients"):
+                    log.warning("%s: dropped a reply nobody waited for", self._what)
+        except grpc.RpcError as e:
+            raise self._fail(_split_error(e, self._what)) from None
+
+    def close(self, reason: str = "") -> None:
+        """End the stream. With an empty ``reason`` (done) wait for the server's verdict on every
+        frame sent and raise its refusal; with a reason (giving up) tell the server why, wait
+        briefly for it to hear, and raise nothing."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._surfaced:
+            return
+        self._put(pb.SplitMessage(close=pb.SplitClose(reason=reason)))
+        self._put(_END)
+        if not reason:
+            self._finish()
+            return
+        heard = threading.Event()
+        self._call.add_done_callback(lambda _: heard.set())
+        if not heard.wait(_GIVE_UP_WAIT_S):
+            self._call.cancel()
+
+    def __enter__(self) -> GrpcSplitStream:
+        return self
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        self.close("" if exc is None else f"{type(exc).__name__}: {exc}")
+
+
+@dataclass(frozen=True)
+class _Bound:
+    stub: pb_grpc.FedKitStub
+    md: tuple[tuple[str, str], ...]
+    session_id: str
+    chunk_bytes: int
+    max_frame_bytes: int
+
+
+class SplitDialer:
+    """The ``SplitConnect`` (fedkit/split/wire.py) of a gRPC client: ``dialer(task)`` opens the
+    ``Split`` stream of ``task`` on the current session.
+
+    ``run_client(..., split=dialer)`` binds it on each join and unbinds it when the session ends,
+    so give the same object to the client host::
+
+        dialer = SplitDialer()
+        run_client(address, ClientHost(state, connect=dialer), name=..., split=dialer)
+
+    Outside a session (or on a bare stub, after :meth:`bind`) calling it raises ConnectionError.
+    """
+
+    def __init__(self) -> None:
+        self._bound: _Bound | None = None
+
+    def bind(
+        self,
+        stub: pb_grpc.FedKitStub,
+        md: tuple[tuple[str, str], ...],
+        session_id: str,
+        chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+        max_frame_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
+    ) -> None:
+        """Open streams on this session from now on (``max_frame_bytes`` caps a reply)."""
+        self._bound = _Bound(stub, md, session_id, chunk_bytes, max_frame_bytes)
+
+    def unbind(self) -> None:
+        self._bound = None
+
+    def __call__(self, task: Task) -> GrpcSplitStream:
+        b = self._bound
+        if b is None:
+            raise ConnectionError(f"no session to open the split stream of task {task.task_id!r} on")
+        return GrpcSplitStream(b.stub, b.md, b.session_id, task, b.chunk_bytes, b.max_frame_bytes)

@@ -2,8 +2,11 @@
 
 Tensors never become protobuf fields: a payload is the ``Encoded.to_bytes()`` frame, cut into
 chunks of ``chunk_bytes`` straight from ``Encoded.data`` (one copy per chunk, no whole-frame
-copy) and reassembled with one ``b"".join`` into the decoded ``Encoded.data``. The :class:`Reassembler` enforces a hard size cap *before* buffering, because a
-receiver that trusts a declared size can be made to allocate anything.
+copy) and reassembled with one ``b"".join`` into the decoded ``Encoded.data``. The
+:class:`Reassembler` enforces a hard size cap *before* buffering, because a receiver that trusts
+a declared size can be made to allocate anything. Split-learning batches (:class:`SplitFrame`
+of fedkit/split/wire.py) travel as :func:`split_messages` and come back through a
+:class:`SplitAssembler`, under the same rules.
 """
 
 from __future__ import annotations
@@ -13,13 +16,16 @@ import math
 import re
 import struct
 from collections.abc import Iterable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
 from fedkit.transport._proto import fedkit_pb2 as pb
 from fedkit.types import DecodeError, Encoded, Reply, Task
 from fedkit.untrusted import check_metrics, shorten
+
+if TYPE_CHECKING:  # at run time imported where used: fedkit.split's package imports torch
+    from fedkit.split.wire import SplitFrame
 
 MiB = 1 << 20
 DEFAULT_CHUNK_BYTES = 2 * MiB
@@ -277,19 +283,22 @@ class Reassembler:
         ``Encoded.data``: one copy of the payload instead of a join plus ``from_bytes``.
         """
         parts = self._take()
-        if not parts:
-            return None
-        first = parts[0]
-        try:
-            if len(first) >= 6:
-                (n,) = struct.unpack_from("<H", first, 4)
-                if len(first) >= 6 + n:
-                    head = Encoded.from_bytes(first[: 6 + n])  # checks magic and codec name
-                    body: list[bytes | memoryview] = [memoryview(first)[6 + n :], *parts[1:]]
-                    return Encoded(head.codec, b"".join(body))
-            return Encoded.from_bytes(b"".join(parts))
-        except DecodeError as e:
-            raise _invalid(f"{self.what}: malformed payload: {e}") from None
+        return _join_encoded(parts, f"{self.what}: malformed payload") if parts else None
+
+
+def _join_encoded(parts: list[bytes], what: str) -> Encoded:
+    """Parse the frame head from the first part and join the rest straight into ``data``."""
+    first = parts[0]
+    try:
+        if len(first) >= 6:
+            (n,) = struct.unpack_from("<H", first, 4)
+            if len(first) >= 6 + n:
+                head = Encoded.from_bytes(first[: 6 + n])  # checks magic and codec name
+                body: list[bytes | memoryview] = [memoryview(first)[6 + n :], *parts[1:]]
+                return Encoded(head.codec, b"".join(body))
+        return Encoded.from_bytes(b"".join(parts))
+    except DecodeError as e:
+        raise _invalid(f"{what}: {e}") from None
 
 
 def encode_task(task: Task, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> list[pb.TaskChunk]:
@@ -319,3 +328,150 @@ def decode_reply(
         r.feed(c)
     header = r.header
     return reply_from_proto(header, r.encoded() if header.has_update else r.payload())
+
+
+# ---- split-learning batches (the Split stream; contract in protos/fedkit/v1/fedkit.proto) ---
+
+
+def _frame_piece(enc: Encoded, head: bytes, lo: int, hi: int) -> bytes:
+    """Bytes ``[lo, hi)`` of ``enc.to_bytes()`` (``head = frame_head(enc)``), one copy."""
+    h = len(head)
+    if hi <= h:
+        return head[lo:hi]
+    part = memoryview(enc.data)[max(lo - h, 0) : hi - h]
+    return b"".join((head[lo:], part)) if lo < h else bytes(part)
+
+
+def split_messages(frame: SplitFrame, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> Iterator[pb.SplitMessage]:
+    """The SplitMessages of one batch: payload frame then labels frame, cut at ``chunk_bytes``;
+    the first chunk declares both sizes and carries the metrics."""
+    if chunk_bytes <= 0:
+        raise ValueError("chunk_bytes must be positive")
+    p_head, n_pay = frame_head(frame.payload), frame.payload.nbytes
+    labels = frame.labels
+    l_head, n_lab = (frame_head(labels), labels.nbytes) if labels is not None else (b"", 0)
+    total = n_pay + n_lab
+    count = max(1, math.ceil(total / chunk_bytes))
+    for i in range(count):
+        lo, hi = i * chunk_bytes, min((i + 1) * chunk_bytes, total)
+        msg = pb.SplitMessage()
+        b = msg.activations if frame.kind == "activations" else msg.gradients
+        b.SetInParent()
+        b.step = frame.step
+        b.offset = lo
+        b.last = i == count - 1
+        if lo == 0:
+            b.payload_bytes = n_pay
+            b.labels_bytes = n_lab
+            b.metrics.update({k: float(v) for k, v in frame.metrics.items()})
+        if lo < n_pay:
+            b.payload = _frame_piece(frame.payload, p_head, lo, min(hi, n_pay))
+        if hi > n_pay and labels is not None:
+            b.labels = _frame_piece(labels, l_head, max(lo - n_pay, 0), hi - n_pay)
+        yield msg
+
+
+class SplitAssembler:
+    """Reassembles the batches of one direction of a Split stream and checks the contract.
+
+    ``feed(kind, batch)`` returns the :class:`SplitFrame` when a batch's last chunk arrived,
+    else None. A declared size above ``max_frame_bytes`` is RESOURCE_EXHAUSTED on the first
+    chunk, before anything is buffered; inconsistent chunks, malformed frames or metrics, and
+    (with ``ordered``: the client -> server direction) steps out of order are INVALID_ARGUMENT.
+    """
+
+    def __init__(self, max_frame_bytes: int, what: str = "split batch", ordered: bool = False):
+        self.max_frame_bytes = max_frame_bytes
+        self.what = what
+        self.ordered = ordered
+        self._last: tuple[int, str] | None = None  # (step, kind) of the last batch begun
+        self._kind: str | None = None  # the batch being received, if any
+        self._reset()
+
+    def _reset(self) -> None:
+        self._kind = None
+        self._step = 0
+        self._sizes = (0, 0)
+        self._metrics: dict[str, float] = {}
+        self._payload: list[bytes] = []
+        self._labels: list[bytes] = []
+        self._received = 0
+
+    @property
+    def busy(self) -> bool:
+        """A batch has begun and its last chunk has not arrived."""
+        return self._kind is not None
+
+    def _check_order(self, step: int, kind: str) -> None:
+        last = self._last
+        if last is None:
+            ok, want = (step, kind) == (0, "activations"), "step 0 activations"
+        elif last[1] == "activations":
+            ok = (step, kind) in ((last[0], "gradients"), (last[0] + 1, "activations"))
+            want = f"step {last[0] + 1} activations or step {last[0]} gradients"
+        else:
+            ok, want = (step, kind) == (last[0] + 1, "activations"), f"step {last[0] + 1} activations"
+        if not ok:
+            raise _invalid(f"{self.what}: step {step} {kind} is out of order: expected {want}")
+        self._last = (step, kind)
+
+    def _begin(self, kind: str, b: pb.SplitBatch) -> None:
+        if b.offset != 0:
+            raise _invalid(f"{self.what}: batch of step {b.step} starts at offset {b.offset}, not 0")
+        if self.ordered:
+            self._check_order(b.step, kind)
+        declared = b.payload_bytes + b.labels_bytes
+        if declared > self.max_frame_bytes:
+            raise TransportError(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"{self.what}: step {b.step} {kind} declares {declared} bytes, over the limit "
+                f"of {self.max_frame_bytes} bytes",
+            )
+        if b.payload_bytes == 0:
+            raise _invalid(f"{self.what}: step {b.step} {kind} declares no payload")
+        self._metrics = _metrics(b.metrics, f"{self.what}: step {b.step}")
+        self._kind, self._step, self._sizes = kind, b.step, (b.payload_bytes, b.labels_bytes)
+
+    def feed(self, kind: str, b: pb.SplitBatch) -> SplitFrame | None:
+        if self._kind is None:
+            self._begin(kind, b)
+        elif kind != self._kind or b.step != self._step:
+            raise _invalid(
+                f"{self.what}: a chunk of step {b.step} {kind} inside the batch of step "
+                f"{self._step} {self._kind} (batches never interleave)"
+            )
+        elif b.payload_bytes or b.labels_bytes or b.metrics:
+            raise _invalid(f"{self.what}: sizes or metrics on a chunk after the first")
+        elif b.offset != self._received:
+            raise _invalid(f"{self.what}: chunk at offset {b.offset}, expected {self._received}")
+        n_pay, n_lab = self._sizes
+        p, q = len(b.payload), len(b.labels)
+        got = self._received + p + q
+        if (p and self._received + p > n_pay) or got > n_pay + n_lab:
+            raise _invalid(
+                f"{self.what}: step {self._step}: {got} bytes received, declared "
+                f"{n_pay} payload + {n_lab} labels"
+            )
+        if q and self._received + p < n_pay:
+            raise _invalid(f"{self.what}: step {self._step}: labels bytes before the payload ended")
+        if p:
+            self._payload.append(b.payload)
+        if q:
+            self._labels.append(b.labels)
+        self._received = got
+        if not b.last:
+            return None
+        if got != n_pay + n_lab:
+            raise _invalid(f"{self.what}: step {self._step}: truncated: {got} of {n_pay + n_lab} bytes")
+        from fedkit.split.wire import SplitFrame
+
+        what = f"{self.what}: step {self._step}"
+        frame = SplitFrame(
+            step=self._step,
+            kind=self._kind,  # type: ignore[arg-type]
+            payload=_join_encoded(self._payload, f"{what}: malformed payload"),
+            labels=_join_encoded(self._labels, f"{what}: malformed labels") if n_lab else None,
+            metrics=self._metrics,
+        )
+        self._reset()
+        return frame

@@ -8,6 +8,11 @@ The server moves bytes and decides nothing about the algorithm: it delivers each
 client, refuses replies that do not answer an open task (stale round, unknown task, wrong
 client), malformed or oversized payloads and those the engine's ``validate`` hook rejects, and
 returns what arrived by the deadline. One misbehaving client never disturbs the others.
+
+Split learning: with a :class:`~fedkit.split.wire.SplitEndpoint` the ``Split`` stream of each
+open split task is bound to (client, task id), its batches reassembled under the endpoint's cap
+and handed to ``endpoint.exchange`` in a worker thread (it runs torch), the replies streamed
+back; the contract, statuses included, is in the header of protos/fedkit/v1/fedkit.proto.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
@@ -43,13 +48,18 @@ from fedkit.transport.serde import (
     DEFAULT_MAX_MESSAGE_BYTES,
     DEFAULT_MAX_PAYLOAD_BYTES,
     Reassembler,
+    SplitAssembler,
     TransportError,
     _slices,
     reply_from_proto,
+    split_messages,
     task_to_proto,
 )
 from fedkit.types import Arrival, ClientId, Reply, Task
 from fedkit.untrusted import clip, shorten
+
+if TYPE_CHECKING:  # imported where used at run time: fedkit.split's package imports torch
+    from fedkit.split.wire import SplitEndpoint, SplitFrame
 
 log = logging.getLogger("fedkit.transport")
 
@@ -65,6 +75,7 @@ _SHUTDOWN = object()
 _REPLACED = object()
 _HEADER_SLACK = 64 * 1024  # room for a chunk's header inside one message
 _CLOSED_MEMORY = 100_000  # task ids of closed rounds remembered to tell "stale" from "unknown"
+_SPLIT_OPEN_S = 30.0  # a Split stream must send its SplitOpen within this time
 
 
 def chunk_size(max_message_bytes: int, chunk_bytes: int | None = None) -> int:
@@ -123,6 +134,7 @@ class _Hub:
         self.by_id: dict[str, _Session] = {}
         self.pending: dict[str, _Pending] = {}
         self.closed: OrderedDict[str, tuple[int, str]] = OrderedDict()  # task id -> (round, why)
+        self.split_streams: set[str] = set()  # task ids with an open Split stream (one each)
         self.done = False
 
     def open(
@@ -220,6 +232,127 @@ class _Hub:
                 grpc.StatusCode.ALREADY_EXISTS, f"task {h.task_id!r} was already answered"
             )
         return p
+
+    def check_split_open(self, name: str, o: pb.SplitOpen) -> _Pending:
+        """The open task a SplitOpen binds its stream to, or the status saying why not; on
+        success the task counts as having its one stream (release with ``split_streams``)."""
+        tid = o.task_id
+        s = self.by_id.get(o.session_id)
+        if s is None or s.name != name:
+            raise TransportError(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"session {shorten(o.session_id)} of client {name!r} is not current; rejoin",
+            )
+        p = self.pending.get(tid)
+        if p is None:
+            if tid in self.closed:
+                rnd, why = self.closed[tid]
+                raise TransportError(
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    f"task {tid!r} of round {rnd} is closed ({why}); no split stream opens for it",
+                )
+            raise TransportError(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"unknown task {shorten(tid)} (round {o.round}): no open task has that id",
+            )
+        if p.task.client != name:
+            raise TransportError(
+                grpc.StatusCode.FAILED_PRECONDITION, f"task {tid!r} was not sent to {name!r}"
+            )
+        if o.round != p.task.round:
+            raise TransportError(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"split stream for task {tid!r} names round {o.round}, "
+                f"but the task belongs to round {p.task.round}",
+            )
+        if p.future.done():
+            raise TransportError(
+                grpc.StatusCode.FAILED_PRECONDITION, f"task {tid!r} is closed ({_why_closed(p)})"
+            )
+        if tid in self.split_streams:
+            raise TransportError(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"task {tid!r} already has an open split stream (one per task)",
+            )
+        self.split_streams.add(tid)
+        return p
+
+
+def _why_closed(p: _Pending) -> str:
+    """Why a settled task closed, in words (its future is done)."""
+    if p.future.cancelled():
+        return "past its deadline"
+    reply, reason, _ = p.future.result()
+    return "answered" if reply is not None else reason[:200]
+
+
+_SPLIT_CODES = {
+    "invalid_argument": grpc.StatusCode.INVALID_ARGUMENT,
+    "failed_precondition": grpc.StatusCode.FAILED_PRECONDITION,
+    "resource_exhausted": grpc.StatusCode.RESOURCE_EXHAUSTED,
+}
+
+
+class _SplitRpc:
+    """One Split stream's server side: runs endpoint calls in the split pool, in order, and
+    tells the endpoint exactly once that the stream ended (after any call still running)."""
+
+    def __init__(self, endpoint: SplitEndpoint, pool: concurrent.futures.Executor, name: str) -> None:
+        self.endpoint, self.pool, self.name = endpoint, pool, name
+        self.tid: str | None = None  # set once endpoint.open succeeded
+        self.running: concurrent.futures.Future[Any] | None = None  # the latest call
+        self.closed = False
+
+    async def call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """``fn(*args)`` in the pool; SplitRefused becomes the status its code names."""
+        from fedkit.split.wire import SplitRefused
+
+        self.running = self.pool.submit(fn, *args)
+        try:
+            return await asyncio.wrap_future(self.running)
+        except SplitRefused as e:
+            code = _SPLIT_CODES.get(e.code, grpc.StatusCode.INVALID_ARGUMENT)
+            raise TransportError(code, str(e)) from None
+
+    def open(self, tid: str) -> int:
+        self.endpoint.open(self.name, tid)
+        self.tid = tid
+        return int(self.endpoint.max_frame_bytes())
+
+    def exchange(self, frame: SplitFrame) -> SplitFrame | None:
+        assert self.tid is not None
+        return self.endpoint.exchange(self.name, self.tid, frame)
+
+    def close(self, reason: str) -> concurrent.futures.Future[None] | None:
+        """Tell the endpoint (in the pool, after a call still running) if its open succeeded;
+        never raises. The first call does it; the future says when it is done."""
+        if self.closed:
+            return None
+        self.closed = True
+        running = self.running
+
+        def run() -> None:
+            if running is not None:
+                concurrent.futures.wait([running])
+            tid = self.tid
+            if tid is None:
+                return
+            try:
+                self.endpoint.close(self.name, tid, reason)
+            except Exception:  # noqa: BLE001  (an endpoint bug must not kill the server)
+                log.exception("split endpoint failed to close task %s of %s", tid, self.name)
+
+        try:
+            return self.pool.submit(run)
+        except RuntimeError:  # the pool is shutting down: close here
+            run()
+            return None
+
+    async def closed_by(self, reason: str) -> None:
+        """:meth:`close`, returning once the endpoint has heard it (before the status goes)."""
+        done = self.close(reason)
+        if done is not None:
+            await asyncio.wrap_future(done)
 
 
 class _Servicer(pb_grpc.FedKitServicer):
@@ -363,8 +496,99 @@ class _Servicer(pb_grpc.FedKitServicer):
     async def Split(  # noqa: N802
         self, request_iterator: AsyncIterator[pb.SplitMessage], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.SplitMessage]:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "split learning is not served yet")
-        yield pb.SplitMessage()  # pragma: no cover  (makes this an async generator)
+        srv = self.srv
+        if srv.split is None or srv._split_pool is None:
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, "this server does not serve split learning")
+        assert srv.split is not None and srv._split_pool is not None
+        name = await self._authenticate(context, None)
+        rpc = _SplitRpc(srv.split, srv._split_pool, name)
+        messages = request_iterator.__aiter__()
+        tid, bound = "?", False
+        reason = "stream cancelled (client disconnected or server stopping)"
+        try:
+            first = await _next_message(messages, None, _SPLIT_OPEN_S)
+            if first is not None:
+                srv.wire_received += first.ByteSize()
+            if first is None or first.WhichOneof("body") != "open":
+                raise TransportError(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"a Split stream must start with SplitOpen (within {_SPLIT_OPEN_S:g} s)",
+                )
+            tid = first.open.task_id
+            p = self.hub.check_split_open(name, first.open)
+            bound = True
+            cap = await rpc.call(rpc.open, tid)
+            what = f"split stream of {name!r} for task {tid!r}"
+            up = SplitAssembler(cap, what, ordered=True)
+            while True:
+                msg = await _next_message(messages, p.future)
+                if msg is not None:
+                    srv.wire_received += msg.ByteSize()
+                if p.future.done():
+                    raise TransportError(
+                        grpc.StatusCode.FAILED_PRECONDITION, f"task {tid!r} is closed ({_why_closed(p)})"
+                    )
+                if msg is None:
+                    raise TransportError(
+                        grpc.StatusCode.INVALID_ARGUMENT, f"{what}: stream ended without SplitClose"
+                    )
+                kind = msg.WhichOneof("body")
+                if kind == "close":
+                    if up.busy:
+                        raise TransportError(
+                            grpc.StatusCode.INVALID_ARGUMENT, f"{what}: SplitClose inside a batch"
+                        )
+                    why = msg.close.reason
+                    reason = f"client gave up: {shorten(why)}" if why else ""
+                    await rpc.closed_by(reason)  # OK below means the endpoint has heard it
+                    return
+                if kind not in ("activations", "gradients"):
+                    raise TransportError(
+                        grpc.StatusCode.INVALID_ARGUMENT, f"{what}: unexpected {kind or 'empty'} message"
+                    )
+                frame = up.feed(kind, getattr(msg, kind))
+                if frame is None:
+                    continue
+                out = await rpc.call(rpc.exchange, frame)
+                if out is not None:
+                    for m in split_messages(out, srv.chunk_bytes):
+                        srv.wire_sent += m.ByteSize()
+                        yield m
+        except TransportError as e:
+            message = clip(e.message)  # it may quote what the client sent
+            reason = f"{e.code.name}: {message}"
+            log.warning("split stream of %s (task %s) refused: %s", name, shorten(tid), reason)
+            await rpc.closed_by(reason)
+            await context.abort(e.code, message)
+        except Exception as e:
+            reason = clip(f"server error: {type(e).__name__}: {e}")
+            log.exception("split stream of %s (task %s) failed", name, shorten(tid))
+            await rpc.closed_by(reason)
+            await context.abort(grpc.StatusCode.INTERNAL, f"split step failed: {reason}")
+        finally:
+            if bound:
+                self.hub.split_streams.discard(tid)
+            rpc.close(reason)
+
+
+async def _next_message(
+    messages: AsyncIterator[pb.SplitMessage],
+    closed: asyncio.Future[Any] | None,
+    timeout: float | None = None,
+) -> pb.SplitMessage | None:
+    """The next request; None at its end, or at once when ``closed`` is done first or
+    ``timeout`` seconds pass."""
+    nxt = asyncio.ensure_future(messages.__anext__())
+    try:
+        waits = (nxt,) if closed is None else (nxt, closed)
+        await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        if not nxt.done():
+            return None
+        return await nxt
+    except StopAsyncIteration:
+        return None
+    finally:
+        nxt.cancel()
 
 
 def _method(context: grpc.aio.ServicerContext) -> str:
@@ -433,7 +657,8 @@ class GrpcServer:
     sees every reply that answers an open task, error replies included, in a worker thread.
     ``max_sessions`` caps concurrent sessions (joins beyond it get RESOURCE_EXHAUSTED and
     retry); with ``auth`` it bounds Sybil joins on plaintext too, where tokens are the only
-    enrolment.
+    enrolment. ``split`` serves the ``Split`` stream of open split tasks (None: UNIMPLEMENTED);
+    its calls run in a pool of ``split_threads`` worker threads.
     """
 
     def __init__(
@@ -449,6 +674,8 @@ class GrpcServer:
         validate: Validator | None = None,
         insecure: bool = False,
         max_sessions: int | None = None,
+        split: SplitEndpoint | None = None,
+        split_threads: int | None = None,
     ) -> None:
         if tls is None and not insecure:
             raise ValueError("pass tls=ServerTls(...) or, for plaintext, insecure=True")
@@ -465,6 +692,9 @@ class GrpcServer:
         self.chunk_bytes = chunk_size(max_message_bytes, chunk_bytes)
         self.heartbeat_s = heartbeat_s
         self.validate = validate
+        self.split = split
+        self.split_threads = split_threads
+        self._split_pool: concurrent.futures.ThreadPoolExecutor | None = None
         # protobuf bytes of task and reply messages (headers and chunk framing included);
         # updated on the event loop, read by the engine between rounds
         self.wire_sent = 0
@@ -486,6 +716,10 @@ class GrpcServer:
         if self._thread is not None:
             raise RuntimeError("server already started")
         _raise_fd_limit()
+        if self.split is not None:
+            self._split_pool = concurrent.futures.ThreadPoolExecutor(
+                self.split_threads, thread_name_prefix="fedkit-split"
+            )
         if self.insecure:
             log.warning(
                 "serving PLAINTEXT gRPC on %s: updates and tokens travel unencrypted", self.listen
@@ -502,6 +736,9 @@ class GrpcServer:
         except BaseException:
             self._thread.join(timeout=5)
             self._thread = None
+            if self._split_pool is not None:
+                self._split_pool.shutdown(wait=False)
+                self._split_pool = None
             raise
         log.info("fedkit gRPC server listening on port %d", self.port)
         return self.port
@@ -550,6 +787,9 @@ class GrpcServer:
             loop.call_soon_threadsafe(loop.stop)
         thread.join(timeout=10)
         self._thread = self._loop = self._server = None
+        if self._split_pool is not None:  # lets the endpoint hear every stream's close
+            self._split_pool.shutdown(wait=True)
+            self._split_pool = None
 
     def __enter__(self) -> GrpcServer:
         if self._thread is None:

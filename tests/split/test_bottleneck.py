@@ -16,8 +16,11 @@ def test_bottleneck_shrinks_bytes_by_the_factor_and_learns() -> None:
     model = init_model({"name": "cnn"}, SHAPE, 10, seed=1)
     setup = make_setup("splitfed_v2", model, "4", SHAPE, 10, bottleneck=4)  # 32 channels -> 4
     assert setup.activation_shape == (4, 4, 4)
-    tr = TR.model_copy(update={"lr": 0.2})  # the extra layers diverge at the lr=0.3 the plain CNN takes
-    setup, cp, ss, ms = run("splitfed_v2", 2, tr, setup=setup)
+    # the extra layers diverge at the lr=0.3 the plain CNN takes, and at 0.2 the result swings
+    # with the kernels' rounding (0.68 with one torch thread, 0.82 with two): 0.1 for 3 rounds
+    # reaches 0.87 with either
+    tr = TR.model_copy(update={"lr": 0.1})
+    setup, cp, ss, ms = run("splitfed_v2", 3, tr, setup=setup)
     _, _, _, plain = run("splitfed_v2", 1, tr.model_copy(update={"epochs": 1}))  # the same batches, once
     ratio = 2 * plain[0]["bytes_activations_up"] / ms[0]["bytes_activations_up"]
     assert 7.5 < ratio <= 8.0  # 8x fewer floats; frame headers are the same size

@@ -42,3 +42,30 @@ def test_rules_match_torch_optim(cfg: TrainConfig) -> None:
 def test_unknown_optimizer() -> None:
     with pytest.raises(ValueError, match="unknown optimizer 'lamb'; known: adam, sgd"):
         opt_init(TrainConfig.model_construct(optimizer="lamb"), [np.zeros(2, np.float32)])  # bypasses validation
+
+
+def test_trainable_sees_a_parameter_frozen_after_the_first_call() -> None:
+    from torch import nn
+
+    from fedkit.split.optim import tensors, trainable
+
+    m = nn.Sequential(nn.Linear(3, 2), nn.BatchNorm1d(2))
+    assert trainable(m) == [True, True, True, True, False, False, False]
+    m[0].bias.requires_grad_(False)
+    assert trainable(m) == [True, False, True, True, False, False, False]
+    ts = tensors(m, [t.detach().numpy().copy() for t in m.state_dict().values()])
+    assert [t.requires_grad for t in ts.values()] == trainable(m)
+
+
+def test_seeded_draws_are_keyed_and_leave_the_global_rng_alone() -> None:
+    from fedkit.split.optim import seeded
+
+    before = torch.random.get_rng_state()
+    with seeded(0, "k", 1):
+        a = torch.rand(3)
+    with seeded(0, "k", 1):
+        b = torch.rand(3)
+    with seeded(0, "k", 2):
+        c = torch.rand(3)
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert torch.equal(torch.random.get_rng_state(), before)

@@ -162,3 +162,74 @@ def test_reassembly_when_the_frame_head_spans_chunks(chunk: int) -> None:
     bad[0].data = b"XXXX" + bad[0].data[4:]
     with pytest.raises(TransportError, match="bad magic"):
         decode_task(bad)
+
+
+# ---- split batches ---------------------------------------------------------------------------
+
+
+def _split_frame(step: int = 0, kind: str = "activations", labels: bool = True):
+    from fedkit.split.wire import SplitFrame
+
+    a = np.random.default_rng(step).standard_normal((8, 33)).astype(np.float32)
+    y = enc([np.arange(8, dtype=np.int64)]) if labels else None
+    return SplitFrame(step, kind, enc([a]), y, {"loss": 0.5})  # type: ignore[arg-type]
+
+
+def _feed_all(asm, msgs):
+    out = [asm.feed(m.WhichOneof("body"), getattr(m, m.WhichOneof("body"))) for m in msgs]
+    assert all(o is None for o in out[:-1])
+    return out[-1]
+
+
+@pytest.mark.parametrize("chunk", [1, 5, 6, 7, 100, 1056, 1057, 1058, 1 << 20])
+@pytest.mark.parametrize("labels", [True, False])
+def test_split_batch_round_trip_at_any_chunk_size(chunk: int, labels: bool) -> None:
+    from fedkit.transport.serde import SplitAssembler, split_messages
+
+    f = _split_frame(labels=labels)
+    msgs = list(split_messages(f, chunk))
+    assert len(msgs) == max(1, -(-f.nbytes // chunk))
+    assert sum(len(m.activations.payload) + len(m.activations.labels) for m in msgs) == f.nbytes
+    got = _feed_all(SplitAssembler(f.nbytes, ordered=True), msgs)
+    assert got == f  # payload and labels bytes, step, kind and metrics, exactly
+
+
+def test_split_step_order_and_caps() -> None:
+    from fedkit.transport.serde import SplitAssembler, split_messages
+
+    asm = SplitAssembler(1 << 20, "up", ordered=True)
+    for step, kind in [(0, "activations"), (0, "gradients"), (1, "activations"), (2, "activations")]:
+        assert _feed_all(asm, list(split_messages(_split_frame(step, kind)))) is not None
+    for step, kind in [(2, "activations"), (4, "activations"), (3, "gradients"), (1, "gradients")]:
+        with pytest.raises(TransportError, match="out of order") as ei:
+            _feed_all(asm, list(split_messages(_split_frame(step, kind))))
+        assert ei.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    small = SplitAssembler(100, "up")
+    f = _split_frame()
+    first = next(split_messages(f, 10))
+    with pytest.raises(TransportError, match=f"declares {f.nbytes} bytes, over the limit of 100 ") as ei:
+        small.feed("activations", first.activations)
+    assert ei.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda ms: ms[1:], "starts at offset"),
+        (lambda ms: [ms[0], ms[2]], "chunk at offset"),
+        (lambda ms: ms[:2] + [pb.SplitMessage(gradients=ms[2].activations)] + ms[3:], "inside the batch"),
+        (lambda ms: [ms[0], pb.SplitMessage(activations=pb.SplitBatch(
+            step=0, offset=500, payload_bytes=1, payload=ms[1].activations.payload))], "after the first"),
+        (lambda ms: [*ms[:-1], pb.SplitMessage(activations=pb.SplitBatch(
+            step=0, offset=ms[-1].activations.offset, labels=b"x" * 999, last=True))], "bytes received"),
+        (lambda ms: [*ms[:-1], pb.SplitMessage(activations=pb.SplitBatch(
+            step=0, offset=ms[-1].activations.offset, last=True))], "truncated"),
+    ],
+)
+def test_inconsistent_split_chunks_are_invalid(mutate, message: str) -> None:
+    from fedkit.transport.serde import SplitAssembler, split_messages
+
+    msgs = list(split_messages(_split_frame(), 200))
+    with pytest.raises(TransportError, match=message) as ei:
+        _feed_all(SplitAssembler(1 << 20), mutate(msgs))
+    assert ei.value.code == grpc.StatusCode.INVALID_ARGUMENT

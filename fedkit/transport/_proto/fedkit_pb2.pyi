@@ -141,19 +141,17 @@ class Ack(_message.Message):
     def __init__(self, task_id: _Optional[str] = ...) -> None: ...
 
 class SplitOpen(_message.Message):
-    __slots__ = ("session_id", "task_id", "round", "cut")
+    __slots__ = ("session_id", "task_id", "round")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     ROUND_FIELD_NUMBER: _ClassVar[int]
-    CUT_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     task_id: str
     round: int
-    cut: str
-    def __init__(self, session_id: _Optional[str] = ..., task_id: _Optional[str] = ..., round: _Optional[int] = ..., cut: _Optional[str] = ...) -> None: ...
+    def __init__(self, session_id: _Optional[str] = ..., task_id: _Optional[str] = ..., round: _Optional[int] = ...) -> None: ...
 
 class SplitBatch(_message.Message):
-    __slots__ = ("step", "payload", "labels", "metrics")
+    __slots__ = ("step", "payload", "labels", "metrics", "offset", "last", "payload_bytes", "labels_bytes")
     class MetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -165,11 +163,19 @@ class SplitBatch(_message.Message):
     PAYLOAD_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
     METRICS_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    LAST_FIELD_NUMBER: _ClassVar[int]
+    PAYLOAD_BYTES_FIELD_NUMBER: _ClassVar[int]
+    LABELS_BYTES_FIELD_NUMBER: _ClassVar[int]
     step: int
     payload: bytes
     labels: bytes
     metrics: _containers.ScalarMap[str, float]
-    def __init__(self, step: _Optional[int] = ..., payload: _Optional[bytes] = ..., labels: _Optional[bytes] = ..., metrics: _Optional[_Mapping[str, float]] = ...) -> None: ...
+    offset: int
+    last: bool
+    payload_bytes: int
+    labels_bytes: int
+    def __init__(self, step: _Optional[int] = ..., payload: _Optional[bytes] = ..., labels: _Optional[bytes] = ..., metrics: _Optional[_Mapping[str, float]] = ..., offset: _Optional[int] = ..., last: _Optional[bool] = ..., payload_bytes: _Optional[int] = ..., labels_bytes: _Optional[int] = ...) -> None: ...
 
 class SplitClose(_message.Message):
     __slots__ = ("reason",)

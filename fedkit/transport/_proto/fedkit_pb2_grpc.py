@@ -69,8 +69,8 @@ class FedKitServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Split(self, request_iterator, context):
-        """Per-batch split-learning exchange of one client (activations up, gradients down).
-        Reserved: servers may answer UNIMPLEMENTED.
+        """Per-batch split-learning exchange of one client for one task (activations up, gradients
+        down); see "Split learning" above. Servers without split learning answer UNIMPLEMENTED.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
