@@ -12,7 +12,7 @@ import hashlib
 import numpy as np
 
 
-@functools.lru_cache(maxsize=4096)
+@functools.lru_cache(maxsize=65536)  # client names and purposes recur in every key
 def _text(part: str) -> int:
     return int.from_bytes(hashlib.sha256(part.encode()).digest()[:8], "little")
 
