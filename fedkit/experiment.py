@@ -50,7 +50,8 @@ def inprocess_link(
     present: PresentFn | None = None,
 ) -> Link:
     """Every client in this process; ``connect``: how they reach the split endpoint; ``cost``,
-    ``online``, ``start_s``: the simulated clock (fedkit/sim/link.py)."""
+    ``online``, ``start_s``: the simulated clock (fedkit/sim/link.py); ``present``: who answers
+    (participation patterns)."""
     models = ModelCache()  # one module shared by every simulated client
     fns = {cid: ClientHost(c, models, connect=connect) for cid, c in clients.items()}
     return InProcessLink(fns, cost, online, start_s, present)

@@ -123,7 +123,7 @@ def _policy_and_aggregator(s: Scenario) -> tuple[Any, Any]:
     if is_async(name):
         params = {k: v for k, v in s.strategy.items() if k != "name"}
         return make_async_policy(name, s.clients.count, s.server.deadline_s, **params)
-    vanilla = s.split is not None and s.split.scheme == "vanilla"  # relays: plain FedAvg steps
+    vanilla = s.split is not None and s.split.scheme == "vanilla"  # relays, never averages
     return _policy(s), make_aggregator("fedavg") if vanilla else _aggregator(s)
 
 
