@@ -12,7 +12,7 @@ participation, and what the event engine costs on top of local training.
   FedAvg, under Bernoulli participation whose unknown probabilities follow each client's label
   mix (FedAU's setting); mean test accuracy of the last 10 evaluations, over the seeds.
 * ``engine``: FedBuff on ``--clients`` clients of FedProx's Synthetic(1,1) with a logistic
-  regression, 100 in flight, K=10, in-process on simulated devices (``fedkit.runtime.server.run``,
+  regression (10 local steps of 16), 100 in flight, K=10, in-process on simulated devices (``fedkit.runtime.server.run``,
   no run directory); against the same number of local-training tasks (same clients, same
   configs, same keyed draws) run back to back: ``set_params`` + keyed ``sgd_train`` + delta.
   Target: engine / sequential <= 1.3. Times are the best of ``--repeat``.
@@ -32,18 +32,22 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
+from fedkit import rng as frng
+from fedkit.compression import decode, make
 from fedkit.experiment import run_scenario, scenario_link
 from fedkit.models import get_params, keyed_torch, set_params
 from fedkit.models.train import sgd_train
 from fedkit.report import plots
 from fedkit.report.run_dir import read_metrics
-from fedkit.runtime.client import ModelCache
+from fedkit.runtime.client import ModelCache, run_task
 from fedkit.runtime.server import RoundRecord, run
+from fedkit.runtime.task import parse
 from fedkit.scenario import load, validate
 from fedkit.scenario.build import build
-from fedkit.types import Task
+from fedkit.types import Reply, Task
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "results" / "async.md"
@@ -145,7 +149,7 @@ def _engine_scenario(clients: int, rounds: int) -> Any:
         "data": {"dataset": {"name": "synthetic", "num_users": clients, "max_samples": 200},
                  "partition": {"name": "natural"}},
         "model": {"name": "logreg"},
-        "train": {"steps": 5, "batch_size": 16, "lr": 0.05},
+        "train": {"steps": 10, "batch_size": 16, "lr": 0.05},
         "strategy": {"name": "fedbuff", "k": 10, "concurrency": 100},
         "evaluation": {"centralized": False},
         "server": {"deadline_s": 3600},
@@ -168,7 +172,7 @@ def part_engine_warmup(s: Any) -> None:
     exp = build(s)
     module = ModelCache().get(exp.plan.model)
     st = next(iter(exp.clients.values()))
-    sgd_train(module, st.train, exp.plan.train(1), __import__("numpy").random.default_rng(0))
+    sgd_train(module, st.train, exp.plan.train(1), np.random.default_rng(0))
 
 
 def part_engine(clients: int, rounds: int, repeat: int) -> list[str]:
@@ -176,9 +180,14 @@ def part_engine(clients: int, rounds: int, repeat: int) -> list[str]:
     s = _engine_scenario(clients, rounds)
     tasks: list[Task] = []
 
-    def engine() -> list[RoundRecord]:
+    def engine(instant: bool = False) -> list[RoundRecord]:
         exp = build(s)
         link = scenario_link(exp)
+        if instant:  # clients answer at once with a zero update: what the engine alone costs
+            zero = make("identity").encode(None, [np.zeros_like(p) for p in exp.init_params])[1]
+            for c in exp.clients:
+                link._fns[c] = lambda t: Reply(  # type: ignore[attr-defined]
+                    t.task_id, t.client, t.round, 10, zero, {"steps": 10.0}, version=t.version)
         send = link.send
 
         def record(batch: Any) -> None:
@@ -195,8 +204,6 @@ def part_engine(clients: int, rounds: int, repeat: int) -> list[str]:
     _, _, recs = _timed(engine)
     exp = build(s)
     models = ModelCache()
-    from fedkit.compression import decode
-    from fedkit.runtime.task import parse
 
     inputs = []
     for t in tasks:  # the same tasks, decoded up front: only training is timed
@@ -204,8 +211,6 @@ def part_engine(clients: int, rounds: int, repeat: int) -> list[str]:
         inputs.append((exp.clients[t.client], decode(t.params), cfg, t))
 
     def sequential() -> None:
-        from fedkit import rng as frng
-
         for st, params, cfg, t in inputs:
             module = models.get(cfg.model)
             set_params(module, params)
@@ -214,32 +219,62 @@ def part_engine(clients: int, rounds: int, repeat: int) -> list[str]:
                 sgd_train(module, st.train, cfg.train, frng.rng(cfg.seed, "train", *keys))
             _ = [n - p for n, p in zip(get_params(module), params, strict=True)]
 
-    # alternate the two so a busy machine slows both alike; keep the best of each
-    best = {"engine": (math.inf, math.inf), "sequential": (math.inf, math.inf)}
+    def client_tasks() -> None:  # what each client does in every mode: decode, train, encode
+        hosts = build(s).clients
+        cache = ModelCache()
+        for t in tasks:
+            run_task(hosts[t.client], t, cache)
+
+    # alternate them so a busy machine slows all alike; keep the best of each
+    runs = {"engine": engine, "sequential": sequential, "client": client_tasks}
+    best = dict.fromkeys(runs, (math.inf, math.inf))
     for _ in range(repeat):
-        for name, fn in (("engine", engine), ("sequential", sequential)):
+        for name, fn in runs.items():
             w, c, _ = _timed(fn)
             best[name] = (min(best[name][0], w), min(best[name][1], c))
     (t_engine, c_engine), (t_seq, c_seq) = best["engine"], best["sequential"]
+    t_client, c_client = best["client"]
+    n_tasks = len(tasks)
     steps = sum(parse("train", t.config).train.steps or 0 for t in tasks)
+    alone = [_timed(lambda: engine(instant=True)) for _ in range(repeat)]
+    t_alone, c_alone = min(a[0] for a in alone), min(a[1] for a in alone)
     ratio, cpu_ratio = t_engine / t_seq, c_engine / c_seq
-    verdict = "meets" if min(ratio, cpu_ratio) <= TARGET else "misses"
+    verdict = "meets" if cpu_ratio <= TARGET else "misses"
     lines = [
         "## What the engine costs: 1,000 simulated clients, FedBuff", "",
-        f"{clients} clients (Synthetic(1,1), logistic regression, 5 local steps of 16), FedBuff K=10 "
-        f"with 100 in flight on two device classes, {rounds} aggregations: {len(tasks)} tasks, "
+        f"{clients} clients (Synthetic(1,1), logistic regression, 10 local steps of 16), FedBuff K=10 "
+        f"with 100 in flight on two device classes, {rounds} aggregations: {n_tasks} tasks, "
         f"{steps} local steps, simulated {recs[-1].sim_time_s:.0f} s.", "",
         "| run | wall s | CPU s | wall ms per task |", "|---|---|---|---|",
         f"| async engine (tasks, codecs, simulated clock, acceptance, FedBuff, records) | "
-        f"{t_engine:.2f} | {c_engine:.2f} | {1e3 * t_engine / len(tasks):.3f} |",
+        f"{t_engine:.2f} | {c_engine:.2f} | {1e3 * t_engine / n_tasks:.3f} |",
         f"| the same local training back to back | {t_seq:.2f} | {c_seq:.2f} | "
-        f"{1e3 * t_seq / len(tasks):.3f} |",
-        "", f"Engine / sequential = **{ratio:.2f}x** wall, **{cpu_ratio:.2f}x** CPU "
-        f"({verdict} the <= {TARGET}x target; best of {repeat} alternating runs; CPU time is "
-        "the steadier figure on a shared machine).",
+        f"{1e3 * t_seq / n_tasks:.3f} |",
+        f"| the same tasks through the client (decode model, train, encode update) | "
+        f"{t_client:.2f} | {c_client:.2f} | {1e3 * t_client / n_tasks:.3f} |",
+        f"| the engine alone (clients answer at once, same number of tasks) | {t_alone:.2f} | "
+        f"{c_alone:.2f} | {1e3 * t_alone / n_tasks:.3f} |",
+        "", f"Engine / bare training = **{ratio:.2f}x** wall, **{cpu_ratio:.2f}x** CPU ({verdict} the "
+        f"<= {TARGET}x target on CPU time, the steadier figure on a shared machine); engine / the "
+        f"client's own work = **{c_engine / c_client:.2f}x** CPU. Best of {repeat} alternating runs. "
+        "The engine's own cost per task does not grow with the model: it is what bounds the ratio "
+        "for a tiny one.",
     ]
     print("\n".join(lines[-6:]), flush=True)
     return lines
+
+
+def _sections(text: str) -> dict[str, list[str]]:
+    """The ``## `` sections of an earlier results file, by title (a partial run keeps the rest)."""
+    out: dict[str, list[str]] = {}
+    title = None
+    for line in text.splitlines():
+        if line.startswith("## "):
+            title = line
+            out[title] = []
+        if title is not None:
+            out[title].append(line)
+    return {k: v[:-1] if v and not v[-1] else v for k, v in out.items()}
 
 
 def main() -> None:
@@ -251,19 +286,21 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3)
     args = ap.parse_args()
     logging.disable(logging.WARNING)  # stragglers missing deadlines are the point here
-    parts = args.part.split(",")
+    torch.set_num_threads(1)  # as every fedkit run does
+    parts = {"tta": lambda: part_tta(args.seeds), "fedau": lambda: part_fedau(args.seeds),
+             "engine": lambda: part_engine(args.clients, args.rounds, args.repeat)}
+    sections = _sections(OUT.read_text()) if OUT.exists() else {}
+    for name in args.part.split(","):
+        lines = parts[name]()
+        sections[lines[0]] = lines
     out = [
         "# Async strategies", "",
-        f"`python benchmarks/bench_async.py --part {args.part} --seeds {args.seeds}` on "
-        f"{platform.machine()} / Python {platform.python_version()} / torch {torch.__version__}, "
-        f"{torch.get_num_threads()} torch thread(s).", "",
+        f"`python benchmarks/bench_async.py` (`make bench-async`; `--part tta|fedau|engine` reruns one "
+        f"section) on {platform.machine()} / Python {platform.python_version()} / torch "
+        f"{torch.__version__}, 1 torch thread, seeds 0..{args.seeds - 1}.", "",
     ]
-    if "tta" in parts:
-        out += part_tta(args.seeds) + [""]
-    if "fedau" in parts:
-        out += part_fedau(args.seeds) + [""]
-    if "engine" in parts:
-        out += part_engine(args.clients, args.rounds, args.repeat) + [""]
+    for lines in sections.values():
+        out += [*lines, ""]
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text("\n".join(out))
     print(f"wrote {OUT}")

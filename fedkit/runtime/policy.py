@@ -13,10 +13,9 @@ state: its state is a value passed in and returned, so a policy is a plain froze
                                                                and recorded them as missed)
 
 Actions: :class:`Send` starts tasks, :class:`Await` sets the deadline of the wait for arrivals,
-Actions: :class:`Send` starts tasks, :class:`Await` sets the deadline of the wait for arrivals,
 :class:`Aggregate` applies updates as one new model version, :class:`Drop` gives up some open
-tasks, :class:`Close` ends the round
-(the engine evaluates, records and checkpoints). A round is one aggregation: one metrics row.
+tasks, :class:`Close` ends the round (the engine evaluates, records and checkpoints). A round is
+one metrics row, normally one aggregation (a relaying SequentialRound aggregates each client).
 
 :class:`SyncRound` is the synchronous round (FedAvg's): sample, wait for all or the deadline,
 aggregate, cancel the rest; :class:`SequentialRound` asks the sampled clients one after another
@@ -273,7 +272,7 @@ class SequentialRound:
         return state, [Aggregate(ups), Close("ok")]
 
     def start(self, view: View, carried: Any = None) -> tuple[_SeqState, list[Action]]:
-        sampled = view.sample(0)
+        sampled = view.sample(0)  # never carried: every round closes without keep_open
         perm = frng.rng(view.sampling.seed, "split-order", view.round).permutation(len(sampled))
         return self._next(view, _SeqState(tuple(sampled[i] for i in perm)))
 

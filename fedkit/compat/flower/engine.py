@@ -14,7 +14,7 @@ The run directory has fedkit's files (``metrics.jsonl``, ``clients.jsonl``, ``su
 ``params.npz``, ``model.json``) with ``wire_bytes_*`` the Flower messages as serialized; there
 is no checkpoint (Flower's loop cannot resume). Not supported on this engine, each refused by
 name: a downlink codec other than ``identity`` (Flower sends the model as its own arrays),
-``downlink_mode: delta`` and ``on_too_few: retry``.
+``downlink_mode: delta``, ``on_too_few: retry``, asynchronous strategies and ``participation:``.
 """
 
 from __future__ import annotations
@@ -59,6 +59,7 @@ from fedkit.compat.flower.strategy import NUM_EXAMPLES, FedkitStrategy, RoundLog
 from fedkit.compression import make
 from fedkit.report import plots
 from fedkit.report.run_dir import RunDir, check_can_start, summarize
+from fedkit.runtime.async_policy import is_async
 from fedkit.runtime.client import ClientState, ModelCache, run_task
 from fedkit.runtime.server import Plan, RunFailed, dense_nbytes
 from fedkit.runtime.task import TrainTask
@@ -81,6 +82,10 @@ def unsupported(s: Scenario) -> list[tuple[str, str]]:
         out.append(("compression.downlink_mode", "only full"))
     if s.server.on_too_few == "retry":
         out.append(("server.on_too_few", "only skip (Flower's round loop has no retry)"))
+    if is_async(str(s.strategy["name"])):
+        out.append(("strategy", f"{s.strategy['name']!r} is asynchronous; Flower's round loop is synchronous"))
+    if s.participation is not None:
+        out.append(("participation", "simulated by fedkit's in-process link only"))
     return out
 
 

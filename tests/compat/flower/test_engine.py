@@ -62,6 +62,13 @@ def test_what_the_flower_engine_cannot_run_is_refused_by_name(tmp_path: Path) ->
     with pytest.raises(ScenarioError, match="compression.downlink.*\n.*server.on_too_few"):
         run_flower(validate(raw), tmp_path / "run")
     assert not (tmp_path / "run").exists()
+    raw = tiny_raw(strategy={"name": "fedbuff", "k": 2})
+    del raw["clients"]["per_round"]
+    with pytest.raises(ScenarioError, match="strategy: 'fedbuff' is asynchronous"):
+        run_flower(validate(raw), tmp_path / "run")
+    raw = tiny_raw(participation={"kind": "bernoulli", "probs": 0.5})
+    with pytest.raises(ScenarioError, match="participation: simulated by fedkit"):
+        run_flower(validate(raw), tmp_path / "run")
 
 
 def test_the_cli_refuses_flower_with_processes_or_resume(tmp_path: Path, capsys) -> None:
