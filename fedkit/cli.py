@@ -6,6 +6,7 @@ import argparse
 import importlib.util
 import json
 import logging
+import math
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -145,6 +146,8 @@ def cmd_describe(args: argparse.Namespace) -> int:
         summary.add_row(key, f"{value:.3f}" if isinstance(value, float) else str(value))
     out.print(summary)
     _describe_devices(s)
+    if s.split is not None:
+        _describe_cuts(s, ds)
     return 0
 
 
@@ -160,6 +163,24 @@ def _describe_devices(s: Any) -> None:
     for key, value in (describe_devices(s, params) or {}).items():
         table.add_row(key, f"{value:.3g}" if isinstance(value, float) else str(value))
     out.print(table)
+
+
+def _describe_cuts(s: Any, ds: Any) -> None:
+    """A split scenario: every valid cut of its model, so a user can pick one (fedkit/split/describe.py)."""
+    from fedkit.models import build_model
+    from fedkit.split.describe import cut_table, format_cut_table
+
+    assert s.split is not None
+    rows = cut_table(build_model(s.model, ds.input_shape, ds.num_classes), ds.input_shape, ds.num_classes)
+    say: dict[str, Any] = {"markup": False, "highlight": False, "soft_wrap": True}
+    out.print(f"\nvalid cuts of model {s.model['name']!r} (input {'x'.join(map(str, ds.input_shape))}):", **say)
+    out.print(format_cut_table(rows), **say)
+    line = f"this scenario: {s.split.scheme} at cut {', '.join(s.split.cut_list)}"
+    first = next((r for r in rows if r.name == s.split.cut_list[0]), None)
+    if s.split.bottleneck is not None and first is not None:  # the encoder shrinks the first dim
+        wire = (s.split.bottleneck.dim, *first.activation_shape[1:])
+        line += f", bottleneck dim {wire[0]}: {'x'.join(map(str, wire))} ({4 * math.prod(wire)} B/sample) on the wire"
+    out.print(line, **say)
 
 
 def cmd_compare(args: argparse.Namespace) -> int:

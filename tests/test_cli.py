@@ -35,6 +35,20 @@ def test_describe_shows_per_client_counts(tmp_path: Path, capsys: pytest.Capture
     assert main(["describe", _write(tmp_path, tiny_raw())]) == 0
     text = capsys.readouterr().out
     assert "client-0" in text and "client-5" in text and "label_skew" in text
+    assert "valid cuts" not in text  # only a split scenario lists cuts
+
+
+def test_describe_lists_the_cuts_of_a_split_scenario(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    split = {"scheme": "splitfed_v1", "cut": "2", "bottleneck": {"dim": 4}}
+    assert main(["describe", _write(tmp_path, tiny_raw(model={"name": "cnn"}, split=split))]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    head = next(i for i, line in enumerate(lines) if line.startswith("cut "))
+    assert "client params" in lines[head] and "bytes/sample" in lines[head] and "client FLOPs" in lines[head]
+    rows = {line.split()[0]: line.split() for line in lines[head + 2 : head + 9]}
+    assert list(rows) == ["0", "1", "2", "3", "4", "5", "6"]  # the cnn's valid cuts, in forward order
+    # cut 2: conv1 (160 params) on the client, 9,770 on the server, 16x8x8 floats = 4.1 kB, 3% of FLOPs
+    assert rows["2"][1:6] == ["160", "9,770", "16x8x8", "4.1kB", "3.0%"]
+    assert any("splitfed_v1 at cut 2, bottleneck dim 4: 4x8x8 (1024 B/sample)" in line for line in lines)
 
 
 def test_compare_two_runs(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
