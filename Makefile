@@ -7,7 +7,7 @@ PIP    := $(PY) -m pip -q --disable-pip-version-check
 TORCH  ?= torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint proto bench bench-training bench-codecs bench-grpc bench-split-grpc bench-compression bench-events bench-secagg bench-split bench-split-modes clean
+.PHONY: demo test lint proto bench bench-training bench-codecs bench-grpc bench-split-grpc bench-compression bench-events bench-secagg bench-split bench-flower bench-stragglers bench-async bench-hostile bench-wire bench-execution bench-fedprox bench-split-modes clean
 
 $(VENV)/.base:
 	$(PYTHON) -m venv $(VENV)
@@ -38,7 +38,7 @@ proto: $(VENV)/.dev
 	$(PY) -m fedkit.transport.protogen
 
 # Each benchmark writes a table to benchmarks/results/.
-bench: bench-training bench-codecs bench-grpc bench-split-grpc bench-compression bench-events bench-secagg bench-split bench-split-modes
+bench: bench-training bench-codecs bench-grpc bench-split-grpc bench-compression bench-events bench-secagg bench-split bench-flower bench-stragglers bench-async bench-hostile bench-wire bench-execution bench-fedprox bench-split-modes
 
 bench-training: $(VENV)/.installed
 	$(PY) benchmarks/bench_training.py
@@ -66,6 +66,34 @@ bench-secagg: $(VENV)/.installed
 
 bench-split: $(VENV)/.installed
 	$(PY) benchmarks/bench_split.py
+
+# flwr 1.42 declares protobuf<7, fedkit's stubs need protobuf 7 (flwr's own 5.29 stubs run on
+# it): pip cannot resolve both in one install, so flwr goes in first and protobuf 7 after it.
+$(VENV)/.flower: $(VENV)/.installed
+	$(PIP) install 'flwr[simulation]==1.42.0'
+	$(PIP) install 'protobuf>=7.35.1'
+	touch $@
+
+bench-flower: $(VENV)/.flower
+	$(PY) benchmarks/bench_flower.py
+
+bench-stragglers: $(VENV)/.installed
+	$(PY) benchmarks/bench_stragglers.py
+
+bench-async: $(VENV)/.installed
+	$(PY) benchmarks/bench_async.py
+
+bench-hostile: $(VENV)/.installed
+	$(PY) benchmarks/bench_hostile.py
+
+bench-wire: $(VENV)/.installed
+	$(PY) benchmarks/bench_wire.py
+
+bench-execution: $(VENV)/.dev  # the ray section needs ray (a dev extra)
+	$(PY) benchmarks/bench_execution.py
+
+bench-fedprox: $(VENV)/.installed
+	$(PY) benchmarks/bench_fedprox.py
 
 bench-split-modes: $(VENV)/.installed
 	$(PY) benchmarks/bench_split_modes.py

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import logging
 import math
@@ -37,7 +38,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     from fedkit.experiment import run_scenario
     from fedkit.report.run_dir import fresh_path
 
-    scenario = load(args.scenario, args.set)
+    if args.engine == "flower" and (args.mode != "inprocess" or args.resume):
+        print("fedkit: --engine flower runs in-process only, without --resume", file=sys.stderr)
+        return EXIT_INVALID
+    if args.engine == "flower" and importlib.util.find_spec("flwr") is None:
+        print("fedkit: --engine flower needs Flower: pip install 'fedkit[flower]'", file=sys.stderr)
+        return EXIT_INVALID
+    executor = [f"execution.kind={args.executor}"] if args.executor else []
+    scenario = load(args.scenario, [*args.set, *executor])
     default = Path(scenario.output.dir) / scenario.name
     run_dir = Path(args.out) if args.out else (default if args.resume else fresh_path(default))
     totals = {"bytes": 0}
@@ -72,17 +80,25 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         summary = run_scenario(
             scenario, run_dir, mode=args.mode, on_round=on_round, resume=args.resume,
-            overwrite=args.overwrite, workers=args.workers, force=args.force,
+            overwrite=args.overwrite, workers=args.workers, force=args.force, engine=args.engine,
         )
     acc = summary["final_accuracy"]
     out.print(
         f"{scenario.name}: final accuracy {acc if acc is None else f'{acc:.4f}'}, "
         f"best {summary['best_accuracy'] and round(summary['best_accuracy'], 4)}, "
-        f"{_fmt_bytes(summary['total_bytes_up'])} up, {_fmt_bytes(summary['total_bytes_down'])} down, "
-        f"{summary['total_wall_s']:.2f} s  -> {run_dir}",
+        f"{_fmt_bytes(summary['total_bytes_up'])} up, {_fmt_bytes(summary['total_bytes_down'])} down"
+        f"{_on_the_wire(summary)}, {summary['total_wall_s']:.2f} s  -> {run_dir}",
         soft_wrap=True,
     )
     return 0
+
+
+def _on_the_wire(summary: dict[str, Any]) -> str:
+    """ " (wire: U up, D down)": the whole exchange, next to the payload bytes."""
+    up, down = summary.get("total_wire_bytes_up"), summary.get("total_wire_bytes_down")
+    if up is None or down is None:
+        return ""
+    return f" (on the wire {_fmt_bytes(up)} up, {_fmt_bytes(down)} down)"
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -129,9 +145,24 @@ def cmd_describe(args: argparse.Namespace) -> int:
     for key, value in st.summary().items():
         summary.add_row(key, f"{value:.3f}" if isinstance(value, float) else str(value))
     out.print(summary)
+    _describe_devices(s)
     if s.split is not None:
         _describe_cuts(s, ds)
     return 0
+
+
+def _describe_devices(s: Any) -> None:
+    """The device population of a scenario with ``devices:`` (fedkit.sim.devices.summarize)."""
+    if s.devices is None:
+        return
+    from fedkit.scenario.build import build_server
+    from fedkit.scenario.simulation import describe_devices
+
+    _, params = build_server(s)
+    table = Table(title="devices (task: model down, local work, update up)", show_header=False)
+    for key, value in (describe_devices(s, params) or {}).items():
+        table.add_row(key, f"{value:.3g}" if isinstance(value, float) else str(value))
+    out.print(table)
 
 
 def _describe_cuts(s: Any, ds: Any) -> None:
@@ -158,16 +189,19 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     runs = {}
     table = Table(title="runs")
-    for col in ("run", "rounds", "final acc", "best acc", "bytes up", "up ratio", "bytes down",
-                "down ratio", "wall s"):
-        table.add_column(col, justify="left" if col == "run" else "right")
+    summaries = {}
     for d in args.runs:
-        path = Path(d)
-        summary_file = path / "summary.json"
+        summary_file = Path(d) / "summary.json"
         if not summary_file.exists():
             console.print(f"{d}: no summary.json (not a finished run directory)")
             return EXIT_INVALID
-        sm = json.loads(summary_file.read_text())
+        summaries[d] = json.loads(summary_file.read_text())
+    timed = any(sm.get("sim_time_s") for sm in summaries.values())  # devices: a simulated clock
+    for col in ("run", "rounds", "final acc", "best acc", "bytes up", "up ratio", "bytes down",
+                "down ratio", "wall s") + (("sim s", "to target") if timed else ()):
+        table.add_column(col, justify="left" if col == "run" else "right")
+    for d, sm in summaries.items():
+        path = Path(d)
         rows = read_metrics(path)
         name = _run_name(path, [Path(r) for r in args.runs])
         runs[name] = rows
@@ -181,6 +215,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
             _fmt_bytes(sm["total_bytes_down"]),
             f"{sm['ratio_down']:.1f}x" if sm.get("ratio_down") else "-",
             f"{sm['total_wall_s']:.2f}",
+            *((f"{sm.get('sim_time_s') or 0:.1f}",
+               "-" if sm.get("time_to_target_s") is None
+               else f"{sm['time_to_target_s']:.1f} s, round {sm['rounds_to_target']}") if timed else ()),
         )
     out.print(table)
     if args.plot:
@@ -227,6 +264,7 @@ def cmd_server(args: argparse.Namespace) -> int:
         wait_timeout_s=args.wait_timeout,
         port_file=args.port_file,
         max_sessions=args.max_sessions,
+        simulate=args.simulate,
     )
     out_dir = args.resume or args.out or str(Path(scenario.output.dir) / scenario.name)
 
@@ -327,7 +365,11 @@ def parser() -> argparse.ArgumentParser:
     with_set(r)
     r.add_argument("--out", help="run directory (default: <output.dir>/<name>)")
     r.add_argument("--mode", default="inprocess", choices=["inprocess", "processes"])
-    r.add_argument("--workers", type=int, help="client processes in --mode processes")
+    r.add_argument("--workers", type=int, help="client processes in --mode processes, Ray workers with --engine flower")
+    r.add_argument("--engine", default="fedkit", choices=["fedkit", "flower"],
+                   help="flower: run the scenario on Flower's simulation engine, for comparison")
+    r.add_argument("--executor", choices=["sequential", "pool", "ray", "stacked"],
+                   help="how --mode inprocess runs the clients (sets execution.kind)")
     r.add_argument("--resume", action="store_true", help="continue from the run directory's checkpoint")
     r.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
     r.add_argument("--force", action="store_true", help="--resume even if the scenario changed")
@@ -364,6 +406,8 @@ def parser() -> argparse.ArgumentParser:
     sv.add_argument("--port-file", help="write the bound port here (for --listen HOST:0)")
     sv.add_argument("--max-sessions", type=int, metavar="N",
                     help="admit at most N connected clients (works with --insecure too)")
+    sv.add_argument("--simulate", action="store_true",
+                    help="charge the scenario's devices on a simulated clock (what --mode processes uses)")
     sv.add_argument("-q", "--quiet", action="store_true")
     sv.set_defaults(fn=cmd_server)
 

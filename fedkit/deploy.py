@@ -7,6 +7,7 @@ The server uses the very round engine of the in-process simulation; only the Lin
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import threading
 import time
@@ -17,12 +18,16 @@ from typing import Any
 
 import torch
 
-from fedkit.experiment import RoundCallback, run_with_link
+from fedkit.compression.limits import payload_bytes
+from fedkit.experiment import RoundCallback, resumed_clock, run_with_link
 from fedkit.report.run_dir import check_can_start
 from fedkit.runtime.accept import Rejected, accept
 from fedkit.runtime.client import ClientHost, load_client_data
+from fedkit.runtime.link import Link
 from fedkit.scenario import Scenario, dump
 from fedkit.scenario.build import build_server
+from fedkit.scenario.simulation import simulation
+from fedkit.sim.clocked import ClockedLink
 from fedkit.transport.client import DEFAULT_WAIT_S, SplitDialer, run_client
 from fedkit.transport.security import Authenticator, ClientTls, ServerTls
 from fedkit.transport.server import GrpcServer
@@ -42,6 +47,8 @@ class ServerOptions:
     max_message_bytes: int | None = None
     port_file: str | None = None
     max_sessions: int | None = None  # concurrent sessions the server admits (default: no cap)
+    simulate: bool = False  # charge the scenario's devices on a simulated clock (--mode processes)
+    max_payload_bytes: int | None = None  # largest reply payload (default: from the model)
 
 
 def serve(
@@ -60,6 +67,8 @@ def serve(
     check_can_start(out, resume, overwrite, dump(scenario), force)  # before clients wait
     torch.set_num_threads(1)
     plan, init_params = build_server(scenario)  # no client's data: the devices hold it
+    if not opts.simulate:  # real devices on the real clock: a hung one sits out (server.bench_after)
+        plan = dataclasses.replace(plan, bench_after=scenario.server.bench_after)
 
     def validate(task: Task, reply: Reply) -> Any:
         """The engine's acceptance rule, run while the reply is on the wire: a bad reply is
@@ -71,12 +80,16 @@ def serve(
         except Rejected as e:
             raise ValueError(str(e)) from None
 
-    extra: dict[str, Any] = {} if opts.max_message_bytes is None else {"max_message_bytes": opts.max_message_bytes}
+    # the largest valid update for this model, whatever the codec: bigger replies are refused
+    # before anything is buffered (a 19 KB model no longer accepts a 4 GiB stream)
+    cap = opts.max_payload_bytes or payload_bytes(plan.acceptance.layout)
+    extra: dict[str, Any] = {}
     if plan.split is not None:  # split learning: the Split streams reach the plan's endpoint
         extra["split"] = plan.split.endpoint
     server = GrpcServer(
         opts.listen, tls=opts.tls, auth=opts.auth, validate=validate, insecure=opts.insecure,
-        max_sessions=opts.max_sessions, **extra
+        max_sessions=opts.max_sessions, max_message_bytes=opts.max_message_bytes, max_payload_bytes=cap,
+        **extra,
     )
     port = server.start()
     host = opts.listen.rsplit(":", 1)[0]
@@ -89,7 +102,12 @@ def serve(
         need = opts.min_clients or scenario.clients.count
         names = _wait_for_clients(server, need, opts.wait_timeout_s or 7 * 24 * 3600.0, say)
         say(f"{len(names)} clients connected; starting {scenario.rounds} rounds")
-        return run_with_link(scenario, plan, init_params, server.link, out, on_round, resume, overwrite)
+        link: Link = server.link
+        sim = simulation(scenario) if opts.simulate else None
+        if sim is not None:  # real clients, simulated time: the same times as in-process
+            wait = max(600.0, scenario.server.deadline_s or 0.0)
+            link = ClockedLink(link, sim.cost, sim.online, wait, resumed_clock(out, resume))
+        return run_with_link(scenario, plan, init_params, link, out, on_round, resume, overwrite)
     finally:
         server.shutdown_clients()
         server.stop()

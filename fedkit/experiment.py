@@ -25,26 +25,67 @@ from fedkit.report.run_dir import (
     save_params,
     summarize,
 )
-from fedkit.runtime.client import ClientHost, ClientState, ModelCache
+from fedkit.runtime.client import ClientHost, ClientState, hosts
 from fedkit.runtime.downlink import DownlinkState
 from fedkit.runtime.link import Link
 from fedkit.runtime.server import Plan, RoundRecord, ServerState, run
 from fedkit.runtime.task import ModelRef
 from fedkit.scenario import Scenario, dump
-from fedkit.scenario.build import build, initial_state
-from fedkit.sim.link import CostFn, InProcessLink
+from fedkit.scenario.build import Experiment, build, initial_state
+from fedkit.scenario.execution import make_executor
+from fedkit.scenario.participation import presence
+from fedkit.sim.availability import Always
+from fedkit.sim.link import CostFn, Executor, InProcessLink, OnlineFn, PresentFn
 from fedkit.split.wire import SplitConnect
+from fedkit.transport.overhead import InProcessWire
 from fedkit.types import ClientId, Params
 
 RoundCallback = Callable[[Mapping[str, Any]], None]
 
 
 def inprocess_link(
-    clients: Mapping[ClientId, ClientState], cost: CostFn | None = None, connect: SplitConnect | None = None
+    clients: Mapping[ClientId, ClientState],
+    cost: CostFn | None = None,
+    connect: SplitConnect | None = None,
+    online: OnlineFn | None = None,
+    start_s: float = 0.0,
+    present: PresentFn | None = None,
+    executor: Callable[[Mapping[ClientId, ClientHost]], Executor] | None = None,
 ) -> Link:
-    """Every client in this process; ``connect``: how they reach the split endpoint."""
-    models = ModelCache()  # one module shared by every simulated client
-    return InProcessLink({cid: ClientHost(c, models, connect=connect) for cid, c in clients.items()}, cost)
+    """Every client in this process; ``connect``: how they reach the split endpoint; ``cost``,
+    ``online``, ``start_s``: the simulated clock (fedkit/sim/link.py); ``present``: who answers
+    (participation patterns); ``executor(hosts)``: how the clients run (default: one after
+    another, in this process)."""
+    fleet = hosts(clients, connect)  # one module shared by every simulated client
+    return InProcessLink(fleet, cost, online, start_s, present, wire=InProcessWire(),  # wire bytes as gRPC would send them
+                         executor=None if executor is None else executor(fleet))
+
+
+def scenario_link(exp: Experiment, start_s: float = 0.0) -> Link:
+    """The in-process Link of an experiment: on the simulated clock of its ``devices:``, with
+    its ``participation:`` pattern deciding who answers and its ``execution:`` running them."""
+    from fedkit.scenario.simulation import simulation
+
+    s = exp.scenario
+    connect = None if exp.plan.split is None else exp.plan.split.connect()
+    labels = {c: st.train.y.numpy() for c, st in exp.clients.items()}
+    present = presence(s.participation, s.seed, labels)
+    executor = None if s.execution.kind == "sequential" else (lambda fleet: make_executor(s, fleet))
+    sim = simulation(s, {c: st.num_train for c, st in exp.clients.items()})
+    if sim is None:
+        return inprocess_link(exp.clients, connect=connect, start_s=start_s, present=present, executor=executor)
+    always = all(isinstance(d.availability, Always) for d in sim.devices.values())
+    online = None if always else sim.online  # no per-call filter of a population always there
+    return inprocess_link(exp.clients, sim.cost, connect, online, start_s, present, executor)
+
+
+def resumed_clock(out: str | Path, resume: bool) -> float:
+    """Simulated seconds a resumed run continues from: its checkpointed round's clock."""
+    if not resume or not (Path(out) / "checkpoint.npz").exists():
+        return 0.0
+    ck = RunDir(out, resume=True).read_checkpoint()
+    row = (ck.rows or {}).get("metrics", {}) if ck is not None else {}
+    return float(row.get("sim_time_s") or 0.0)
 
 
 def resume_state(plan: Plan, init_params: Params, rd: RunDir, resume: bool) -> ServerState:
@@ -112,7 +153,7 @@ def run_with_link(
 
     final = run(plan, link, state, record)
     rows = rd.metrics()
-    summary = summarize(rows, final.params, s.seed, s.name)
+    summary = summarize(rows, final.params, s.seed, s.name, target_acc=s.evaluation.target_acc)
     if final.split is not None:  # split learning: params.npz is the client part; this the server's
         save_params(rd.path / "server_params.npz", final.split.shared.params)
         summary["server_params_sha256"] = params_hash(final.split.shared.params)
@@ -133,19 +174,33 @@ def run_scenario(
     overwrite: bool = False,
     workers: int | None = None,
     force: bool = False,
+    engine: str = "fedkit",
 ) -> dict[str, Any]:
     """Run a scenario in-process or as local processes over gRPC; returns the summary.
-    ``force``: resume even though the scenario differs from the run's."""
+    ``force``: resume even though the scenario differs from the run's. ``engine="flower"``
+    runs it on Flower's simulation engine instead (fedkit/compat/flower/engine.py)."""
+    if engine == "flower":
+        if mode != "inprocess" or resume:
+            raise ValueError("--engine flower runs in-process only, without --resume")
+        if scenario.devices is not None:
+            raise ValueError("--engine flower has no simulated clock: run devices: scenarios on fedkit's")
+        from fedkit.compat.flower.engine import run_flower
+
+        return run_flower(scenario, out, on_round, overwrite, workers)
+    if engine != "fedkit":
+        raise ValueError(f"unknown engine {engine!r}; known: fedkit, flower")
     if mode == "processes":
         from fedkit.launch import run_processes
 
+        if scenario.participation is not None:
+            raise ValueError("participation: patterns are simulated in-process only (--mode inprocess)")
         return run_processes(scenario, out, workers, on_round, resume, overwrite, force)
     if mode != "inprocess":
         raise ValueError(f"unknown mode {mode!r}; known: inprocess, processes")
     check_can_start(out, resume, overwrite, dump(scenario), force)
     torch.set_num_threads(1)  # the kernels every mode uses: bit-identical params across modes
     exp = build(scenario)
-    link = inprocess_link(exp.clients, connect=None if exp.plan.split is None else exp.plan.split.connect())
+    link = scenario_link(exp, resumed_clock(out, resume))
     try:
         return run_with_link(scenario, exp.plan, exp.init_params, link, out, on_round, resume, overwrite)
     finally:

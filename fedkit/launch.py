@@ -132,6 +132,8 @@ def _cluster(
         "--tls-cert", str(certs["server_cert"]), "--tls-key", str(certs["server_key"]),
         "--tokens", str(workdir / "tokens.json"), "-q",
     ]
+    if scenario.devices is not None:  # the simulated clock, as in-process
+        server_args.append("--simulate")
     if resume:
         server_args += ["--resume", str(out)] + (["--force"] if force else [])
     elif overwrite:

@@ -12,7 +12,7 @@ import hashlib
 import numpy as np
 
 
-@functools.lru_cache(maxsize=4096)
+@functools.lru_cache(maxsize=65536)  # client names and purposes recur in every key
 def _text(part: str) -> int:
     return int.from_bytes(hashlib.sha256(part.encode()).digest()[:8], "little")
 
@@ -47,3 +47,24 @@ def rng(seed: int, *parts: int | str) -> np.random.Generator:
 def seed_int(seed: int, *parts: int | str) -> int:
     """A 63-bit integer seed (for torch.Generator) derived from the same key."""
     return int(key(seed, *parts).generate_state(1, np.uint64)[0] >> np.uint64(1))
+
+
+class _Lazy:
+    """A Generator made on first use (see :func:`lazy`)."""
+
+    __slots__ = ("_gen", "_parts", "_seed")
+
+    def __init__(self, seed: int, parts: tuple[int | str, ...]) -> None:
+        self._seed, self._parts = seed, parts
+        self._gen: np.random.Generator | None = None
+
+    def __getattr__(self, name: str) -> object:
+        if self._gen is None:
+            self._gen = rng(self._seed, *self._parts)
+        return getattr(self._gen, name)
+
+
+def lazy(seed: int, *parts: int | str) -> np.random.Generator:
+    """:func:`rng` for a consumer that may never draw (a deterministic codec): the same stream,
+    made only when first used, since making one costs tens of microseconds per task."""
+    return _Lazy(seed, parts)  # type: ignore[return-value]

@@ -147,3 +147,21 @@ def test_progress_lines_when_output_is_not_a_terminal(
     assert main(["run", _write(tmp_path, tiny_raw(rounds=2)), "--out", str(tmp_path / "r")]) == 0
     err = capsys.readouterr().err
     assert "round 1/2" in err and "round 2/2" in err
+
+
+def test_describe_and_compare_show_the_devices_and_simulated_time(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    devices = {"profiles": {"phone": {"compute": {"samples_per_s": 400, "spread": 0.5}, "up_mbps": 5,
+                                      "down_mbps": 20, "latency_ms": 60}}}
+    s = _write(tmp_path, tiny_raw(rounds=2, devices=devices, evaluation={"target_acc": 0.05}))
+    assert main(["describe", s]) == 0
+    text = capsys.readouterr().out
+    assert "speed samples/s p50" in text and "round s max" in text and "online fraction" in text
+    assert main(["run", s, "--out", str(tmp_path / "a"), "-q", "--set", "output.plot=true"]) == 0
+    assert (tmp_path / "a" / "curves.png").stat().st_size > 0
+    assert main(["compare", str(tmp_path / "a"), "--plot", str(tmp_path / "c.png")]) == 0
+    out = capsys.readouterr().out
+    summary = json.loads((tmp_path / "a" / "summary.json").read_text())
+    assert summary["sim_time_s"] > 0 and summary["rounds_to_target"] == 1
+    assert "sim s" in out and f"{summary['sim_time_s']:.1f}" in out

@@ -12,6 +12,12 @@ step per round. Each returns a configuration value with pure methods, state in f
   elapsed) -> (state, decision)``; ``on_timer(state, group, now)``; ``next_timer(state)``;
   ``aggregate(state, params, decision.aggregate) -> params``.
 
+The round engine calls an aggregator's ``init(params)`` and ``step(state, params, updates)``
+once per new model version; :func:`make_step` wraps each value in that shape (``FedAsyncStep``,
+``FedBuffStep``, ``CompassStep``), its state a checkpointable dict of arrays that counts the
+versions it made, so each update's staleness is ``that count - update.version``. The policies
+that decide *when* to step and who trains next live in ``fedkit/runtime/async_policy.py``.
+
 The ``staleness`` parameter names a function of :mod:`fedkit.aggregation.staleness`
 (``constant``, ``polynomial``, ``hinge``) and ``staleness_params`` its arguments, so a YAML
 strategy section stays plain data. FedBuff's ``server_opt`` names a server optimizer
@@ -21,15 +27,20 @@ strategy section stays plain data. FedBuff's ``server_opt`` names a server optim
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
+import numpy as np
+
 from fedkit.aggregation import server_opt as so
-from fedkit.aggregation.fedasync import FedAsync
-from fedkit.aggregation.fedbuff import FedBuff
+from fedkit.aggregation.base import State
+from fedkit.aggregation.fedasync import FedAsync, FedAsyncState, mix_delta
+from fedkit.aggregation.fedbuff import FedBuff, FedBuffState
 from fedkit.aggregation.fedcompass import Compass
-from fedkit.aggregation.staleness import make_staleness
+from fedkit.aggregation.staleness import make_staleness, staleness
+from fedkit.types import Params, Update
 
 _SERVER_OPTS: dict[str, Callable[..., Any]] = {
     "sgd": so.sgd,
@@ -127,3 +138,102 @@ def make_async(name: str, **params: Any) -> FedAsync | FedBuff | Compass:
         return build(**{**defaults, **params})
     except (ValueError, TypeError) as e:
         raise ValueError(f"async strategy {name!r}: {e}") from None
+
+
+# --- the engine's view: one step = one new model version ---------------------------------------
+
+VERSION_KEY = "async_version"
+"""State key of the number of versions a step has made (the engine's version, checkpointed)."""
+
+
+def _version(state: State) -> int:
+    if VERSION_KEY not in state:
+        raise ValueError(f"async aggregator state lacks {VERSION_KEY!r}; has {sorted(state)}")
+    return int(state[VERSION_KEY][0])
+
+
+def _bumped(state: State, version: int) -> State:
+    return {**state, VERSION_KEY: [np.array(version + 1, np.int64)]}
+
+
+def _need(updates: Sequence[Update], what: str) -> None:
+    if not updates:
+        raise ValueError(f"{what}: a step needs at least one update")
+
+
+@dataclass(frozen=True)
+class FedAsyncStep:
+    """FedAsync's server step: ``x <- x + alpha s(tau_i) delta_i`` for each update in turn (the
+    delta form of :mod:`~fedkit.aggregation.fedasync`); ``tau_i`` counts from this step's
+    version. Its policy hands it one update per step."""
+
+    fedasync: FedAsync
+
+    def init(self, params: Params) -> State:
+        return {VERSION_KEY: [np.array(0, np.int64)]}
+
+    def step(self, state: State, params: Params, updates: Sequence[Update]) -> tuple[State, Params]:
+        _need(updates, "FedAsync")
+        v = _version(state)
+        for u in updates:
+            a = self.fedasync.weight(FedAsyncState(v), u.version)
+            params = mix_delta(params, u.delta, a)
+        return _bumped(state, v), params
+
+
+@dataclass(frozen=True)
+class FedBuffStep:
+    """FedBuff's flush: the policy hands it the K buffered updates; each is discounted by
+    ``s(tau_i)`` and the server optimizer steps along their mean (:class:`FedBuff`)."""
+
+    fedbuff: FedBuff
+
+    def init(self, params: Params) -> State:
+        opt = self.fedbuff.init(params).opt
+        if VERSION_KEY in opt:
+            raise ValueError(f"server optimizer state uses the reserved key {VERSION_KEY!r}")
+        return {**opt, VERSION_KEY: [np.array(0, np.int64)]}
+
+    def step(self, state: State, params: Params, updates: Sequence[Update]) -> tuple[State, Params]:
+        _need(updates, "FedBuff")
+        v = _version(state)
+        buf = FedBuffState(opt={k: a for k, a in state.items() if k != VERSION_KEY}, version=v)
+        for u in updates:
+            buf = self.fedbuff.add(buf, u.delta, staleness=staleness(v, u.version), client=u.client)
+        buf, params = self.fedbuff.flush(buf, params)
+        return _bumped(buf.opt, v), params
+
+
+@dataclass(frozen=True)
+class CompassStep:
+    """FedCompass's group aggregation: ``x + sum_i alpha s(tau_i) / N delta_i`` (:class:`Compass`;
+    ``num_clients`` must be set)."""
+
+    compass: Compass
+
+    def __post_init__(self) -> None:
+        if self.compass.num_clients is None:
+            raise ValueError("CompassStep needs a Compass with num_clients (the N in alpha / N)")
+
+    def init(self, params: Params) -> State:
+        return {VERSION_KEY: [np.array(0, np.int64)]}
+
+    def step(self, state: State, params: Params, updates: Sequence[Update]) -> tuple[State, Params]:
+        _need(updates, "FedCompass")
+        v = _version(state)
+        items = [(u, staleness(v, u.version)) for u in updates]
+        return _bumped(state, v), self.compass.aggregate(None, params, items)
+
+
+AsyncStep = FedAsyncStep | FedBuffStep | CompassStep
+
+
+def make_step(value: FedAsync | FedBuff | Compass) -> AsyncStep:
+    """The engine-shaped step of an async strategy value (see the module docstring)."""
+    if isinstance(value, FedAsync):
+        return FedAsyncStep(value)
+    if isinstance(value, FedBuff):
+        return FedBuffStep(value)
+    if isinstance(value, Compass):
+        return CompassStep(value)
+    raise TypeError(f"not an async strategy value: {value!r}")

@@ -230,11 +230,49 @@ class Compass:
         open_ = [(g.latest, gid) for gid, g in state.groups.items() if not g.closed]
         return min(open_) if open_ else None
 
+    def on_lost(
+        self, state: CompassState, client: ClientId, now: float
+    ) -> tuple[CompassState, Decision]:
+        """``client``'s task will not arrive (it failed, was refused or disconnected): it leaves
+        its group without new work (bring it back with :meth:`rejoin`). If it was the group's
+        last pending member, the group is aggregated now as if it had completed."""
+        if client not in state.clients:
+            raise ValueError(f"client {client!r} is not one FedCompass scheduled")
+        info = state.clients[client]
+        state = _with_client(state, client, replace(info, group=None, steps=0))
+        gid = info.group
+        if gid is None or gid not in state.groups:
+            return state, Decision()
+        g = state.groups[gid]
+        groups = dict(state.groups)
+        groups[gid] = g = replace(g, pending=tuple(x for x in g.pending if x != client))
+        state = replace(state, groups=_frozen(groups))
+        if g.pending:
+            return state, Decision()
+        if g.arrived and not g.closed:
+            return self._aggregate_group(state, gid, now)
+        del groups[gid]
+        return replace(state, groups=_frozen(groups)), Decision()
+
+    def rejoin(self, state: CompassState, client: ClientId, now: float) -> tuple[CompassState, Assignment]:
+        """Give work again to a client that :meth:`on_lost` took out: into a group if its speed is
+        known, else a first task of ``max_steps`` (aggregated alone on arrival)."""
+        info = state.clients.get(client)
+        if info is None:
+            raise ValueError(f"client {client!r} is not one FedCompass scheduled")
+        if info.speed is not None:
+            return self._assign(state, client, now)
+        info = ClientInfo(None, self.max_steps, float(now), state.version, None)
+        return _with_client(state, client, info), Assignment(client, self.max_steps, None, state.version)
+
     def aggregate(
-        self, state: CompassState, params: Params, items: Sequence[tuple[Update, int]]
+        self, state: CompassState | None, params: Params, items: Sequence[tuple[Update, int]]
     ) -> Params:
-        """``x + sum_i alpha s(tau_i) / N delta_i`` for ``items`` of ``(update, staleness)``."""
-        n = self.num_clients if self.num_clients is not None else len(state.clients)
+        """``x + sum_i alpha s(tau_i) / N delta_i`` for ``items`` of ``(update, staleness)``;
+        N is ``num_clients``, else the number of clients ``state`` schedules."""
+        if self.num_clients is None and state is None:
+            raise ValueError("Compass.aggregate needs num_clients or the scheduler state")
+        n = self.num_clients if self.num_clients is not None else len(state.clients)  # type: ignore[union-attr]
         acc = [np.asarray(p, _F64).copy() for p in params]
         for u, tau in items:
             check_like(u.delta, params, what=f"delta from client {u.client!r}")

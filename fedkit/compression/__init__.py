@@ -19,13 +19,14 @@ from fedkit.compression import (  # noqa: F401  (importing a module registers it
 )
 from fedkit.compression.base import REGISTRY, Codec, parse_spec, register
 from fedkit.compression.ef import ErrorFeedback, with_error_feedback
-from fedkit.compression.spec import decode, make, spec_string
+from fedkit.compression.spec import decode, family, make, spec_string
 
 __all__ = [
     "REGISTRY",
     "Codec",
     "ErrorFeedback",
     "decode",
+    "family",
     "make",
     "parse_spec",
     "register",

@@ -117,6 +117,27 @@ def frame_bytes(layout: Layout) -> int:
     return total
 
 
+CODEC_NAME_SLACK = 1024
+"""Bytes allowed for the codec name of a frame, plus :data:`CODEC_NAME_PER_TENSOR` per tensor
+(per-tensor settings such as ``powersgd(rank=[8,1,2])`` grow with the model)."""
+CODEC_NAME_PER_TENSOR = 16
+
+
+def payload_bytes(layout: Layout) -> int:
+    """The largest valid update *payload* (the ``Encoded`` frame on the wire) for ``layout``,
+    whatever the codec: frame head + codec name allowance + :func:`frame_bytes`, plus zstd's
+    worst-case expansion of incompressible data (1/128 + 1 KiB, above its real bound). A
+    receiver that knows the model refuses a declared size above it before buffering.
+
+        >>> lay = (((2, 3), np.dtype("float32")),)
+        >>> payload_bytes(lay) - frame_bytes(lay)
+        2102
+    """
+    frame = frame_bytes(layout)
+    name = CODEC_NAME_SLACK + CODEC_NAME_PER_TENSOR * len(layout)
+    return 6 + name + frame + frame // 128 + 1024
+
+
 def resolve(like: Like) -> Limits:
     """The :class:`Limits` a decode runs under (see :data:`Like`)."""
     if isinstance(like, Limits):

@@ -19,7 +19,7 @@ from fedkit.compression.limits import Like, resolve
 from fedkit.compression.pipeline import build_pipeline
 from fedkit.types import DecodeError, Encoded, Params
 
-__all__ = ["decode", "make", "spec_string"]
+__all__ = ["decode", "family", "make", "spec_string"]
 
 
 def make(spec: str) -> Codec:
@@ -51,6 +51,29 @@ def spec_string(
         args = ",".join(f"{k}={format_value(v)}" for k, v in params.items())
         parts.append(f"{name}({args})" if args else name)
     return make(("ef:" if error_feedback else "") + "|".join(parts)).spec
+
+
+def family(spec: str) -> tuple[str, ...]:
+    """The codec family of a spec: its stage names, without error feedback (payloads carry the
+    inner spec), without no-op ``identity`` stages, and with ``adaptive(...)`` replaced by the
+    stages its payloads name. A payload's ``Encoded.codec`` has the family of the spec that
+    produced it, whatever the per-layer settings; a ValueError names a bad spec.
+
+    >>> family("ef:topk(ratio=0.01)|quant(bits=8)|zstd"), family("topk(ratio=[0.1,0.5])|quant(bits=4)|zstd")
+    (('topk', 'quant', 'zstd'), ('topk', 'quant', 'zstd'))
+    >>> family("ef:adaptive(family=powersgd,candidates=[1,2],uniform=1,then='fp16')")
+    ('powersgd', 'fp16')
+    """
+    parsed = parse_spec(spec)
+    out: list[str] = []
+    for name, params in parsed.stages:
+        if name == "adaptive":
+            out.append(str(params.get("family", "powersgd")))
+            if params.get("then"):
+                out += family(str(params["then"]))
+        elif name != "identity":
+            out.append(name)
+    return tuple(out) or ("identity",)
 
 
 @functools.lru_cache(maxsize=256)

@@ -57,9 +57,13 @@ TrainFn = Callable[[nn.Module, LocalData, TrainConfig, np.random.Generator], Map
 
 @contextlib.contextmanager
 def keyed_torch(seed: int) -> Iterator[None]:
-    """Run a block with torch's CPU generator seeded by ``seed``, restoring it afterwards."""
+    """Run a block with torch's CPU generator seeded by ``seed``, restoring it afterwards.
+
+    Only the CPU generator is seeded (the one forked here): ``torch.manual_seed`` would also
+    queue a lazy seeding of every uninitialised accelerator, capturing a stack trace each time
+    (about a millisecond per task, and a queue that grows for the whole run)."""
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+        torch.random.default_generator.manual_seed(seed)
         yield
 
 
@@ -69,16 +73,27 @@ def _optimizer(cfg: TrainConfig, params: Sequence[torch.Tensor]) -> torch.optim.
     return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
+def batch_plan(n: int, cfg: TrainConfig, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """One task's batches as (sample indices in order, size of each batch): whole shuffled
+    epochs (one permutation per epoch; a short last batch where the size does not divide n), or
+    exactly ``steps`` batches (as many epochs as that takes)."""
+    if n == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    bs = min(cfg.batch_size, n)
+    per_epoch = np.array([bs] * (n // bs) + ([n % bs] if n % bs else []), dtype=np.int64)
+    epochs = cfg.epochs if cfg.steps is None else -(-cfg.steps // len(per_epoch))
+    idx = np.concatenate([rng.permutation(n) for _ in range(epochs)])
+    sizes = np.tile(per_epoch, epochs)
+    if cfg.steps is not None:
+        sizes = sizes[: cfg.steps]
+        idx = idx[: int(sizes.sum())]
+    return idx, sizes
+
+
 def batches(n: int, cfg: TrainConfig, rng: np.random.Generator) -> list[torch.Tensor]:
-    """Index batches for one task: whole shuffled epochs, or exactly ``steps`` batches."""
-    bs = max(1, min(cfg.batch_size, n))
-    out: list[torch.Tensor] = []
-    epoch = 0
-    while (epoch < cfg.epochs) if cfg.steps is None else (len(out) < cfg.steps):
-        perm = torch.from_numpy(rng.permutation(n))
-        out.extend(perm[i : i + bs] for i in range(0, n, bs))
-        epoch += 1
-    return out if cfg.steps is None else out[: cfg.steps]
+    """Index batches for one task (:func:`batch_plan`), as tensors."""
+    idx, sizes = batch_plan(n, cfg, rng)
+    return list(torch.from_numpy(idx).split(sizes.tolist())) if len(idx) else []
 
 
 def sgd_train(
@@ -100,9 +115,14 @@ def sgd_train(
         opt.step()
         total += float(loss.detach())
         steps += 1
-    if not np.isfinite(total):
+    return train_metrics(total, steps)
+
+
+def train_metrics(total_loss: float, steps: int) -> dict[str, float]:
+    """What a local training run reports: mean batch loss and steps (diverged: an error)."""
+    if not np.isfinite(total_loss):
         raise FloatingPointError("local training diverged (loss is NaN or Inf); lower the lr")
-    return {"train_loss": total / max(steps, 1), "steps": float(steps)}
+    return {"train_loss": total_loss / max(steps, 1), "steps": float(steps)}
 
 
 @torch.no_grad()

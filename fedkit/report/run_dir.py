@@ -266,9 +266,45 @@ def _ratio(rows: list[dict[str, Any]], ratio: str, nbytes: str) -> float | None:
     return dense / sent if sent else None
 
 
+def time_to_target(rows: Sequence[Mapping[str, Any]], target_acc: float | None) -> dict[str, Any]:
+    """When the run first reached ``target_acc`` (test accuracy, else federated accuracy): in
+    simulated seconds (the round's ``sim_time_s``) and in rounds; None when it never did."""
+    if target_acc is None:
+        return {}
+    hit = next(
+        (r for r in rows
+         if (a := r.get("test_acc", r.get("fed_acc"))) is not None and a >= target_acc),
+        None,
+    )
+    return {
+        "target_acc": target_acc,
+        "time_to_target_s": None if hit is None else hit.get("sim_time_s"),
+        "rounds_to_target": None if hit is None else hit["round"],
+    }
+def _wire(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Totals of the bytes on the wire and the compression ratios against them (dense float32
+    payload over everything a TCP proxy sees), next to the payload-only ``ratio_*``."""
+    out: dict[str, Any] = {}
+    for d in ("down", "up"):
+        key = f"wire_bytes_{d}"
+        if not any(r.get(key) is not None for r in rows):
+            continue
+        wire = sum(r[key] for r in rows if r.get(key) is not None)
+        dense = sum(r[f"ratio_{d}"] * r[f"bytes_{d}"] for r in rows
+                    if r.get(f"ratio_{d}") is not None and r.get(key) is not None)
+        out[f"total_{key}"] = wire
+        out[f"wire_ratio_{d}"] = dense / wire if wire and dense else None
+    return out
+
+
 def summarize(
-    rows: Iterable[dict[str, Any]], params: Params, seed: int, name: str
+    rows: Iterable[dict[str, Any]], params: Params, seed: int, name: str,
+    target_acc: float | None = None,
 ) -> dict[str, Any]:
+    """The run's summary. Bytes come twice: ``total_bytes_*`` count payloads (the encoded
+    updates and models), ``total_wire_bytes_*`` the whole exchange on the wire (gRPC messages,
+    HTTP/2 framing, headers and metadata; TLS records excepted; estimated the same way
+    in-process); ``ratio_*`` and ``wire_ratio_*`` are the dense float32 payload over each."""
     rows = list(rows)
     accs = [r["test_acc"] for r in rows if r.get("test_acc") is not None]
     down = sum(r.get("bytes_down", 0) for r in rows)
@@ -283,14 +319,12 @@ def summarize(
         "total_bytes_up": up,
         "ratio_down": _ratio(rows, "ratio_down", "bytes_down"),
         "ratio_up": _ratio(rows, "ratio_up", "bytes_up"),
-        **{
-            f"total_{k}": sum(r[k] for r in rows if r.get(k) is not None)
-            for k in ("wire_bytes_down", "wire_bytes_up")
-            if any(r.get(k) is not None for r in rows)
-        },
+        **_wire(rows),
         "total_encode_s": sum(r.get("encode_s", 0.0) for r in rows),
         "total_decode_s": sum(r.get("decode_s", 0.0) for r in rows),
         "total_wall_s": sum(r.get("wall_s", 0.0) for r in rows),
+        "sim_time_s": rows[-1].get("sim_time_s", 0.0) if rows else 0.0,
+        **time_to_target(rows, target_acc),
         "skipped_rounds": sum(1 for r in rows if r.get("status", "ok") != "ok"),
         "params_sha256": params_hash(params),
         "fedkit_version": __version__,

@@ -15,9 +15,11 @@ from typing import Any
 
 import numpy as np
 
-from fedkit.compression import decode
+from fedkit.compression import decode, family
 from fedkit.compression.limits import layout_of
+from fedkit.runtime import secagg
 from fedkit.types import DecodeError, Params, Reply, Task, Update
+from fedkit.untrusted import shorten
 
 
 class Rejected(ValueError):
@@ -34,6 +36,8 @@ class Acceptance:
     ``max_norm_ratio`` refuses an update whose L2 norm exceeds this multiple of the model's norm
     (``ref_norm``, the initial model's, at least 1); ``max_num_examples`` caps the example count
     a reply may claim, and ``examples`` (registered at enrolment) caps it per client.
+    ``codecs``: the codec families (:func:`fedkit.compression.family`) an update may be
+    encoded with, from the scenario's uplink (None: any codec the registry knows).
     """
 
     layout: tuple[tuple[tuple[int, ...], np.dtype], ...]
@@ -42,6 +46,7 @@ class Acceptance:
     ref_norm: float = 1.0
     max_num_examples: int | None = None
     examples: Mapping[str, int] | None = None
+    codecs: frozenset[tuple[str, ...]] | None = None
 
     @classmethod
     def for_params(cls, params: Params, **kw: Any) -> Acceptance:
@@ -63,6 +68,21 @@ def _examples(rule: Acceptance, reply: Reply) -> None:
             raise Rejected(f"client {reply.client[:64]!r} has no registered example count")
         if n > known:
             raise Rejected(f"num_examples {n} exceeds the {known} registered for {reply.client[:64]!r}")
+
+
+def _codec(rule: Acceptance, codec: str) -> None:
+    if rule.codecs is None:
+        return
+    try:
+        fam = family(codec)
+    except (ValueError, TypeError, RecursionError):
+        raise Rejected(f"update names an unparsable codec {shorten(codec)}") from None
+    if fam not in rule.codecs:
+        allowed = ", ".join(sorted("|".join(f) for f in rule.codecs))
+        raise Rejected(
+            f"update is encoded with {shorten(codec)}, not the scenario's uplink family ({allowed}); "
+            "compression.uplink_accept lists others a server takes"
+        )
 
 
 def _identity(task: Task, reply: Reply) -> None:
@@ -87,6 +107,7 @@ def _train(rule: Acceptance, task: Task, reply: Reply) -> Update:
     if reply.num_examples <= 0:
         raise Rejected(f"num_examples must be positive, got {reply.num_examples}")
     _examples(rule, reply)
+    _codec(rule, reply.update.codec)
     try:
         delta = decode(reply.update, like=list(rule.layout))  # allocation bounded by the model
     except DecodeError as e:
@@ -119,11 +140,34 @@ def _evaluate(rule: Acceptance, task: Task, reply: Reply) -> Update:
     return Update(reply.client, [], reply.num_examples, dict(reply.metrics), task.version)
 
 
+def _secagg(rule: Acceptance, task: Task, reply: Reply) -> Update:
+    """A secure-aggregation stage answers with one protocol message from that client for that
+    round (a masked input as long as the model plus its two counts); the round's policy takes it
+    into the protocol. The update is empty: no individual update exists on the server."""
+    if reply.update is None:
+        raise Rejected(f"{task.kind} reply carries no protocol message")
+    try:
+        msg = secagg.message(reply.update, secagg.REPLIES[task.kind])
+    except ValueError as e:
+        raise Rejected(f"malformed {task.kind} reply: {e}") from None
+    if msg.client != task.client or msg.round != task.round:
+        raise Rejected(f"{task.kind} message names client {msg.client[:64]!r} round {msg.round}, "
+                       f"the task went to {task.client!r} for round {task.round}")
+    if task.kind == secagg.MASKED:
+        dim = sum(math.prod(shape) for shape, _ in rule.layout) + secagg.EXTRA
+        if msg.vector.shape != (dim,):
+            raise Rejected(f"masked input has {msg.vector.size} values, expected {dim}")
+    return Update(reply.client, [], 0, dict(reply.metrics), task.version)
+
+
 KindRule = Callable[[Acceptance, Task, Reply], Update]
-RULES: dict[str, KindRule] = {"train": _train, "evaluate": _evaluate, "split_train": _train}
+RULES: dict[str, KindRule] = {
+    "train": _train, "evaluate": _evaluate, "split_train": _train,
+    **dict.fromkeys(secagg.KINDS, _secagg),
+}
 """Per task kind: what a valid answer looks like. A split task answers like a training task:
-the delta of the client part (the plan's params are the client part). Later kinds
-(secure-aggregation stages) register theirs here."""
+the delta of the client part (the plan's params are the client part); secure aggregation's
+stages each with a protocol message."""
 
 
 def accept(rule: Acceptance, task: Task, reply: Reply, version: int | None = None) -> Update:

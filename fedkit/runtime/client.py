@@ -9,7 +9,8 @@ of the same shape plus the inner function, outermost first::
     reply = mods[0](state, task, ctx, lambda s, t, c: mods[1](s, t, c, ... handler))
 
 The uplink encoder is one (it turns the handler's raw ``delta`` into the encoded update);
-clipping, noise and masking are others. :class:`ClientHost` holds the current state between
+secure aggregation's mask (:func:`secagg_mask`) is another, inside it; clipping and noise go
+inside that, so they see the raw delta before it is quantised and masked. :class:`ClientHost` holds the current state between
 tasks and is what a Link calls.
 """
 
@@ -33,6 +34,7 @@ from fedkit.compression import make
 from fedkit.models import LocalData, build_model, evaluate, get_params, keyed_torch, set_params
 from fedkit.models.train import TrainConfig, TrainFn, sgd_train
 from fedkit.registry import resolve_import
+from fedkit.runtime import secagg
 from fedkit.runtime import task as tasks
 from fedkit.runtime.downlink import receive
 from fedkit.split.channel import ClientHalf, StreamChannel
@@ -45,14 +47,16 @@ from fedkit.types import ClientId, Params, Reply, Task
 
 @dataclass(frozen=True)
 class ClientState:
-    """One client: its data, its codecs' memory (error-feedback residuals) by codec spec, and
-    the (round, model) it holds for downlink deltas."""
+    """One client: its data, its codecs' memory (error-feedback residuals) by codec spec, the
+    (round, model) it holds for downlink deltas, and its part of the current secure-aggregation
+    round (secrets, field input, neighbours' shares: never sent, dropped after unmasking)."""
 
     id: ClientId
     train: LocalData
     test: LocalData | None = None
     codec: Mapping[str, Any] = field(default_factory=dict)
     held: tuple[int, Params] | None = None
+    secagg: secagg.Held | None = None
 
     @classmethod
     def from_arrays(
@@ -85,11 +89,15 @@ class ModelCache:
     def __init__(self) -> None:
         self._models: dict[str, nn.Module] = {}
         self._setups: dict[str, SplitSetup] = {}
+        self._last: tuple[tasks.ModelRef, nn.Module] | None = None  # in-process tasks share one ref
 
     def get(self, model: tasks.ModelRef) -> nn.Module:
+        if self._last is not None and self._last[0] is model:
+            return self._last[1]
         key = json.dumps(model.model_dump(mode="json"), sort_keys=True)
         if key not in self._models:
             self._models[key] = build_model(model.spec, model.input_shape, model.num_classes)
+        self._last = (model, self._models[key])
         return self._models[key]
 
     def split_setup(self, cfg: tasks.SplitTrainTask) -> SplitSetup:
@@ -112,13 +120,19 @@ class Context:
     config: Any
     models: ModelCache
     connect: SplitConnect | None = None
+    train: TrainFn | None = None  # replaces the configured training function (stacked execution)
+
+    def keys(self) -> tuple[int | str, ...]:
+        """The key parts after the purpose: (round, client), plus the repeat of an async task."""
+        repeat = getattr(self.config, "repeat", 0)  # the n-th task of this round (async), n > 0
+        return (self.task.round, self.task.client) + ((repeat,) if repeat else ())
 
     def rng(self, purpose: str) -> np.random.Generator:
         """A generator keyed by (seed, purpose, round, client): the only source of draws."""
-        return frng.rng(self.config.seed, purpose, self.task.round, self.task.client)
+        return frng.rng(self.config.seed, purpose, *self.keys())
 
     def seed_int(self, purpose: str) -> int:
-        return frng.seed_int(self.config.seed, purpose, self.task.round, self.task.client)
+        return frng.seed_int(self.config.seed, purpose, *self.keys())
 
 
 ClientFn = Callable[[ClientState, Task, Context], tuple[ClientState, Reply]]
@@ -145,7 +159,8 @@ def handle_train(state: ClientState, task: Task, ctx: Context) -> tuple[ClientSt
     module = ctx.models.get(cfg.model)
     set_params(module, params)
     with keyed_torch(ctx.seed_int("torch-train")):
-        metrics = dict(train_fn(cfg.train)(module, state.train, cfg.train, ctx.rng("train")))
+        fn = ctx.train or train_fn(cfg.train)
+        metrics = dict(fn(module, state.train, cfg.train, ctx.rng("train")))
     delta = [n - p for n, p in zip(get_params(module), params, strict=True)]
     metrics["compute_s"] = time.perf_counter() - t0
     n = int(metrics.pop("num_examples", state.num_train))
@@ -193,8 +208,17 @@ def handle_split_train(state: ClientState, task: Task, ctx: Context) -> tuple[Cl
     return state, reply
 
 
+def handle_secagg_stage(state: ClientState, task: Task, ctx: Context) -> tuple[ClientState, Reply]:
+    """Secure aggregation's share-keys, masked-input and unmask exchanges, on the round's state."""
+    held, reply = secagg.step(state.secagg, task)
+    return dataclasses.replace(state, secagg=held), reply
+
+
 HANDLERS: dict[str, ClientFn] = {
     "train": handle_train, "evaluate": handle_evaluate, "split_train": handle_split_train,
+    "secagg_advertise": handle_train,  # trains; secagg_mask turns the delta into the keys
+    "secagg_share": handle_secagg_stage, "secagg_masked": handle_secagg_stage,
+    "secagg_unmask": handle_secagg_stage,
 }
 """Task kind -> handler. A kind needs a config class in ``fedkit.runtime.task.KINDS`` too."""
 
@@ -209,13 +233,24 @@ def encode_uplink(state: ClientState, task: Task, ctx: Context, inner: ClientFn)
     if memory is None:
         memory = codec.init(reply.delta)
     t0 = time.perf_counter()
-    memory, enc = codec.encode(memory, reply.delta, ctx.rng("uplink"))
+    gen = frng.lazy(ctx.config.seed, "uplink", *ctx.keys())  # = ctx.rng("uplink"), made if used
+    memory, enc = codec.encode(memory, reply.delta, gen)
     metrics = dict(reply.metrics) | {"encode_s": time.perf_counter() - t0}
     state = dataclasses.replace(state, codec=dict(state.codec) | {codec.spec: memory})
     return state, dataclasses.replace(reply, update=enc, delta=None, metrics=metrics)
 
 
-DEFAULT_MODS: tuple[Mod, ...] = (encode_uplink,)
+def secagg_mask(state: ClientState, task: Task, ctx: Context, inner: ClientFn) -> tuple[ClientState, Reply]:
+    """Secure aggregation's client mod: an advertise task's raw delta goes into the field and
+    stays on the client (masked at the third exchange); the reply carries the public keys."""
+    state, reply = inner(state, task, ctx)
+    if task.kind != secagg.ADVERTISE or reply.error is not None:
+        return state, reply
+    held, reply = secagg.advertise(ctx.config, task, reply, ctx.rng("secagg-quantize"))
+    return dataclasses.replace(state, secagg=held), reply
+
+
+DEFAULT_MODS: tuple[Mod, ...] = (encode_uplink, secagg_mask)
 
 
 def compose(mods: Sequence[Mod], handler: ClientFn) -> ClientFn:
@@ -232,12 +267,22 @@ def run_task(
     models: ModelCache,
     mods: Sequence[Mod] = DEFAULT_MODS,
     connect: SplitConnect | None = None,
+    train: TrainFn | None = None,
+    *,
+    handlers: Mapping[str, ClientFn] = HANDLERS,
 ) -> tuple[ClientState, Reply]:
-    """Run one task. Failures become a reply with ``error`` set (and the state unchanged)."""
+    """Run one task. Failures become a reply with ``error`` set (and the state unchanged).
+    ``handlers`` replace fedkit's own per kind (a Flower client's, fedkit/compat/flower);
+    ``train`` replaces the task's training function (an executor that trained it elsewhere).
+    A task of another round first drops what an unfinished secure-aggregation round left."""
+    if state.secagg is not None and state.secagg.round != task.round:
+        state = dataclasses.replace(state, secagg=None)
     try:
         config = tasks.parse(task.kind, task.config)
-        fn = compose(mods, HANDLERS[task.kind])
-        new, reply = fn(state, task, Context(task, config, models, connect))
+        if task.kind not in handlers:
+            raise ValueError(f"this client serves no {task.kind!r} tasks (only: {', '.join(handlers)})")
+        fn = compose(mods, handlers[task.kind])
+        new, reply = fn(state, task, Context(task, config, models, connect=connect, train=train))
         if reply.delta is not None:
             raise RuntimeError("a mod chain must end with an encoded update (no encode mod?)")
         return new, reply
@@ -252,7 +297,8 @@ class ClientHost:
 
     ``connect`` opens split tasks' streams: in-process a
     :class:`~fedkit.split.local.LocalConnect` on the server's endpoint, over gRPC the ``Split``
-    RPC of the client's session (a transport may set it once its session exists).
+    RPC of the client's session (a transport may set it once its session exists). ``handlers``
+    replace fedkit's own per task kind (a Flower client's, fedkit/compat/flower).
     """
 
     def __init__(
@@ -261,15 +307,26 @@ class ClientHost:
         models: ModelCache | None = None,
         mods: Sequence[Mod] = DEFAULT_MODS,
         connect: SplitConnect | None = None,
+        *,
+        handlers: Mapping[str, ClientFn] | None = None,
     ):
         self.state = state
         self.models = models or ModelCache()
         self.mods = tuple(mods)
         self.connect = connect
+        self.handlers = HANDLERS if handlers is None else dict(handlers)
 
-    def __call__(self, task: Task) -> Reply:
-        self.state, reply = run_task(self.state, task, self.models, self.mods, self.connect)
+    def __call__(self, task: Task, train: TrainFn | None = None) -> Reply:
+        self.state, reply = run_task(
+            self.state, task, self.models, self.mods, self.connect, train, handlers=self.handlers
+        )
         return reply
+
+
+def hosts(states: Mapping[ClientId, ClientState], connect: SplitConnect | None = None) -> dict[ClientId, ClientHost]:
+    """One host per client, all sharing one :class:`ModelCache` (one module per process)."""
+    models = ModelCache()
+    return {cid: ClientHost(st, models, connect=connect) for cid, st in states.items()}
 
 
 def save_client_data(path: str | Path, state: ClientState) -> None:

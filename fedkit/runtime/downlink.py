@@ -11,6 +11,7 @@ pays off when the same clients take part round after round (cross-silo, full par
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -22,6 +23,8 @@ from fedkit.runtime.task import DownlinkRef
 from fedkit.types import ClientId, Encoded, Params
 
 MODES = ("full", "delta")
+
+_codec = functools.lru_cache(maxsize=64)(make)  # codecs are values: parse each spec once
 
 
 @dataclass(frozen=True)
@@ -65,8 +68,8 @@ def prepare(
     rnd: int,
     seed: int,
 ) -> Outgoing:
-    gen = frng.rng(seed, "downlink", rnd)
-    codec = make(codec_spec)
+    gen = frng.lazy(seed, "downlink", rnd)
+    codec = _codec(codec_spec)
     if mode == "full":
         _, enc = codec.encode(codec.init(params), params, gen)
         return Outgoing(state, {c: enc for c in clients}, {c: DownlinkRef() for c in clients})

@@ -4,57 +4,100 @@ The engine (fedkit/runtime/server.py) sends tasks, consumes arrivals in completi
 asks the policy what to do next; the policy answers with actions. A policy holds no hidden
 state: its state is a value passed in and returned, so a policy is a plain frozen dataclass.
 
-    start(view)                         -> (state, actions)   a round begins
+    start(view, carried)                -> (state, actions)   a round begins (carried: see below)
     on_arrival(view, state, arr, upd)   -> (state, actions)   a task settled (upd: the accepted
                                                                Update, or None when refused/lost)
     on_deadline(view, state)            -> (state, actions)   the clock reached the Await deadline
-                                                               (the engine has cancelled the open
-                                                               tasks and recorded them as missed)
+                                                               (with ``Await(cancel=True)`` the
+                                                               engine has cancelled the open tasks
+                                                               and recorded them as missed)
 
 Actions: :class:`Send` starts tasks, :class:`Await` sets the deadline of the wait for arrivals,
-:class:`Aggregate` applies updates as one new model version, :class:`Close` ends the round
-(the engine evaluates, records and checkpoints). :class:`SyncRound` is the synchronous round
-(FedAvg's): sample, wait for all or the deadline, aggregate; :class:`SequentialRound` asks the
-sampled clients one after another (split learning's sequential schemes); asynchronous policies
-(buffered, immediate, grouped) answer the same three calls.
+:class:`Aggregate` applies updates as one new model version, :class:`Drop` gives up some open
+tasks, :class:`Close` ends the round (the engine evaluates, records and checkpoints). A round is
+one metrics row, normally one aggregation (a relaying SequentialRound aggregates each client).
+
+:class:`SyncRound` is the synchronous round (FedAvg's): sample, wait for all or the deadline,
+aggregate, cancel the rest; :class:`SequentialRound` asks the sampled clients one after another
+(split learning's sequential schemes);
+:class:`~fedkit.runtime.secagg.SecAggRound` runs secure aggregation's four exchanges in one
+round. Asynchronous policies
+(``fedkit/runtime/async_policy.py``) answer the same three calls but close with
+``Close(keep_open=True)``: their tasks stay in flight into the next round, and the next
+``start`` gets the policy's state back as ``carried`` (None on a fresh start: the first round,
+after a round that cancelled its tasks, or after a resume from a checkpoint, where in-flight
+tasks are lost and the policy sends new ones). Arrivals of tasks sent in earlier rounds settle
+into the current round, ``current version - task.version`` versions stale (refused beyond
+``Acceptance.max_staleness``).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal, Protocol
 
 import numpy as np
 
 from fedkit import rng as frng
-from fedkit.types import Arrival, ClientId, Update
+from fedkit.types import Arrival, ClientId, Encoded, Update
 
 
 @dataclass(frozen=True)
 class Send:
+    """Start one ``kind`` task per client on the current model. ``train``: per-client updates of
+    the round's TrainConfig (FedCompass sets each client's local ``steps``). ``payloads``: each
+    client's payload, made by the policy (a protocol message: secure aggregation's later
+    stages) instead of the model."""
+
     kind: str
     clients: tuple[ClientId, ...]
     attempt: int = 0
+    train: Mapping[ClientId, Mapping[str, Any]] = field(default_factory=dict)
+    payloads: Mapping[ClientId, Encoded] | None = None
 
 
 @dataclass(frozen=True)
 class Await:
-    deadline: float | None  # on the link's clock; None: until every open task has settled
+    """Wait for arrivals until ``deadline`` (link clock; None: until every open task settled).
+    ``cancel``: at the deadline the engine cancels every open task first (a synchronous round's
+    deadline); False makes it a timer that leaves the tasks in flight (FedCompass's groups)."""
+
+    deadline: float | None
+    cancel: bool = True
 
 
 @dataclass(frozen=True)
 class Aggregate:
+    """Apply ``updates`` as one new model version. ``clients``: how many clients they stand for
+    (secure aggregation hands one combined update of many; default: one each)."""
+
     updates: tuple[Update, ...]
+    clients: int | None = None
 
 
 @dataclass(frozen=True)
 class Close:
+    """End the round. ``keep_open``: tasks in flight stay open into the next round and the
+    policy's state is handed to its next ``start`` (asynchronous policies); otherwise the
+    engine cancels them (recorded as missed). ``metrics`` go into its metrics row (e.g. secure
+    aggregation's stages)."""
+
     status: str = "ok"
+    keep_open: bool = False
+    metrics: Mapping[str, float] = field(default_factory=dict)
 
 
-Action = Send | Await | Aggregate | Close
+@dataclass(frozen=True)
+class Drop:
+    """Give up these clients' open tasks (recorded as missed) and leave the rest in flight: an
+    asynchronous policy's per-task timeout."""
+
+    clients: tuple[ClientId, ...]
+
+
+Action = Send | Await | Aggregate | Close | Drop
 
 
 @dataclass(frozen=True)
@@ -105,7 +148,7 @@ class View:
 
 
 class Policy(Protocol):
-    def start(self, view: View) -> tuple[Any, list[Action]]: ...
+    def start(self, view: View, carried: Any = None) -> tuple[Any, list[Action]]: ...
 
     def on_arrival(
         self, view: View, state: Any, arrival: Arrival, update: Update | None
@@ -120,6 +163,7 @@ class _SyncState:
     asked: tuple[ClientId, ...]
     waiting: frozenset[ClientId]
     updates: tuple[Update, ...] = field(default=())
+    keep: int | None = None  # over-selection: aggregate once this many are accepted
 
 
 @dataclass(frozen=True)
@@ -131,6 +175,9 @@ class SyncRound:
     A retry keeps every update already accepted this round and asks only clients not yet asked
     this round, so no client's error-feedback memory moves for an update the server dropped.
     Updates are aggregated in the population's order, whatever order they arrived in.
+
+    ``over_select`` > 1 samples ``ceil(over_select x K)`` clients for the round's K and
+    aggregates the first K accepted, cancelling the rest (FedScale/Oort's over-commitment).
     """
 
     deadline_s: float | None = None
@@ -138,14 +185,21 @@ class SyncRound:
     on_too_few: Literal["skip", "retry"] = "skip"
     max_retries: int = 2
     kind: str = "train"  # the task kind sent ("split_train": SplitFed V1)
+    over_select: float = 1.0
 
     def _send(self, view: View, attempt: int, clients: Sequence[ClientId]) -> list[Action]:
         deadline = None if self.deadline_s is None else view.now + self.deadline_s
         return [Send(self.kind, tuple(clients), attempt), Await(deadline)]
 
-    def start(self, view: View) -> tuple[_SyncState, list[Action]]:
-        sampled = view.sample(0)
-        return _SyncState(0, tuple(sampled), frozenset(sampled)), self._send(view, 0, sampled)
+    def start(self, view: View, carried: Any = None) -> tuple[_SyncState, list[Action]]:
+        keep = None  # never carried: every round closes without keep_open
+        if self.over_select > 1:
+            keep = view.sampling.size(len(view.population))
+            sampled = view.sample(0, k=math.ceil(self.over_select * keep - 1e-9))
+        else:
+            sampled = view.sample(0)
+        state = _SyncState(0, tuple(sampled), frozenset(sampled), keep=keep)
+        return state, self._send(view, 0, sampled)
 
     def on_arrival(
         self, view: View, state: _SyncState, arrival: Arrival, update: Update | None
@@ -155,7 +209,8 @@ class SyncRound:
             waiting=state.waiting - {arrival.task.client},
             updates=state.updates + ((update,) if update is not None else ()),
         )
-        return (state, []) if state.waiting else self._settle(view, state)
+        enough = state.keep is not None and len(state.updates) >= state.keep
+        return (state, []) if state.waiting and not enough else self._settle(view, state)
 
     def on_deadline(self, view: View, state: _SyncState) -> tuple[_SyncState, list[Action]]:
         return self._settle(view, replace(state, waiting=frozenset()))
@@ -216,8 +271,8 @@ class SequentialRound:
         ups = tuple(sorted(state.updates, key=lambda u: order.get(u.client, math.inf)))
         return state, [Aggregate(ups), Close("ok")]
 
-    def start(self, view: View) -> tuple[_SeqState, list[Action]]:
-        sampled = view.sample(0)
+    def start(self, view: View, carried: Any = None) -> tuple[_SeqState, list[Action]]:
+        sampled = view.sample(0)  # never carried: every round closes without keep_open
         perm = frng.rng(view.sampling.seed, "split-order", view.round).permutation(len(sampled))
         return self._next(view, _SeqState(tuple(sampled[i] for i in perm)))
 

@@ -14,6 +14,13 @@ How a round flows::
 
 Only the Link touches the network, so the same plan and seed give the same parameters
 in-process and over gRPC.
+
+A round is one aggregation (one new model version, one metrics row) in every mode. A
+synchronous round cancels what is still open when it closes; an asynchronous policy closes with
+``Close(keep_open=True)`` and its tasks stay in flight: the engine carries them and the
+policy's state to the next round (``ServerState.inflight``), where their arrivals settle
+``version - task.version`` versions stale. In-flight tasks are not checkpointed: after a resume
+they are gone (the new Link never sent them) and the policy starts afresh, sending new ones.
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Protocol
 
 from fedkit.compression import make
 from fedkit.compression.frame import packed_nbytes
@@ -30,8 +37,18 @@ from fedkit.models.train import TrainConfig
 from fedkit.runtime import downlink as dl
 from fedkit.runtime.accept import Acceptance, Rejected, accept, weighted
 from fedkit.runtime.link import Link, gather
-from fedkit.runtime.policy import Aggregate, Await, Close, Policy, Sampling, Send, SyncRound, View
-from fedkit.runtime.task import EvaluateTask, ModelRef, TrainTask
+from fedkit.runtime.policy import (
+    Aggregate,
+    Await,
+    Close,
+    Drop,
+    Policy,
+    Sampling,
+    Send,
+    SyncRound,
+    View,
+)
+from fedkit.runtime.task import KINDS, UPDATE_KINDS, EvaluateTask, ModelRef, TrainTask
 from fedkit.types import Arrival, ClientId, Encoded, Params, Task, Update
 
 log = logging.getLogger("fedkit.server")
@@ -45,6 +62,14 @@ def default_metrics(kind: str, pairs: Sequence[tuple[int, Mapping[str, float]]])
     if kind == "train":
         return {"train_loss": weighted(pairs, "train_loss")}
     return {"fed_loss": weighted(pairs, "loss"), "fed_acc": weighted(pairs, "accuracy")}
+
+
+class Work(Protocol):
+    """Per-client local work: FedProx's partial work for stragglers (fedkit.sim.cost.PartialWork)."""
+
+    def cap(self, rnd: int, client: ClientId, train: TrainConfig, bytes_down: int) -> TrainConfig: ...
+
+    def fraction(self, client: ClientId, asked: TrainConfig, full: TrainConfig) -> float: ...
 
 
 @dataclass(frozen=True)
@@ -68,11 +93,22 @@ class Plan:
     eval_deadline_s: float | None = None
     metrics: MetricsFn = default_metrics
     max_skipped_rounds: int | None = None  # consecutive rounds without a new model -> RunFailed
+    bench_after: int | None = None  # consecutive missed deadlines before a client sits out (Benched)
     split: Any = None  # fedkit.runtime.split.SplitPlan: split learning's seam (None: FL)
+    work: Work | None = None  # caps each client's local steps (stragglers: partial)
+    secagg: Any = None  # fedkit.runtime.secagg.SecAggPlan: secure aggregation's (None: plain)
 
     @property
     def sampler(self) -> Sampling:
         return self.sampling or Sampling(self.seed)
+
+
+@dataclass(frozen=True)
+class InFlight:
+    """What an asynchronous round hands the next: its open tasks and the policy's state."""
+
+    open: Mapping[str, Task]
+    policy_state: Any
 
 
 @dataclass(frozen=True)
@@ -83,6 +119,39 @@ class ServerState:
     downlink: dl.DownlinkState = field(default_factory=dl.DownlinkState)
     version: int = 0  # aggregations applied: the model version tasks carry
     split: Any = None  # split learning: the server part (fedkit.split.server.ServerState)
+    inflight: InFlight | None = None  # not checkpointed (see the module docstring)
+    benched: Benched = field(default_factory=lambda: Benched())  # not checkpointed either
+
+
+@dataclass(frozen=True)
+class Benched:
+    """Clients that missed their deadline several times in a row (a hung device): they are not
+    sampled for a while, so one of them cannot stall every round by the deadline. After
+    ``Plan.bench_after`` consecutive misses a client sits out 1 round, then 2, 4, ... (capped at
+    64) after each further miss; any answer (even a refused one) clears its record."""
+
+    misses: Mapping[ClientId, int] = field(default_factory=dict)
+    until: Mapping[ClientId, int] = field(default_factory=dict)  # sits out rounds < until
+
+    def missed(self, client: ClientId, rnd: int, after: int) -> Benched:
+        n = self.misses.get(client, 0) + 1
+        until = dict(self.until)
+        if n >= after:
+            until[client] = rnd + 1 + min(2 ** (n - after), 64)
+            log.warning("client %s missed %d deadlines in a row: not sampled before round %d",
+                        client, n, until[client])
+        return Benched({**self.misses, client: n}, until)
+
+    def answered(self, client: ClientId) -> Benched:
+        if client not in self.misses:
+            return self
+        return Benched({k: v for k, v in self.misses.items() if k != client},
+                       {k: v for k, v in self.until.items() if k != client})
+
+    def available(self, clients: Sequence[ClientId], rnd: int) -> tuple[ClientId, ...]:
+        if not self.until:
+            return tuple(clients)
+        return tuple(c for c in clients if self.until.get(c, 0) <= rnd)
 
 
 @dataclass
@@ -91,6 +160,7 @@ class RoundRecord:
     status: str = "ok"
     clients_sampled: int = 0
     clients_finished: int = 0
+    clients_dropped: int = 0  # tasks that missed the deadline or were lost
     bytes_down: int = 0
     bytes_up: int = 0
     dense_down: int = 0  # what the same messages would cost as uncompressed float32 frames
@@ -109,6 +179,7 @@ class RoundRecord:
             **self.metrics,
             "clients_sampled": self.clients_sampled,
             "clients_finished": self.clients_finished,
+            "clients_dropped": self.clients_dropped,
             "bytes_down": self.bytes_down,
             "bytes_up": self.bytes_up,
             "ratio_down": self.dense_down / self.bytes_down if self.bytes_down else None,
@@ -127,30 +198,54 @@ def dense_nbytes(params: Params) -> int:
 
 
 def make_tasks(
-    plan: Plan, state: ServerState, rnd: int, kind: str, clients: Sequence[ClientId], attempt: int = 0
+    plan: Plan,
+    state: ServerState,
+    rnd: int,
+    kind: str,
+    clients: Sequence[ClientId],
+    attempt: int = 0,
+    train: Mapping[ClientId, Mapping[str, Any]] | None = None,
+    repeat: Mapping[ClientId, int] | None = None,
+    payloads: Mapping[ClientId, Encoded] | None = None,
 ) -> tuple[list[Task], dl.DownlinkState, float]:
     """One task per client; training tasks go through the downlink codec (and its mode).
+    ``train``: per-client TrainConfig updates; ``repeat``: how many tasks of this kind each
+    client already got this round (asynchronous policies), which keys its draws apart;
+    ``payloads`` (a protocol stage's messages, made by the policy) replace the model.
     Returns the tasks, the new downlink state and the server's encode seconds."""
     t0 = time.perf_counter()
-    if kind in ("train", "split_train"):
+    train, repeat = train or {}, repeat or {}
+    if payloads is not None:  # secure aggregation's later stages: a message, no model
+        out = dl.Outgoing(state.downlink, {c: payloads[c] for c in clients}, {})
+        stage = KINDS[kind].model_validate({"seed": plan.seed})
+        configs: dict[ClientId, Any] = dict.fromkeys(clients, stage)
+    elif kind in ("train", "split_train", "secagg_advertise"):
         out = dl.prepare(
             plan.downlink_mode, plan.downlink, state.downlink, state.params, clients, rnd, plan.seed
         )
-        train = plan.train(rnd)
-        configs: dict[ClientId, Any] = {
-            c: TrainTask(seed=plan.seed, model=plan.model, train=train, uplink=plan.uplink,
-                         downlink=out.configs[c])
+        base = plan.train(rnd)
+        cap = plan.work.cap if plan.work is not None else None
+
+        def config(c: ClientId) -> TrainConfig:
+            t = base.model_copy(update=dict(train[c])) if c in train else base
+            return t if cap is None else cap(rnd, c, t, out.payloads[c].nbytes)
+
+        configs = {
+            c: TrainTask(seed=plan.seed, model=plan.model, train=config(c), uplink=plan.uplink,
+                         downlink=out.configs[c], repeat=repeat.get(c, 0))
             for c in clients
         }
         if kind == "split_train":  # the same, plus the split configuration
             configs = {c: plan.split.config(t) for c, t in configs.items()}
+        if kind == "secagg_advertise":  # the same, plus how to put the update into the field
+            configs = {c: plan.secagg.config(t) for c, t in configs.items()}
     else:  # evaluation sees the server's model exactly, and leaves clients' references alone
         _, enc = make("identity").encode(None, state.params)
         out = dl.Outgoing(state.downlink, {c: enc for c in clients}, {})
         configs = {c: EvaluateTask(seed=plan.seed, model=plan.model) for c in clients}
     tasks = [
-        Task(rnd, c, kind, out.payloads[c], configs[c], task_id=f"r{rnd}.{attempt}.{kind}.{c}",
-             version=state.version)
+        Task(rnd, c, kind, out.payloads[c], configs[c], version=state.version,
+             task_id=f"r{rnd}.{attempt}.{kind}.{c}" + (f".{repeat[c]}" if repeat.get(c) else ""))
         for c in clients
     ]
     return tasks, out.state, time.perf_counter() - t0
@@ -163,14 +258,21 @@ class _Round:
         self.plan, self.link, self.state = plan, link, state
         self.rnd = state.round + 1
         self.rec = RoundRecord(self.rnd)
-        self.open: dict[str, Task] = {}
+        carried = state.inflight
+        self.open: dict[str, Task] = dict(carried.open) if carried else {}  # in flight, any round
+        self.carried: Any = carried.policy_state if carried else None
+        self.state = replace(state, inflight=None)
+        self.sent: dict[tuple[str, ClientId], int] = {}  # (kind, client) -> tasks sent this round
         self.dense = dense_nbytes(state.params)
         self.accepted: list[Update] = []
         self.closed: str | None = None
+        self.work: dict[ClientId, float] = {}  # share of the full local work each client was asked
+        self.keep: InFlight | None = None  # set when the policy closes with keep_open
+        self.aggregated = False
 
     def view(self) -> View:
-        return View(self.rnd, self.link.now(), tuple(self.link.clients()), self.state.version,
-                    self.plan.sampler)
+        population = self.state.benched.available(self.link.clients(), self.rnd)
+        return View(self.rnd, self.link.now(), population, self.state.version, self.plan.sampler)
 
     def send(self, a: Send) -> None:
         if a.attempt > 0:
@@ -178,16 +280,24 @@ class _Round:
                 "round %d: %d updates accepted, fewer than needed; attempt %d asks %d more clients",
                 self.rnd, len(self.accepted), a.attempt, len(a.clients),
             )
-        tasks, down, enc_s = make_tasks(self.plan, self.state, self.rnd, a.kind, a.clients, a.attempt)
+        repeat = {c: self.sent.get((a.kind, c), 0) for c in a.clients}
+        self.sent |= {(a.kind, c): n + 1 for c, n in repeat.items()}
+        tasks, down, enc_s = make_tasks(
+            self.plan, self.state, self.rnd, a.kind, a.clients, a.attempt, a.train, repeat, a.payloads
+        )
         self.state = replace(self.state, downlink=down)
         rec = self.rec
         rec.encode_s += enc_s
-        rec.clients_sampled += len(tasks)
         rec.bytes_down += sum(t.params.nbytes for t in tasks)
-        rec.dense_down += self.dense * len(tasks)
+        if a.payloads is None:  # tasks that carry the model (not a protocol stage's message)
+            rec.clients_sampled += len(tasks)
+            rec.dense_down += self.dense * len(tasks)
         self.open |= {t.task_id: t for t in tasks}
         if self.plan.split is not None:
             self.plan.split.opened(tasks)  # before sending: in-process clients stream at once
+        if self.plan.work is not None and a.kind == "train":
+            full = self.plan.train(self.rnd)
+            self.work |= {t.client: self.plan.work.fraction(t.client, t.config.train, full) for t in tasks}
         self.link.send(tasks)
 
     def settle(self, arrival: Arrival) -> Update | None:
@@ -196,16 +306,23 @@ class _Round:
         r, rec, c = arrival.reply, self.rec, task.client
         row: dict[str, Any] = {"round": self.rnd, "client": c, "kind": task.kind,
                                "time_s": arrival.time, "bytes_down": task.params.nbytes}
+        if task.round != self.rnd or task.version != self.state.version:  # sent in an earlier round
+            row |= {"sent_round": task.round, "staleness": self.state.version - task.version}
         if r is None or r.error is not None:
             self.state = replace(self.state, downlink=dl.forget(self.state.downlink, c))
         update: Update | None = None
+        if c in self.work:
+            row["work"] = self.work[c]
+        if r is not None:  # it shows life
+            self.state = replace(self.state, benched=self.state.benched.answered(c))
         if r is None:
+            rec.clients_dropped += 1
             status, reason = "lost", arrival.reason or "no reply"
             log.warning("round %d: client %s: %s", self.rnd, c, reason)
         else:
             if r.update is not None:
                 rec.bytes_up += r.update.nbytes
-                rec.dense_up += self.dense
+                rec.dense_up += self.dense if task.kind in UPDATE_KINDS else 0
                 row["bytes_up"] = r.update.nbytes
             rec.encode_s += float(r.metrics.get("encode_s", 0.0))
             t0 = time.perf_counter()
@@ -229,73 +346,107 @@ class _Round:
             self.plan.split.settled(task, keep=update is not None)
         return update
 
-    def miss(self) -> None:
-        """The deadline passed: every open task is cancelled and recorded as missed."""
-        if not self.open:
+    def miss(self, status: str = "missed", clients: Sequence[ClientId] | None = None) -> None:
+        """The deadline passed (or the policy closed the round early: ``cancelled``): every open
+        task (or only those of ``clients``) is cancelled and recorded so."""
+        which = None if clients is None else set(clients)
+        gone = {k: t for k, t in self.open.items() if which is None or t.client in which}
+        if not gone:
             return
-        self.link.cancel(list(self.open))
-        for task in self.open.values():
-            log.warning("round %d: client %s missed the deadline", self.rnd, task.client)
+        self.link.cancel(list(gone))
+        for task in gone.values():
+            if status == "missed":
+                log.warning("round %d: client %s missed the deadline", self.rnd, task.client)
+                self.rec.clients_dropped += 1
+                if self.plan.bench_after is not None:
+                    benched = self.state.benched.missed(task.client, self.rnd, self.plan.bench_after)
+                    self.state = replace(self.state, benched=benched)
             self.state = replace(self.state, downlink=dl.forget(self.state.downlink, task.client))
             if self.plan.split is not None:
                 self.plan.split.settled(task, keep=False)
             self.rec.clients.append({"round": self.rnd, "client": task.client, "kind": task.kind,
-                                     "status": "missed", "time_s": self.link.now(),
+                                     "status": status, "time_s": self.link.now(),
                                      "bytes_down": task.params.nbytes})
-        self.open.clear()
+        for k in gone:
+            del self.open[k]
 
     def aggregate(self, a: Aggregate) -> None:
         st = self.state
         agg_state, params = self.plan.aggregator.step(st.agg_state, st.params, list(a.updates))
         self.state = replace(st, params=params, agg_state=agg_state, version=st.version + 1)
-        self.rec.clients_finished += len(a.updates)
+        self.aggregated = True
+        self.rec.clients_finished += len(a.updates) if a.clients is None else a.clients
         pairs = [(u.num_examples, u.metrics) for u in a.updates]
         self.rec.metrics |= self.plan.metrics("train", pairs)
+        if self.work and a.updates:
+            self.rec.metrics["work_fraction"] = sum(self.work.get(u.client, 1.0) for u in a.updates) / len(a.updates)
+
+    def idle(self) -> None:
+        """The round closed without aggregating: a stateful reweight stage still counts it
+        (FedAU ticks every client's absence; the Aggregator's contract)."""
+        agg = self.plan.aggregator
+        if getattr(agg, "reweight", None) is not None:
+            st = self.state
+            agg_state, _ = agg.step(st.agg_state, st.params, [])
+            self.state = replace(st, agg_state=agg_state)
 
 
 def _run_policy(r: _Round) -> None:
     policy = r.plan.policy
-    pstate, actions = policy.start(r.view())
-    deadline: float | None = None
+    pstate, actions = policy.start(r.view(), r.carried)
+    wait = Await(None)
     while True:
         for a in actions:
             if isinstance(a, Send):
                 r.send(a)
             elif isinstance(a, Await):
-                deadline = a.deadline
+                wait = a
             elif isinstance(a, Aggregate):
                 r.aggregate(a)
+            elif isinstance(a, Drop):
+                r.miss("missed", a.clients)
             elif isinstance(a, Close):
-                r.miss()
+                if a.keep_open:
+                    r.keep = InFlight(dict(r.open), pstate)
+                else:
+                    r.miss("cancelled")
                 r.closed = a.status
+                r.rec.metrics |= dict(a.metrics)
                 return
         actions = []
-        for arrival in r.link.arrivals(deadline):
+        for arrival in r.link.arrivals(wait.deadline):
             if arrival.task.task_id not in r.open:
-                continue  # settled by an earlier round (asynchronous policies)
+                continue  # cancelled by the engine (e.g. a previous round's deadline)
             update = r.settle(arrival)
             pstate, actions = policy.on_arrival(r.view(), pstate, arrival, update)
             if actions:
                 break
         else:  # deadline reached (or nothing left that can arrive)
-            r.miss()
+            if wait.cancel:
+                r.miss()
             pstate, actions = policy.on_deadline(r.view(), pstate)
             if not actions:
                 raise RuntimeError(f"round {r.rnd}: policy gave no action at its deadline")
 
 
-def run_round(plan: Plan, link: Link, state: ServerState) -> tuple[ServerState, RoundRecord]:
+def run_round(
+    plan: Plan, link: Link, state: ServerState, wire_from: tuple[int, int] | None = None
+) -> tuple[ServerState, RoundRecord]:
+    """One round. Its wire bytes count from ``wire_from`` (the link's reading when the previous
+    round ended; None: from now), so joins before round 1 and heartbeats between rounds count."""
     t0 = time.perf_counter()
-    wire0 = link.wire_bytes()
+    wire0 = wire_from if wire_from is not None else link.wire_bytes()
     r = _Round(plan, link, state)
     if plan.split is not None:
         plan.split.begin(state.split, r.rnd)
     _run_policy(r)
+    if not r.aggregated:
+        r.idle()
     rec = r.rec
     if r.closed != "ok":
         rec.status = r.closed or "skipped"
         log.warning("round %d %s", r.rnd, rec.status)
-    new = replace(r.state, round=r.rnd)
+    new = replace(r.state, round=r.rnd, inflight=r.keep)
     if plan.split is not None:  # the server part after this round, and its bytes by category
         split_state, split_metrics = plan.split.end()
         new = replace(new, split=split_state)
@@ -303,8 +454,11 @@ def run_round(plan: Plan, link: Link, state: ServerState) -> tuple[ServerState, 
     if r.rnd % plan.eval_every == 0 or r.rnd == plan.rounds:
         rec.metrics |= _evaluate(plan, link, new, rec)
     wire1 = link.wire_bytes()
-    if wire0 is not None and wire1 is not None:
-        rec.metrics |= {"wire_bytes_down": wire1[0] - wire0[0], "wire_bytes_up": wire1[1] - wire0[1]}
+    if wire0 is not None and wire1 is not None:  # the whole exchange as a TCP proxy sees it
+        down, up = wire1[0] - wire0[0], wire1[1] - wire0[1]
+        rec.metrics |= {"wire_bytes_down": down, "wire_bytes_up": up}
+        rec.metrics |= {"wire_ratio_down": rec.dense_down / down} if down and rec.dense_down else {}
+        rec.metrics |= {"wire_ratio_up": rec.dense_up / up} if up and rec.dense_up else {}
     rec.wall_s = time.perf_counter() - t0
     rec.sim_time_s = link.now()
     return new, rec
@@ -318,7 +472,8 @@ def _evaluate(plan: Plan, link: Link, state: ServerState, rec: RoundRecord) -> d
         out |= {"test_loss": float(m["loss"]), "test_acc": float(m["accuracy"])}
         out |= {f"test_{k}": float(v) for k, v in m.items() if k not in ("loss", "accuracy")}
     if plan.federated_eval:
-        view = View(state.round, link.now(), tuple(link.clients()), state.version, plan.sampler)
+        population = state.benched.available(link.clients(), state.round)
+        view = View(state.round, link.now(), population, state.version, plan.sampler)
         sampled = view.sample(attempt=1000)
         tasks, _, _ = make_tasks(plan, state, state.round, "evaluate", sampled)
         rec.bytes_down += sum(t.params.nbytes for t in tasks)
@@ -348,21 +503,29 @@ def run(
 
     Raises :class:`RunFailed` (after recording the round) when ``plan.max_skipped_rounds``
     rounds in a row end without a new model, or when no round of the run produced one: a run
-    whose every update was refused must not look like a success.
+    whose every update was refused must not look like a success. Tasks still in flight when
+    the run ends (asynchronous policies) are cancelled.
     """
     skipped, any_ok, first = 0, False, state.round + 1
-    while state.round < plan.rounds:
-        state, rec = run_round(plan, link, state)
-        if on_round is not None:
-            on_round(state, rec)
-        ok = rec.status == "ok"
-        any_ok |= ok
-        skipped = 0 if ok else skipped + 1
-        if plan.max_skipped_rounds is not None and skipped >= plan.max_skipped_rounds:
-            raise RunFailed(
-                f"{skipped} consecutive rounds ended without a new model (last: round {rec.round}, "
-                f"{rec.status}); see clients.jsonl for each client's reason (server.max_skipped_rounds)"
-            )
+    mark: tuple[int, int] | None = (0, 0)  # round one also carries the cost of connecting
+    try:
+        while state.round < plan.rounds:
+            state, rec = run_round(plan, link, state, mark)
+            mark = link.wire_bytes()
+            if on_round is not None:
+                on_round(state, rec)
+            ok = rec.status == "ok"
+            any_ok |= ok
+            skipped = 0 if ok else skipped + 1
+            if plan.max_skipped_rounds is not None and skipped >= plan.max_skipped_rounds:
+                raise RunFailed(
+                    f"{skipped} consecutive rounds ended without a new model (last: round {rec.round}, "
+                    f"{rec.status}); see clients.jsonl for each client's reason (server.max_skipped_rounds)"
+                )
+    finally:
+        if state.inflight is not None:
+            link.cancel(list(state.inflight.open))
+            state = replace(state, inflight=None)
     if not any_ok and state.round >= first:
         raise RunFailed(f"no round of {first}..{state.round} produced a new model; see clients.jsonl")
     return state

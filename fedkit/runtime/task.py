@@ -43,6 +43,9 @@ class TrainTask(Strict):
     train: TrainConfig
     uplink: str = "identity"
     downlink: DownlinkRef = DownlinkRef()
+    # tasks this client already got this round: an asynchronous policy may send a fast client
+    # several between two aggregations, all from the same model; this keys their draws apart
+    repeat: int = Field(default=0, ge=0)
 
 
 class EvaluateTask(Strict):
@@ -71,7 +74,44 @@ class SplitTrainTask(Strict):
     downlink: DownlinkRef = DownlinkRef()
 
 
-KINDS: dict[str, type[Strict]] = {"train": TrainTask, "evaluate": EvaluateTask, "split_train": SplitTrainTask}
+class SecAggField(Strict):
+    """How a client puts its update into the field before masking (fedkit/secure/field.py):
+    ``weight x delta`` clipped to [-clip, clip] and rounded stochastically to 0..levels, in
+    words of ``bits``. ``weighting: examples`` scales by ``min(n, max_weight) / max_weight``;
+    the capped example count rides inside the masked sum too, so the server learns only the
+    total (fedkit/runtime/secagg.py)."""
+
+    clip: float = Field(gt=0, allow_inf_nan=False)
+    levels: int = Field(ge=1)
+    bits: Literal[32, 64] = 32
+    weighting: Literal["examples", "uniform"] = "examples"
+    max_weight: int = Field(ge=1)
+
+
+class SecAggAdvertiseTask(TrainTask):
+    """Secure aggregation's first exchange: train like ``train``, then put the update into the
+    field and advertise two public keys (the update stays on the client until it is masked)."""
+
+    secagg: SecAggField
+
+
+class SecAggStageTask(Strict):
+    """One of secure aggregation's later exchanges (share keys, masked input, unmask): the
+    payload is the server's protocol message; all else the client holds from the round."""
+
+    schema_version: Literal[1] = 1
+    seed: int
+
+
+KINDS: dict[str, type[Strict]] = {
+    "train": TrainTask, "evaluate": EvaluateTask, "split_train": SplitTrainTask,
+    "secagg_advertise": SecAggAdvertiseTask, "secagg_share": SecAggStageTask,
+    "secagg_masked": SecAggStageTask, "secagg_unmask": SecAggStageTask,
+}
+
+UPDATE_KINDS = frozenset({"train", "split_train", "secagg_masked"})
+"""Kinds whose reply stands for the client's model update: the engine counts the dense float32
+frame against it (``ratio_up``). A masked input does; keys, shares and unmasking are overhead."""
 
 
 def parse(kind: str, config: Any) -> Strict:

@@ -18,6 +18,7 @@ import torch
 
 from fedkit import rng as frng
 from fedkit.aggregation import client_config, make_aggregator
+from fedkit.compression import family
 from fedkit.data import Dataset, load_dataset, partition
 from fedkit.models import (
     LocalData,
@@ -30,14 +31,16 @@ from fedkit.models import (
 )
 from fedkit.registry import resolve_import
 from fedkit.runtime.accept import Acceptance
+from fedkit.runtime.async_policy import is_async, make_async_policy
 from fedkit.runtime.client import ClientState
 from fedkit.runtime.policy import Policy, Sampling, SequentialRound, SyncRound
+from fedkit.runtime.secagg import SecAggPlan, SecAggRound
 from fedkit.runtime.server import Plan, ServerState, default_metrics
 from fedkit.runtime.split import KIND as SPLIT_KIND
 from fedkit.runtime.split import SplitPlan
-from fedkit.runtime.task import ModelRef
-from fedkit.scenario.check import DataError
-from fedkit.scenario.schema import Scenario, Schedule, read_examples
+from fedkit.runtime.task import ModelRef, SecAggField
+from fedkit.scenario.check import DataError, per_round
+from fedkit.scenario.schema import Compression, Scenario, Schedule, read_examples
 from fedkit.split.endpoint import Endpoint
 from fedkit.split.schemes import initial, make_setup, whole
 from fedkit.split.server import server_init
@@ -116,6 +119,16 @@ def _aggregator(s: Scenario) -> Any:
     return make_aggregator(name, **params)
 
 
+def _policy_and_aggregator(s: Scenario, secagg: Any = None) -> tuple[Any, Any]:
+    """Synchronous rounds with the named aggregator, or an async strategy's own pair."""
+    name = str(s.strategy["name"])
+    if is_async(name):
+        params = {k: v for k, v in s.strategy.items() if k != "name"}
+        return make_async_policy(name, s.clients.count, s.server.deadline_s, **params)
+    vanilla = s.split is not None and s.split.scheme == "vanilla"  # relays, never averages
+    return _policy(s, secagg), make_aggregator("fedavg") if vanilla else _aggregator(s)
+
+
 def _server_eval(s: Scenario, module: torch.nn.Module, ds: Dataset) -> Callable[[Params], dict[str, float]]:
     test = LocalData(torch.from_numpy(ds.x_test).float(), torch.from_numpy(ds.y_test).long())
     custom = resolve_import(s.evaluation.fn, "evaluation function") if s.evaluation.fn else None
@@ -150,7 +163,22 @@ def _split_plan(s: Scenario, module: torch.nn.Module, ds: Dataset) -> tuple[Spli
     return plan, client
 
 
-def _policy(s: Scenario) -> Policy:
+def _secagg_plan(s: Scenario, init_params: Params) -> SecAggPlan | None:
+    """Secure aggregation's seam of the plan: the field for the clients a round samples."""
+    sa = None if s.privacy is None else s.privacy.secagg
+    if sa is None:
+        return None
+    field = SecAggField(clip=sa.clip, levels=sa.levels(per_round(s)), bits=sa.bits,
+                        weighting=sa.weighting, max_weight=sa.max_weight)
+    layout = tuple((tuple(p.shape), p.dtype) for p in init_params)
+    return SecAggPlan(field, layout, sa.degree, sa.threshold, sa.min_survivors, sa.complete, s.seed)
+
+
+def _policy(s: Scenario, secagg: SecAggPlan | None = None) -> Policy:
+    if secagg is not None:
+        assert s.privacy is not None and s.privacy.secagg is not None
+        stage = s.privacy.secagg.deadline_s or s.server.deadline_s
+        return SecAggRound(secagg, s.server.deadline_s, stage, s.server.min_replies)
     if s.split is None or s.split.scheme == "splitfed_v1":
         return SyncRound(
             deadline_s=s.server.deadline_s,
@@ -158,6 +186,7 @@ def _policy(s: Scenario) -> Policy:
             on_too_few=s.server.on_too_few,
             max_retries=s.server.max_retries,
             kind="train" if s.split is None else SPLIT_KIND,
+            over_select=s.server.over_select,
         )
     return SequentialRound(SPLIT_KIND, s.server.deadline_s, s.server.min_replies, relay=s.split.scheme == "vanilla")
 
@@ -174,7 +203,7 @@ def build_server(s: Scenario) -> tuple[Plan, Params]:
     name = str(s.strategy["name"])
     strat = {k: v for k, v in s.strategy.items() if k != "name"}
     train = TrainConfig(**s.train.model_dump(exclude={"schedule"}))
-    if ":" not in name:
+    if ":" not in name and not is_async(name):
         extra = client_config(name, **strat)
         if "mu" not in strat and s.train.mu:
             extra.pop("mu", None)  # FedProx's mu given as train.mu
@@ -183,10 +212,12 @@ def build_server(s: Scenario) -> tuple[Plan, Params]:
     if s.evaluation.metrics_fn:
         metrics = resolve_import(s.evaluation.metrics_fn, "metrics function")
     per = s.clients.per_round
+    secagg = _secagg_plan(s, init_params)
+    policy, aggregator = _policy_and_aggregator(s, secagg)
     plan = Plan(
         seed=s.seed,
         rounds=s.rounds,
-        aggregator=make_aggregator("fedavg") if s.split is not None and s.split.scheme == "vanilla" else _aggregator(s),
+        aggregator=aggregator,
         model=model,
         train=schedule(train, s.train.schedule, s.rounds),
         acceptance=Acceptance.for_params(
@@ -194,9 +225,11 @@ def build_server(s: Scenario) -> tuple[Plan, Params]:
             max_norm_ratio=s.server.max_norm_ratio,
             max_num_examples=s.server.max_num_examples,
             examples=read_examples(s.server.registered_examples) if s.server.registered_examples else None,
+            max_staleness=s.server.max_staleness,
+            codecs=uplink_families(s.compression),
         ),
         max_skipped_rounds=s.server.max_skipped_rounds,
-        policy=_policy(s),
+        policy=policy,
         sampling=Sampling(s.seed, per.fraction if per.count is None else None, per.count, per.min),
         uplink=s.compression.uplink,
         downlink=s.compression.downlink,
@@ -207,8 +240,24 @@ def build_server(s: Scenario) -> tuple[Plan, Params]:
         eval_deadline_s=s.server.deadline_s,
         metrics=metrics,
         split=split_plan,
+        work=_partial_work(s, init_params),
+        secagg=secagg,
     )
     return plan, init_params
+
+
+def _partial_work(s: Scenario, init_params: Params) -> Any:
+    if s.devices is None or s.server.stragglers != "partial":
+        return None
+    from fedkit.scenario.simulation import partial_work, simulation
+
+    sim = simulation(s)
+    return None if sim is None else partial_work(s, sim, init_params)
+def uplink_families(c: Compression) -> frozenset[tuple[str, ...]] | None:
+    """Codec families a server takes updates in: the uplink's plus ``uplink_accept`` (None: any)."""
+    if c.uplink_accept == "any":
+        return None
+    return frozenset(family(spec) for spec in [c.uplink, *c.uplink_accept])
 
 
 def initial_state(plan: Plan, init_params: Params) -> ServerState:

@@ -60,4 +60,12 @@ def check_data(s: Scenario) -> list[str]:
             )
     if not math.isfinite(s.train.lr):
         problems.append(f"train.lr must be finite, got {s.train.lr}")
+    if s.devices is not None:  # the device files must match the clients (trace, profile table)
+        from fedkit.scenario.build import client_names
+        from fedkit.scenario.devices import build_devices
+
+        try:
+            build_devices(s.devices, client_names(s.clients.count), s.seed)
+        except ValueError as e:
+            problems.append(f"devices: {e}")
     return problems

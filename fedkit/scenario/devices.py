@@ -26,7 +26,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, ValidationInfo, model_validator
 
-from fedkit.scenario.schema import Strict, did_you_mean
+from fedkit.registry import did_you_mean
 from fedkit.sim.availability import ALWAYS, Availability, AvailabilitySpec, MarkovSpec, Windows
 from fedkit.sim.devices import Device, DeviceProfile, assign
 from fedkit.sim.traces import (
@@ -38,6 +38,7 @@ from fedkit.sim.traces import (
     load_windows_csv,
     trace_keys_for,
 )
+from fedkit.types import Strict
 
 
 class Compute(Strict):
@@ -93,6 +94,30 @@ class Devices(Strict):
     assign: dict[str, float] | FromFile | None = None
     trace: str | Trace | None = None
     fedscale: FedScale | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _absolute_paths(cls, raw: Any, info: ValidationInfo) -> Any:
+        """Relative file names become absolute against the scenario file's folder, so the
+        validated section means the same files wherever it is dumped and reloaded (a run
+        directory, the temporary folder of ``--mode processes``)."""
+        base = (info.context or {}).get("base_dir")
+        if base is None or not isinstance(raw, dict):
+            return raw
+
+        def fix(d: Any, *keys: str) -> Any:
+            if not isinstance(d, dict):
+                return str(_path(d, info)) if isinstance(d, str) and not keys else d
+            return {k: (str(_path(v, info)) if k in keys and isinstance(v, str) else v) for k, v in d.items()}
+
+        out = dict(raw)
+        if "assign" in out and isinstance(out["assign"], dict) and "file" in out["assign"]:
+            out["assign"] = fix(out["assign"], "file")
+        if "trace" in out:
+            out["trace"] = fix(out["trace"]) if isinstance(out["trace"], str) else fix(out["trace"], "file")
+        if "fedscale" in out:
+            out["fedscale"] = fix(out["fedscale"], "capacity", "behaviour")
+        return out
 
     @model_validator(mode="after")
     def _consistent(self, info: ValidationInfo) -> Devices:

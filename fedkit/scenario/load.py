@@ -75,11 +75,12 @@ def apply_overrides(raw: dict[str, Any], overrides: Iterable[str]) -> dict[str, 
     return raw
 
 
-def validate(raw: Any, source: str = "<scenario>") -> Scenario:
+def validate(raw: Any, source: str = "<scenario>", base_dir: str | Path | None = None) -> Scenario:
+    """``base_dir``: the folder relative file names (device traces) are read from."""
     if not isinstance(raw, dict):
         raise ScenarioError(source, [("", "a scenario must be a YAML mapping of keys to values")])
     try:
-        return Scenario.model_validate(raw)
+        return Scenario.model_validate(raw, context={"base_dir": str(base_dir)} if base_dir else None)
     except ValidationError as e:
         raise ScenarioError(source, _problems(e)) from None
 
@@ -94,7 +95,7 @@ def load(path: str | Path, overrides: Iterable[str] = ()) -> Scenario:
         raise ScenarioError(str(path), [("", f"not valid YAML: {e}")]) from None
     if isinstance(raw, dict):
         raw = apply_overrides(raw, overrides)
-    return validate(raw, str(path))
+    return validate(raw, str(path), path.resolve().parent)
 
 
 def dump(scenario: Strict) -> str:

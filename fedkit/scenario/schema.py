@@ -22,6 +22,9 @@ from pydantic import (
 
 from fedkit.models.train import TrainConfig
 from fedkit.registry import did_you_mean
+from fedkit.scenario.devices import Devices
+from fedkit.scenario.participation import Participation
+from fedkit.scenario.privacy import Privacy, check_privacy
 from fedkit.types import Strict
 
 
@@ -97,6 +100,7 @@ def model_section(v: Any) -> dict[str, Any]:
 def strategy_section(v: Any) -> dict[str, Any]:
     from fedkit.aggregation import make_aggregator
     from fedkit.registry import resolve_import
+    from fedkit.runtime.async_policy import is_async, make_async_policy
 
     if not isinstance(v, Mapping) or "name" not in v:
         raise ValueError("strategy needs a 'name', e.g. {name: fedavg}")
@@ -104,6 +108,9 @@ def strategy_section(v: Any) -> dict[str, Any]:
     name = str(v["name"])
     if ":" in name:  # a user's factory: fn(**params) -> an aggregator (init, step)
         check_named(v, "strategy", lambda n: resolve_import(n, "strategy factory"), [], skip=0)
+        return dict(v)
+    if is_async(name):  # fedasync, fedbuff, fedcompass: a round policy and its server step
+        make_async_policy(name, 1_000_000, **params)
         return dict(v)
     make_aggregator(name, **params)  # raises ValueError naming what is allowed
     return dict(v)
@@ -183,6 +190,9 @@ class Evaluation(Strict):
     every: int = Field(default=1, ge=1)
     fn: str | None = None
     metrics_fn: str | None = None
+    target_acc: float | None = Field(
+        default=None, gt=0, le=1, description="accuracy whose first reach the summary times"
+    )
 
     @field_validator("fn")
     @classmethod
@@ -216,7 +226,8 @@ class Server(Strict):
 
     # How long a round waits for replies over a network (null: until every sampled client has
     # replied or disconnected). A hung device must not stall the experiment, hence a default.
-    # The in-process simulation has no wall-clock deadline.
+    # With a devices: section the simulation charges every task on a simulated clock and
+    # this is in simulated seconds; without one every simulated task takes no time.
     deadline_s: float | None = Field(default=600.0, gt=0)
     min_replies: int = Field(default=1, ge=1)
     on_too_few: Literal["skip", "retry"] = "skip"
@@ -230,6 +241,19 @@ class Server(Strict):
     # Stop the run (exit 1, checkpoints kept) after this many consecutive rounds without a new
     # model: a run whose every update is refused must not finish "successfully".
     max_skipped_rounds: int | None = Field(default=10, ge=1)
+    # Deployed servers (fedkit server, on the real clock): a client that missed this many
+    # deadlines in a row sits out 1, 2, 4, ... rounds (a hung device must not stall every
+    # round); any answer clears it (fedkit/runtime/server.py Benched). Simulations sample as
+    # the scenario says: a simulated straggler is slow, not hung.
+    bench_after: int | None = Field(default=3, ge=1)
+    # Late clients: drop them (FedAvg) or, with a devices: section, have each do the local
+    # steps that fit before the deadline and send that work (FedProx's partial work).
+    stragglers: Literal["drop", "partial"] = "drop"
+    # Sample ceil(over_select x K) clients, aggregate the first K to finish, cancel the rest
+    # (FedScale/Oort's over-commitment, e.g. 1.3).
+    over_select: float = Field(default=1.0, ge=1.0, le=10.0)
+    # refuse updates trained on a model more than this many versions old (async strategies)
+    max_staleness: int | None = Field(default=None, ge=0)
 
     @field_validator("registered_examples")
     @classmethod
@@ -247,14 +271,20 @@ class Compression(Strict):
     uplink: str = "identity"
     downlink: str = "identity"
     downlink_mode: Literal["full", "delta"] = "full"
+    # codecs a server takes updates in besides the uplink's family (stage names; settings may
+    # differ), or "any": e.g. a fleet of devices that each pick their own codec
+    uplink_accept: list[str] | Literal["any"] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _codecs(self) -> Compression:
         from fedkit.compression import make
 
-        for field in ("uplink", "downlink"):
+        extra = [] if self.uplink_accept == "any" else list(self.uplink_accept)
+        for field, spec in [("uplink", self.uplink), ("downlink", self.downlink)] + [
+            (f"uplink_accept[{i}]", s) for i, s in enumerate(extra)
+        ]:
             try:
-                make(getattr(self, field))
+                make(spec)
             except (ValueError, TypeError) as e:
                 raise ValueError(f"{field}: {e}") from None
         if self.downlink.startswith("ef:"):
@@ -372,6 +402,26 @@ def _split_model(s: Scenario) -> tuple[Any, tuple[int, ...]] | None:
     return build_model(s.model, ds.input_shape, ds.num_classes), ds.input_shape
 
 
+class Execution(Strict):
+    """How the in-process simulation runs the sampled clients (fedkit/scenario/execution.py);
+    every kind gives the same parameters (``stacked``: to float tolerance).
+    ``workers``: processes (pool; default: this machine's cores) or Ray actors (default: the
+    cluster's CPUs). ``address``: the Ray cluster (``auto`` or ``ray://host:10001``); none
+    starts a local Ray."""
+
+    kind: Literal["sequential", "pool", "ray", "stacked"] = "sequential"
+    workers: int | None = Field(default=None, ge=1)
+    address: str | None = None
+
+    @model_validator(mode="after")
+    def _fits(self) -> Execution:
+        if self.address is not None and self.kind != "ray":
+            raise ValueError(f"address is for kind ray, not {self.kind}")
+        if self.workers is not None and self.kind not in ("pool", "ray"):
+            raise ValueError(f"workers is for kinds pool and ray, not {self.kind}")
+        return self
+
+
 class Output(Strict):
     dir: str = "runs"
     plot: bool = True
@@ -391,6 +441,10 @@ class Scenario(Strict):
     server: Server = Server()
     compression: Compression = Field(default_factory=Compression)
     split: Split | None = None
+    devices: Devices | None = None
+    participation: Participation | None = None
+    execution: Execution = Execution()
+    privacy: Privacy | None = None
     output: Output = Output()
 
     @field_validator("model", mode="before")
@@ -416,4 +470,49 @@ class Scenario(Strict):
         if s.min > self.clients.count:
             raise ValueError(f"clients.per_round.min={s.min} exceeds clients.count={self.clients.count}")
         check_split(self)
+        if self.devices is not None and self.split is not None:
+            raise ValueError("devices: split learning's per-batch messages are not charged on the "
+                             "simulated clock yet; remove devices: or split:")
+        if self.server.stragglers == "partial":
+            if self.devices is None:
+                raise ValueError("server.stragglers: partial needs a devices: section (whose "
+                                 "speeds say how many local steps fit before the deadline)")
+            if self.server.deadline_s is None:
+                raise ValueError("server.stragglers: partial needs a server.deadline_s")
+        if self.participation is not None:
+            self.participation.check_count(self.clients.count)
+        self._async_fits()
+        check_privacy(self)
         return self
+
+    def _async_fits(self) -> None:
+        """Async strategies keep tasks in flight across rounds: refuse what assumes a barrier."""
+        from fedkit.runtime.async_policy import is_async
+
+        name = str(self.strategy["name"])
+        if not is_async(name):
+            return
+        conc = self.strategy.get("concurrency")
+        if conc is not None and conc > self.clients.count:
+            raise ValueError(f"strategy.concurrency={conc} exceeds clients.count={self.clients.count}")
+        srv = self.server
+
+        def changed(name: str) -> bool:  # by value: a dumped scenario spells out every default
+            return bool(getattr(srv, name) != Server.model_fields[name].default)
+
+        sync_only = {
+            "clients.per_round": self.clients.per_round != Clients.model_fields["per_round"].default,
+            **{f"server.{k}": changed(k) for k in
+               ("min_replies", "on_too_few", "max_retries", "stragglers", "over_select")},
+            "evaluation.federated": self.evaluation.federated,
+            "compression.downlink_mode: delta": self.compression.downlink_mode == "delta",
+            "participation": self.participation is not None,
+            "split": self.split is not None,
+        }
+        bad = [k for k, v in sync_only.items() if v]
+        if bad:
+            hint = " (use strategy.concurrency)" if "clients.per_round" in bad else ""
+            raise ValueError(
+                f"strategy {name!r} is asynchronous; these settings are for synchronous rounds "
+                f"only: {', '.join(bad)}{hint}"
+            )

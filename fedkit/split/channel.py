@@ -33,15 +33,17 @@ travel losslessly (``identity``). The codec work is split in two halves that mee
 (in-process or gRPC); :class:`LocalChannel` puts both halves around a direct server call (the
 reference loop of :mod:`fedkit.split.schemes`), so bytes match what gRPC would send.
 Codec state (error-feedback residuals) is kept per (direction, kind) for one task and restarts
-when a batch's shape changes (the last, smaller batch of an epoch); codec randomness is keyed
-by (seed, "split", round, client, step, direction, kind).
+when a batch's shape changes (the last, smaller batch of an epoch); codec randomness comes from
+one Generator per task, direction and kind, keyed by (seed, "split", round, client, direction,
+kind) and drawn in step order (steps arrive in order in every mode, so every mode draws alike).
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 from typing import Any, Literal, Protocol
 
 import numpy as np
@@ -99,35 +101,50 @@ class ByteCount:
 
 
 Handler = Callable[[ClientId, SplitBatch], "SplitBatch | None"]
+_CATEGORIES = tuple(f.name for f in fields(ByteCount))
 _LABELS = compression.make("identity")
 
 
 def bound(shape: tuple[int, ...], dtype: Any = np.float32) -> Limits:
     """What decoding one tensor of at most ``shape`` may allocate (the batch dim may be smaller)."""
-    layout = ((tuple(int(d) for d in shape), np.dtype(dtype)),)
-    return Limits(math.prod(layout[0][0]), frame_bytes(layout))
+    return _bound(tuple(int(d) for d in shape), np.dtype(dtype))
+
+
+@functools.lru_cache(maxsize=256)
+def _bound(shape: tuple[int, ...], dtype: np.dtype) -> Limits:
+    return Limits(math.prod(shape), frame_bytes(((shape, dtype),)))
+
+
+def _wire(enc: Encoded) -> Encoded:
+    """``Encoded.from_bytes(enc.to_bytes())`` without the copies: the same codec name and the
+    same immutable bytes (a mutable buffer is copied, as the wire would)."""
+    return enc if type(enc.data) is bytes else Encoded(enc.codec, bytes(enc.data))
 
 
 def roundtrip(frame: SplitFrame) -> SplitFrame:
-    """``frame`` as the receiver sees it after the wire: every Encoded through to/from_bytes."""
-    labels = None if frame.labels is None else Encoded.from_bytes(frame.labels.to_bytes())
-    return SplitFrame(frame.step, frame.kind, Encoded.from_bytes(frame.payload.to_bytes()), labels,
-                      dict(frame.metrics))
+    """``frame`` as the receiver sees it after the wire: exactly the bytes ``to_bytes`` would
+    carry (``Encoded.nbytes`` counts them), nothing shared with the sender but immutable bytes."""
+    labels = None if frame.labels is None else _wire(frame.labels)
+    return SplitFrame(frame.step, frame.kind, _wire(frame.payload), labels, dict(frame.metrics))
 
 
 class _Encoder:
-    """One direction's codec with its per-kind state, keyed randomness."""
+    """One direction's codec with its per-kind state and keyed Generator (one per kind, for the
+    task: built at its first message, drawn in step order)."""
 
     def __init__(self, spec: str, direction: str, client: ClientId, seed: int, round: int) -> None:
         self.codec = compression.make(spec)
         self.direction, self.client, self.seed, self.round = direction, client, seed, round
         self._state: dict[str, tuple[list[tuple[int, ...]], Any]] = {}
+        self._gens: dict[str, np.random.Generator] = {}
 
     def encode(self, msg: SplitBatch) -> SplitFrame:
         shapes = [a.shape for a in msg.tensors]
         if msg.kind not in self._state or self._state[msg.kind][0] != shapes:
             self._state[msg.kind] = (shapes, self.codec.init(msg.tensors))
-        gen = keyed_rng(self.seed, "split", self.round, self.client, msg.step, self.direction, msg.kind)
+        gen = self._gens.get(msg.kind)
+        if gen is None:
+            gen = self._gens[msg.kind] = keyed_rng(self.seed, "split", self.round, self.client, self.direction, msg.kind)
         st, enc = self.codec.encode(self._state[msg.kind][1], msg.tensors, gen)
         self._state[msg.kind] = (shapes, st)
         labels = None if msg.labels is None else _LABELS.encode(None, [msg.labels])[1]
@@ -168,7 +185,11 @@ class ServerHalf:
 
     def __init__(self, down: str, client: ClientId, *, seed: int = 0, round: int = 0) -> None:
         self._down = _Encoder(down, "down", client, seed, round)
-        self.bytes = ByteCount()
+        self._counts = dict.fromkeys(_CATEGORIES, 0)
+
+    @property
+    def bytes(self) -> ByteCount:
+        return ByteCount(**self._counts)
 
     def decode(self, frame: SplitFrame, tensors: Limits, labels: Limits | None) -> SplitBatch:
         msg = _decode(frame, tensors, labels)
@@ -181,10 +202,9 @@ class ServerHalf:
         return frame
 
     def _count(self, frame: SplitFrame, direction: str) -> None:
-        counted = {f"{frame.kind}_{direction}": frame.payload.nbytes}
+        self._counts[f"{frame.kind}_{direction}"] += frame.payload.nbytes
         if frame.labels is not None:
-            counted[f"labels_{direction}"] = frame.labels.nbytes
-        self.bytes = self.bytes + replace(ByteCount(), **counted)
+            self._counts[f"labels_{direction}"] += frame.labels.nbytes
 
 
 def _reply_shape(msg: SplitBatch, sent: tuple[int, ...] | None, body: tuple[int, ...] | None) -> tuple[int, ...]:

@@ -6,9 +6,11 @@ The client's part is one ``Params`` list so any FL aggregator can average it: th
 each module's state_dict in turn. Batches are those of :func:`fedkit.models.train` for the same
 ``TrainConfig`` and numpy Generator (``fedkit.rng.rng(seed, "train", round, client)``), so a split
 run sees exactly the batches an FL run would; dropout draws are keyed by (seed, round, client,
-step) and never touch torch's global RNG. FedProx's ``mu`` adds mu * (w - w_start) to the
-gradient, as the proximal term does in FL training. The optimizer state is fresh per task, as in
-FL training.
+step) and never touch torch's global RNG (parts without random layers are not seeded at
+all). FedProx's ``mu`` adds mu * (w - w_start) to the gradient, as the proximal term does in FL
+training. The optimizer state is fresh per task, as in FL training. Each module is one
+:class:`~fedkit.split.optim.LivePart` for the whole task: ``params`` are copied into tensors once
+and the result is read out once, so a step costs no numpy round trip.
 """
 
 from __future__ import annotations
@@ -20,12 +22,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.func import functional_call
 
 from fedkit.models.params import get_params
 from fedkit.models.train import TrainConfig, batches
 from fedkit.split.channel import SplitBatch, SplitChannel
-from fedkit.split.optim import opt_init, opt_step, seeded, tensors, trainable
+from fedkit.split.optim import LivePart
 from fedkit.types import ClientId, Params
 
 __all__ = ["ClientConfig", "client_params", "train_split"]
@@ -46,14 +47,17 @@ def client_params(modules: Sequence[nn.Module]) -> Params:
     return [a for m in modules for a in get_params(m)]
 
 
-def _unpack(modules: Sequence[nn.Module], params: Params) -> list[dict[str, torch.Tensor]]:
+def _live(modules: Sequence[nn.Module], train: TrainConfig, params: Params) -> list[LivePart]:
     out, i = [], 0
     for m in modules:
         n = len(m.state_dict())
-        out.append(tensors(m, params[i : i + n]))
+        if i + n > len(params):
+            break
+        out.append(LivePart(m, train, params[i : i + n]))
         i += n
-    if i != len(params):
-        raise ValueError(f"client part has {i} tensors, got {len(params)} arrays")
+    if i != len(params) or len(out) != len(modules):
+        need = sum(len(m.state_dict()) for m in modules)
+        raise ValueError(f"client part has {need} tensors, got {len(params)} arrays")
     return out
 
 
@@ -138,30 +142,29 @@ def train_split(
         raise ValueError(f"unknown split scheme {cfg.scheme!r}; known: {', '.join(STEPS)}")
     if len(cfg.modules) != _ROLES.get(cfg.scheme, 1):
         raise ValueError(f"scheme {cfg.scheme} needs {_ROLES.get(cfg.scheme, 1)} client modules, got {len(cfg.modules)}")
-    mask = [t for m in cfg.modules for t in trainable(m)]
-    params = list(params)
-    opt = opt_init(cfg.train, [a for a, t in zip(params, mask, strict=True) if t])
-    anchor = [torch.from_numpy(a.copy()) for a, t in zip(params, mask, strict=True) if t] if cfg.train.mu > 0 else None
+    lives = _live(cfg.modules, cfg.train, list(params))
+    trains = [lp.train for lp in lives]
+    anchor = [t.detach().clone() for ts in trains for t in ts] if cfg.train.mu > 0 else None
     total, steps, samples = 0.0, 0, 0
     for step, idx in enumerate(batches(len(y), cfg.train, rng)):
-        parts = _unpack(cfg.modules, params)
-        trains = [[t for t, keep in zip(p.values(), trainable(m), strict=True) if keep] for p, m in zip(parts, cfg.modules, strict=True)]
+        ran: list[dict[str, torch.Tensor] | None] = [None] * len(lives)
 
-        def call(i: int, inp: torch.Tensor, step: int = step, parts: list = parts) -> torch.Tensor:  # type: ignore[type-arg]
-            with seeded(cfg.seed, "split-client", round, client, step, i):
-                return functional_call(cfg.modules[i], parts[i], (inp,))
+        def call(i: int, inp: torch.Tensor, step: int = step, ran: list = ran) -> torch.Tensor:  # type: ignore[type-arg]
+            out, ran[i] = lives[i].forward(inp, (cfg.seed, "split-client", round, client, step, i))
+            return out
 
         grads, loss = STEPS[cfg.scheme](call, trains, x[idx], y[idx], channel, step)
-        flat = [t for ts in trains for t in ts]
-        full = [torch.zeros_like(t) if g is None else g for g, t in zip(grads, flat, strict=True)]
         if anchor is not None:
-            full = [g + cfg.train.mu * (t.detach() - a) for g, t, a in zip(full, flat, anchor, strict=True)]
-        opt, new = opt_step(cfg.train, opt, flat, full)
-        it, every = iter(new), [t for p in parts for t in p.values()]
-        params = [next(it) if keep else t.numpy() for t, keep in zip(every, mask, strict=True)]
+            flat = [t for ts in trains for t in ts]
+            full = [torch.zeros_like(t) if g is None else g for g, t in zip(grads, flat, strict=True)]
+            grads = [g + cfg.train.mu * (t.detach() - a) for g, t, a in zip(full, flat, anchor, strict=True)]
+        it = iter(grads)
+        for lp, r in zip(lives, ran, strict=True):
+            lp.update([next(it) for _ in lp.train], r)
         total += loss  # NaN when a transport sends no server loss: then "loss" is NaN, not made up
         steps += 1
         samples += len(idx)
+    params = [a for lp in lives for a in lp.params(copy=False)]
     if cfg.scheme in _ROLES and not np.isfinite(total):
         raise FloatingPointError("split training diverged (loss is NaN or Inf); lower the lr")
     return params, {"loss": total / max(steps, 1), "steps": float(steps), "samples": float(samples)}

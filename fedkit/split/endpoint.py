@@ -9,9 +9,9 @@ The round engine drives it from one side, a transport from the other::
 Per frame the endpoint checks that the task is open and was sent to this client, that the step
 comes in order, decodes the tensors bounded by the cut's shape and the batch size
 (:meth:`Endpoint.max_frame_bytes` bounds the whole frame), validates and steps the server part
-(:func:`fedkit.split.server.server_handle`), and encodes the reply with the gradients codec
-(memory per task and kind, randomness keyed by (seed, "split", round, client, step, "down",
-kind)). A bad frame raises :class:`~fedkit.split.wire.SplitRefused` before any state changes;
+(:class:`fedkit.split.server.LocalServer`, which trains the parts in place between values),
+and encodes the reply with the gradients codec (memory per task and kind, one Generator per
+task and kind keyed by (seed, "split", round, client, "down", kind), drawn in step order). A bad frame raises :class:`~fedkit.split.wire.SplitRefused` before any state changes;
 other clients go on. Bytes are counted by category per round (:class:`ByteCount`), whatever
 became of the task: they crossed the link.
 
@@ -39,7 +39,7 @@ compute is serialised; splitfed_v1's results do not depend on the order of clien
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -48,11 +48,11 @@ from fedkit.models.train import TrainConfig
 from fedkit.split.channel import ByteCount, ServerHalf, bound
 from fedkit.split.schemes import SplitSetup
 from fedkit.split.server import (
+    LocalServer,
     ServerConfig,
     ServerState,
     server_begin_round,
     server_end_round,
-    server_handle,
 )
 from fedkit.split.wire import SplitFrame, SplitRefused
 from fedkit.types import ClientId
@@ -105,7 +105,7 @@ class Endpoint:
             self._limits["gradients"] = bound((n, *setup.body_shape))
         self._labels = bound((n,), np.int64) if self.scheme.labels_up else None
         self._lock = threading.Lock()
-        self._state: ServerState | None = None
+        self._box: LocalServer | None = None  # the round's server side (None between rounds)
         self._round = 0
         self._tasks: dict[str, _Open] = {}
         self._bytes = ByteCount()
@@ -115,7 +115,7 @@ class Endpoint:
     def begin_round(self, state: ServerState, round: int) -> None:
         """Start round ``round`` from the server state the engine holds."""
         with self._lock:
-            self._state = server_begin_round(state, round)
+            self._box = LocalServer(self.cfg, server_begin_round(state, round))
             self._round, self._tasks, self._bytes = round, {}, ByteCount()
 
     def expect(self, client: ClientId, task_id: str) -> None:
@@ -144,9 +144,9 @@ class Endpoint:
             for t in self._tasks.values():
                 self._discard(t)
                 self._bytes = self._bytes + t.half.bytes
-            state, metrics = server_end_round(self.cfg, self._need_round())
+            state, metrics = server_end_round(self.cfg, self._need_round().state)
             metrics |= self._bytes.as_metrics()
-            self._state, self._tasks, self._bytes = None, {}, ByteCount()
+            self._box, self._tasks, self._bytes = None, {}, ByteCount()
             return state, metrics
 
     # ------------------------------------------------------------------------- the transport
@@ -163,7 +163,7 @@ class Endpoint:
                         f"{self.scheme.name} serves one client at a time; task {shorten(busy[0])} is in progress",
                         _PRECONDITION,
                     )
-                t.before = self._state
+                t.before = self._need_round().state  # a copy: the live part goes on in place
             t.streaming = True
 
     def exchange(self, client: ClientId, task_id: str, frame: SplitFrame) -> SplitFrame | None:
@@ -180,18 +180,17 @@ class Endpoint:
                     f"step out of order: expected {t.next[1]} of step {t.next[0]}, "
                     f"got {shorten(frame.kind)} of step {shorten(frame.step)}"
                 )
+            box = self._need_round()
+            loss, steps = box.value.loss, box.value.steps
             try:
                 msg = t.half.decode(frame, limits, self._labels)
-                before = self._state
-                assert before is not None
-                state, reply = server_handle(self.cfg, before, client, msg)
+                reply = box.handle(client, msg)
             except ValueError as e:  # DecodeError included: the state is untouched
                 raise SplitRefused(str(e)) from None
-            t.loss += state.loss - before.loss
-            t.steps += state.steps - before.steps
+            t.loss += box.value.loss - loss
+            t.steps += box.value.steps - steps
             ushape_first = self.scheme.name == "ushape" and frame.kind == "activations"
             t.next = (frame.step, "gradients") if ushape_first else (frame.step + 1, "activations")
-            self._state = state
             return None if reply is None else t.half.encode(reply)
 
     def close(self, client: ClientId, task_id: str, reason: str = "") -> None:
@@ -209,10 +208,16 @@ class Endpoint:
 
     # ------------------------------------------------------------------------------ helpers
 
-    def _need_round(self) -> ServerState:
-        if self._state is None:
+    @property
+    def _state(self) -> ServerState | None:
+        """The server state as a value now (None between rounds); the same object until a
+        frame steps it or a discard restores an earlier one."""
+        return None if self._box is None else self._box.state
+
+    def _need_round(self) -> LocalServer:
+        if self._box is None:
             raise RuntimeError("the split endpoint is between rounds (begin_round first)")
-        return self._state
+        return self._box
 
     def _task(self, client: ClientId, task_id: str) -> _Open:
         t = self._tasks.get(task_id)
@@ -224,20 +229,11 @@ class Endpoint:
 
     def _discard(self, t: _Open) -> None:
         """Undo what ``t`` added to the server state (idempotent)."""
-        if t.discarded or not t.streaming or self._state is None:
+        if t.discarded or not t.streaming or self._box is None:
             t.discarded = True
             return
         t.discarded = True
-        st = self._state
         if self.scheme.parallel:
-            c = t.client
-            self._state = replace(
-                st,
-                copies={k: v for k, v in st.copies.items() if k != c},
-                samples={k: v for k, v in st.samples.items() if k != c},
-                pending={k: v for k, v in st.pending.items() if k != c},
-                loss=st.loss - t.loss,
-                steps=st.steps - t.steps,
-            )
+            self._box.drop(t.client, t.loss, t.steps)
         elif t.before is not None:
-            self._state = t.before
+            self._box.state = t.before

@@ -1,26 +1,31 @@
-"""The server side of split learning as values: part states, one message in, one reply out.
+"""The server side of split learning: part states as values, one message in, one reply out.
 
 Schemes and their message sequences are documented in :mod:`fedkit.split.schemes` and
 :mod:`fedkit.split.channel`. Here:
 
-* :class:`PartState` is one server part (or U-shape body): ``params`` in state_dict order plus
-  its optimizer state. SplitFed V1 keeps one copy per client for the round (``copies``, forked
-  from ``shared`` at the client's first batch); every other scheme updates ``shared``.
-* :func:`server_handle` ``(cfg, state, client, msg) -> (state, reply | None)`` validates the
-  frame (one float tensor, finite, per-sample shape as expected, labels match the batch) and
-  raises ``ValueError`` naming what is wrong *before* touching the state, so a transport can
-  answer INVALID_ARGUMENT and go on with other clients.
+* :class:`PartState` is one server part (or U-shape body) at rest: ``params`` in state_dict
+  order plus its optimizer state. SplitFed V1 keeps one copy per client for the round
+  (``copies``, forked from ``shared`` at the client's first batch); every other scheme updates
+  ``shared``.
+* :class:`LocalServer` ``.handle(client, msg) -> reply | None`` validates the frame (one float
+  tensor, finite, per-sample shape as expected, labels match the batch) and raises
+  ``ValueError`` naming what is wrong *before* touching anything, so a transport can answer
+  INVALID_ARGUMENT and go on with other clients. It trains the parts live (tensors updated in
+  place across steps, :class:`~fedkit.split.optim.LivePart`) and hands out the
+  :class:`ServerState` value on :attr:`LocalServer.state`; :func:`server_handle` is the same
+  step as a pure function of values.
 * :func:`server_end_round` averages the V1 copies into ``shared``, **sample-weighted** (each
   copy by the samples its client sent this round; Thapa et al.'s code uses an unweighted mean,
   which is the same for equal client sizes). Optimizer buffers are averaged with the same
   weights; the step count is the largest.
 
-What the server keeps, and how to drop a client: the state is an immutable value, so a transport
-that loses a client mid-stream restores the value it held before that client's first batch
-(sequential schemes) or simply discards that client's V1 copy and sample count. The only
-non-value is ``pending`` (U-shape: the body's autograd graph between sending its output down and
-receiving that output's gradient); it is transient, never checkpointed, and a new activations
-message from the same client replaces it.
+What the server keeps, and how to drop a client: a :class:`ServerState` is an immutable value
+(a read of :attr:`LocalServer.state` copies the live parts out), so a transport that loses a
+client mid-stream restores the value it held before that client's first batch (sequential
+schemes: assign it to :attr:`LocalServer.state`) or discards that client's V1 copy and sample
+count (:meth:`LocalServer.drop`). The only non-value is ``pending`` (U-shape: the body's
+autograd graph between sending its output down and receiving that output's gradient); it is
+transient, never checkpointed, and a new activations message from the same client replaces it.
 """
 
 from __future__ import annotations
@@ -33,13 +38,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.func import functional_call
 
 from fedkit.aggregation.reduce import weighted_mean
 from fedkit.models.params import get_params
 from fedkit.models.train import TrainConfig
 from fedkit.split.channel import SplitBatch
-from fedkit.split.optim import OptState, opt_init, opt_step, seeded, tensors, trainable
+from fedkit.split.optim import LivePart, OptState, opt_init, trainable
 from fedkit.types import ClientId, Params, Update
 
 __all__ = [
@@ -182,40 +186,14 @@ def _check(cfg: ServerConfig, msg: SplitBatch, labels: bool) -> None:
         raise ValueError(f"step {msg.step}: scheme {cfg.scheme} keeps labels on the client; got labels")
 
 
-def _forward(cfg: ServerConfig, part: PartState, client: ClientId, msg: SplitBatch, rnd: int) -> Any:
-    ts = tensors(cfg.module, part.params)
-    a = torch.from_numpy(np.require(msg.tensors[0], np.float32, "W")).requires_grad_(True)
-    with seeded(cfg.seed, "split-server", rnd, client, msg.step):
-        out = functional_call(cfg.module, ts, (a,))
-    return ts, a, out
-
-
-def _update(cfg: ServerConfig, part: PartState, ts: dict[str, torch.Tensor], grads: list[torch.Tensor]) -> PartState:
-    mask = trainable(cfg.module)
-    names = list(ts)
-    train = [ts[n] for n, t in zip(names, mask, strict=True) if t]
-    opt, new = opt_step(cfg.opt, part.opt, train, grads)
-    it = iter(new)
-    params = [next(it) if t else ts[n].detach().numpy() for n, t in zip(names, mask, strict=True)]
-    return PartState(params, opt)
-
-
 def _labels(out: torch.Tensor, y: np.ndarray, step: int) -> torch.Tensor:
     if y.min() < 0 or y.max() >= out.shape[1]:
         raise ValueError(f"step {step}: labels must be in 0..{out.shape[1] - 1}, got {y.min()}..{y.max()}")
     return torch.from_numpy(y.astype(np.int64))
 
 
-def _part(cfg: ServerConfig, state: ServerState, client: ClientId) -> PartState:
-    if cfg.scheme == "splitfed_v1":
-        return state.copies.get(client, state.shared)
-    return state.shared
-
-
-def _store(cfg: ServerConfig, state: ServerState, client: ClientId, part: PartState, **kw: Any) -> ServerState:
-    if cfg.scheme == "splitfed_v1":
-        return replace(state, copies={**state.copies, client: part}, **kw)
-    return replace(state, shared=part, **kw)
+def _input(msg: SplitBatch) -> torch.Tensor:
+    return torch.from_numpy(np.require(msg.tensors[0], np.float32, "W")).requires_grad_(True)
 
 
 def _count(state: ServerState, client: ClientId, n: int, loss: float) -> dict[str, Any]:
@@ -223,47 +201,53 @@ def _count(state: ServerState, client: ClientId, n: int, loss: float) -> dict[st
             "loss": state.loss + loss, "steps": state.steps + 1}
 
 
-def _loss_step(cfg: ServerConfig, state: ServerState, client: ClientId, msg: SplitBatch) -> tuple[ServerState, SplitBatch | None]:
+def _loss_step(box: LocalServer, client: ClientId, msg: SplitBatch) -> SplitBatch | None:
     """The server holds the loss: vanilla, splitfed_v1/v2 (reply: dL/dA) and local_loss (no reply)."""
+    cfg, st = box.cfg, box.value
     _check(cfg, msg, labels=True)
-    part = _part(cfg, state, client)
-    ts, a, out = _forward(cfg, part, client, msg, state.round)
+    key, part = box.part(client)
+    a = _input(msg)
+    out, ran = part.forward(a, (cfg.seed, "split-server", st.round, client, msg.step))
     assert msg.labels is not None
     loss = F.cross_entropy(out, _labels(out, msg.labels, msg.step))
-    train = [t for t, m in zip(ts.values(), trainable(cfg.module), strict=True) if m]
-    ga, *grads = torch.autograd.grad(loss, [a, *train])
+    ga, *grads = torch.autograd.grad(loss, [a, *part.train])
     value = float(loss.detach())
-    state = _store(cfg, state, client, _update(cfg, part, ts, grads), **_count(state, client, len(a), value))
+    part.update(grads, ran)
+    box.stepped(key, part, True, **_count(st, client, len(a), value))
     if cfg.scheme == "local_loss":
-        return state, None
-    return state, SplitBatch(msg.step, "gradients", [ga.numpy()], metrics={"loss": value})
+        return None
+    return SplitBatch(msg.step, "gradients", [ga.numpy()], metrics={"loss": value})
 
 
-def _body_forward(cfg: ServerConfig, state: ServerState, client: ClientId, msg: SplitBatch) -> tuple[ServerState, SplitBatch | None]:
+def _body_forward(box: LocalServer, client: ClientId, msg: SplitBatch) -> SplitBatch | None:
     """U-shape, first half: run the body, keep its graph, send its output down."""
+    cfg, st = box.cfg, box.value
     _check(cfg, msg, labels=False)
-    ts, a, out = _forward(cfg, state.shared, client, msg, state.round)
+    key, part = box.part(client)
+    a = _input(msg)
+    out, ran = part.forward(a, (cfg.seed, "split-server", st.round, client, msg.step))
     if not isinstance(out, torch.Tensor):
         raise ValueError("the U-shape body must return one tensor")
-    pending = {**state.pending, client: (msg.step, ts, a, out)}
-    state = replace(state, pending=pending, samples={**state.samples, client: state.samples.get(client, 0) + len(a)})
-    return state, SplitBatch(msg.step, "activations", [out.detach().numpy()])
+    pending = {**st.pending, client: (msg.step, part, ran, a, out)}
+    box.stepped(key, part, False, pending=pending, samples={**st.samples, client: st.samples.get(client, 0) + len(a)})
+    return SplitBatch(msg.step, "activations", [out.detach().numpy()])
 
 
-def _body_backward(cfg: ServerConfig, state: ServerState, client: ClientId, msg: SplitBatch) -> tuple[ServerState, SplitBatch | None]:
+def _body_backward(box: LocalServer, client: ClientId, msg: SplitBatch) -> SplitBatch | None:
     """U-shape, second half: dL/dB up -> update the body -> dL/dH down."""
-    if client not in state.pending or state.pending[client][0] != msg.step:
+    cfg, st = box.cfg, box.value
+    if client not in st.pending or st.pending[client][0] != msg.step:
         raise ValueError(f"step {msg.step}: gradients from {client!r} without a matching body forward")
-    step, ts, a, out = state.pending[client]
+    step, part, ran, a, out = st.pending[client]
     _check(cfg, msg, labels=False)
     if msg.tensors[0].shape != tuple(out.shape):
         raise ValueError(f"step {step}: gradient shape {msg.tensors[0].shape} != body output {tuple(out.shape)}")
     g = torch.from_numpy(np.require(msg.tensors[0], np.float32, "W"))
-    train = [t for t, m in zip(ts.values(), trainable(cfg.module), strict=True) if m]
-    ga, *grads = torch.autograd.grad(out, [a, *train], grad_outputs=g)
-    pending = {k: v for k, v in state.pending.items() if k != client}
-    state = replace(state, shared=_update(cfg, state.shared, ts, grads), pending=pending, steps=state.steps + 1)
-    return state, SplitBatch(step, "gradients", [ga.numpy()])
+    ga, *grads = torch.autograd.grad(out, [a, *part.train], grad_outputs=g)
+    part.update(grads, ran)
+    pending = {k: v for k, v in st.pending.items() if k != client}
+    box.stepped(None, part, True, pending=pending, steps=st.steps + 1)
+    return SplitBatch(step, "gradients", [ga.numpy()])
 
 
 HANDLERS = {
@@ -279,19 +263,86 @@ HANDLERS = {
 def server_handle(
     cfg: ServerConfig, state: ServerState, client: ClientId, msg: SplitBatch
 ) -> tuple[ServerState, SplitBatch | None]:
-    """Handle one incoming message of ``client``; raises ValueError (state untouched) on a bad one."""
-    handler = HANDLERS.get((cfg.scheme, msg.kind))
-    if handler is None:
-        raise ValueError(f"scheme {cfg.scheme!r} does not accept {msg.kind} from the client")
-    return handler(cfg, state, client, msg)
+    """Handle one incoming message of ``client`` as values: (new state, reply); raises
+    ValueError on a bad one. ``state`` is never changed (the new one holds copies); a transport
+    stepping one state many times holds a :class:`LocalServer` instead."""
+    box = LocalServer(cfg, state)
+    reply = box.handle(client, msg)
+    return box.state, reply
 
 
 class LocalServer:
-    """A mutable box around the server state for in-process channels (the engine's seat)."""
+    """The server side as a mutable box: the seat of :func:`~fedkit.split.schemes.run_round`
+    and of the :class:`~fedkit.split.endpoint.Endpoint`.
+
+    Parts being trained are held live (:class:`~fedkit.split.optim.LivePart`: tensors and
+    optimizer buffers updated in place), the shared part or a splitfed_v1 client's copy from its
+    first batch on; :attr:`state` reads the value, copying out the parts stepped since the last
+    read, and assigning :attr:`state` starts again from a value (what restoring one means). A
+    message refused with ValueError changes nothing. Not thread-safe: its holder serialises calls.
+    """
 
     def __init__(self, cfg: ServerConfig, state: ServerState) -> None:
-        self.cfg, self.state = cfg, state
+        self.cfg = cfg
+        self.value = state  # counters always current; parts in _live are newer than its params
+        self._live: dict[ClientId | None, LivePart] = {}  # None: the shared part
+        self._dirty: set[ClientId | None] = set()
+
+    @property
+    def state(self) -> ServerState:
+        if self._dirty:
+            shared, copies = self.value.shared, dict(self.value.copies)
+            for key in self._dirty:
+                lp = self._live[key]
+                part = PartState(lp.params(), lp.opt_state())
+                if key is None:
+                    shared = part
+                else:
+                    copies[key] = part
+            self.value = replace(self.value, shared=shared, copies=copies)
+            self._dirty = set()
+        return self.value
+
+    @state.setter
+    def state(self, value: ServerState) -> None:
+        self.value, self._live, self._dirty = value, {}, set()
 
     def handle(self, client: ClientId, msg: SplitBatch) -> SplitBatch | None:
-        self.state, reply = server_handle(self.cfg, self.state, client, msg)
-        return reply
+        """One message of ``client`` in, the reply out; raises ValueError (nothing changed) on a bad one."""
+        handler = HANDLERS.get((self.cfg.scheme, msg.kind))
+        if handler is None:
+            raise ValueError(f"scheme {self.cfg.scheme!r} does not accept {msg.kind} from the client")
+        return handler(self, client, msg)
+
+    def drop(self, client: ClientId, loss: float, steps: int) -> None:
+        """splitfed_v1: forget ``client``'s copy, samples and pending graph this round, and the
+        ``loss`` and ``steps`` its batches added."""
+        self._live.pop(client, None)
+        self._dirty.discard(client)
+        v = self.value
+        self.value = replace(
+            v,
+            copies={k: p for k, p in v.copies.items() if k != client},
+            samples={k: n for k, n in v.samples.items() if k != client},
+            pending={k: p for k, p in v.pending.items() if k != client},
+            loss=v.loss - loss,
+            steps=v.steps - steps,
+        )
+
+    # the handlers' side
+
+    def part(self, client: ClientId) -> tuple[ClientId | None, LivePart]:
+        """(key, live part) the message of ``client`` trains: its copy in splitfed_v1 (forked from
+        the shared part at its first batch), else the shared part; held once :meth:`stepped`."""
+        key = client if self.cfg.scheme == "splitfed_v1" else None
+        lp = self._live.get(key)
+        if lp is None:
+            base = self.value.shared if key is None else self.value.copies.get(client, self.value.shared)
+            lp = LivePart(self.cfg.module, self.cfg.opt, base.params, base.opt)
+        return key, lp
+
+    def stepped(self, key: ClientId | None, part: LivePart, changed: bool, **counters: Any) -> None:
+        self._live[key] = part
+        if changed:
+            self._dirty.add(key)
+        self.value = replace(self.value, **counters)

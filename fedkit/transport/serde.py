@@ -31,6 +31,8 @@ MiB = 1 << 20
 DEFAULT_CHUNK_BYTES = 2 * MiB
 DEFAULT_MAX_MESSAGE_BYTES = 16 * MiB
 DEFAULT_MAX_PAYLOAD_BYTES = 4 << 30
+WINDOW_BYTES = 8 * MiB
+"""HTTP/2 flow-control window per stream (gRPC's lookahead): four default chunks in flight."""
 _KIND = re.compile(r"[a-z][a-z0-9_.-]{0,63}\Z")  # kinds are extensible; their meaning is the runtime's
 
 
@@ -114,6 +116,7 @@ def reply_to_proto(reply: Reply, payload_bytes: int, session_id: str = "") -> pb
         has_update=reply.update is not None,
         payload_bytes=payload_bytes,
         version=reply.version,
+        update_kind=pb.UPDATE_KIND_DELTA if reply.update is not None else pb.UPDATE_KIND_UNSPECIFIED,
     )
     if reply.error is not None:
         h.error = reply.error
@@ -134,6 +137,12 @@ def reply_from_proto(
     update = None
     what = f"reply to task {shorten(header.task_id)}"
     if header.has_update:
+        if header.update_kind != pb.UPDATE_KIND_DELTA:
+            kind = pb.UpdateKind.Name(header.update_kind) if header.update_kind in pb.UpdateKind.values() else header.update_kind
+            raise _invalid(
+                f"{what}: update_kind is {kind}; a fedkit v1 update is UPDATE_KIND_DELTA "
+                "(local parameters minus the global parameters the task sent)"
+            )
         update = _as_encoded(payload if payload is not None else b"", what)
     elif payload is not None and (isinstance(payload, Encoded) or len(payload)):
         raise _invalid(f"{what}: payload sent but has_update is false")

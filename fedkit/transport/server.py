@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
+from fedkit.transport import overhead
 from fedkit.transport._proto import fedkit_pb2 as pb
 from fedkit.transport._proto import fedkit_pb2_grpc as pb_grpc
 from fedkit.transport.security import (
@@ -47,6 +48,7 @@ from fedkit.transport.serde import (
     DEFAULT_CHUNK_BYTES,
     DEFAULT_MAX_MESSAGE_BYTES,
     DEFAULT_MAX_PAYLOAD_BYTES,
+    WINDOW_BYTES,
     Reassembler,
     SplitAssembler,
     TransportError,
@@ -76,6 +78,7 @@ _REPLACED = object()
 _HEADER_SLACK = 64 * 1024  # room for a chunk's header inside one message
 _CLOSED_MEMORY = 100_000  # task ids of closed rounds remembered to tell "stale" from "unknown"
 _SPLIT_OPEN_S = 30.0  # a Split stream must send its SplitOpen within this time
+_END_WAIT_S = 1.0  # how long a finished reply stream may take to half-close
 
 
 def chunk_size(max_message_bytes: int, chunk_bytes: int | None = None) -> int:
@@ -86,14 +89,20 @@ def chunk_size(max_message_bytes: int, chunk_bytes: int | None = None) -> int:
     return min(chunk_bytes or DEFAULT_CHUNK_BYTES, limit)
 
 
-def server_options(max_message_bytes: int) -> list[tuple[str, Any]]:
-    """Channel arguments: message limits, keepalive that tolerates idle devices behind NAT."""
+def server_options(max_message_bytes: int, window_bytes: int = WINDOW_BYTES) -> list[tuple[str, Any]]:
+    """Channel arguments: message limits, keepalive that tolerates idle devices behind NAT, and
+    fixed flow-control windows (``window_bytes`` per stream) instead of gRPC's BDP probing:
+    its PINGs and window growth depend on timing, so no byte count could predict them
+    (:mod:`fedkit.transport.overhead`); a fixed window as large as the biggest valid reply
+    keeps throughput and bounds what a client may push ahead of the server's reads."""
     return [
         ("grpc.max_send_message_length", max_message_bytes),
         ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.keepalive_time_ms", 30_000),
         ("grpc.keepalive_timeout_ms", 10_000),
         ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.bdp_probe", 0),
+        ("grpc.http2.lookahead_bytes", window_bytes),
         ("grpc.http2.min_recv_ping_interval_without_data_ms", 5_000),
         ("grpc.http2.max_ping_strikes", 0),
         ("grpc.so_reuseport", 0),  # a second server on a busy port fails instead of sharing it
@@ -110,6 +119,10 @@ class _Session:
     joined_at: float = field(default_factory=time.monotonic)
     alive: Callable[[], bool] = lambda: True
     """Whether the session's Join stream is still open (its RPC context is not done)."""
+    streams: int = 0
+    """Reply streams of this session being received now (capped by ``max_reply_streams``)."""
+    pushes: int = 0
+    """Reply calls of this session so far (the first one's headers cost more on the wire)."""
 
 
 @dataclass(eq=False)
@@ -207,11 +220,13 @@ class _Hub:
                 rnd, why = self.closed[h.task_id]
                 if why == "answered":
                     raise TransportError(
-                        grpc.StatusCode.ALREADY_EXISTS, f"task {h.task_id!r} was already answered"
+                        grpc.StatusCode.ALREADY_EXISTS,
+                        f"task {shorten(h.task_id)} was already answered (its reply was accepted)",
                     )
                 raise TransportError(
                     grpc.StatusCode.FAILED_PRECONDITION,
-                    f"task {h.task_id!r} of round {rnd} is closed ({why}); a task takes one reply",
+                    f"task {shorten(h.task_id)} of round {rnd} is closed ({why}); a task takes one "
+                    "reply, and a refused reply uses it up",
                 )
             raise TransportError(
                 grpc.StatusCode.NOT_FOUND, f"unknown task {shorten(h.task_id)} (round {h.round})"
@@ -229,7 +244,8 @@ class _Hub:
             )
         if p.future.done():
             raise TransportError(
-                grpc.StatusCode.ALREADY_EXISTS, f"task {h.task_id!r} was already answered"
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"task {shorten(h.task_id)} is closed; a task takes one reply, and a refused reply uses it up",
             )
         return p
 
@@ -402,11 +418,12 @@ class _Servicer(pb_grpc.FedKitServicer):
         except TransportError as e:
             log.warning("refused join of %s from %s: %s", name, context.peer(), e.message)
             await context.abort(e.code, e.message)
-        log.info("client %s joined from %s (session %s)", name, s.peer, s.session_id)
+        log.info("client %s joined from %s (session %s...)", name, s.peer, s.session_id[:8])
         srv = self.srv
+        wire = srv.wire
         getter: asyncio.Future[Any] | None = None
         try:
-            yield pb.ServerMessage(
+            welcome = pb.ServerMessage(
                 welcome=pb.Welcome(
                     session_id=s.session_id,
                     max_message_bytes=srv.max_message_bytes,
@@ -415,17 +432,24 @@ class _Servicer(pb_grpc.FedKitServicer):
                     heartbeat_s=srv.heartbeat_s,
                 )
             )
+            wire.up(overhead.join_up(context.invocation_metadata(), request.ByteSize()))
+            wire.down(overhead.join_down(welcome.ByteSize()))
+            yield welcome
             while True:
                 # Keep one pending get across heartbeats: cancelling a get that just completed
                 # (wait_for on Python < 3.12) could silently drop a task.
                 getter = getter or asyncio.ensure_future(s.outbox.get())
                 await asyncio.wait((getter,), timeout=srv.heartbeat_s)
                 if not getter.done():
-                    yield pb.ServerMessage(heartbeat=pb.Heartbeat(server_time=time.time()))
+                    beat = pb.ServerMessage(heartbeat=pb.Heartbeat(server_time=time.time()))
+                    self._sent(wire, [beat.ByteSize()])
+                    yield beat
                     continue
                 item, getter = getter.result(), None
                 if item is _SHUTDOWN:
-                    yield pb.ServerMessage(shutdown=pb.Shutdown(reason="experiment is done"))
+                    bye = pb.ServerMessage(shutdown=pb.Shutdown(reason="experiment is done"))
+                    wire.down(overhead.message(bye.ByteSize()) + overhead.status())
+                    yield bye
                     return
                 if item is _REPLACED:
                     await context.abort(
@@ -434,35 +458,102 @@ class _Servicer(pb_grpc.FedKitServicer):
                 if item.task.task_id not in s.pending:
                     continue  # its round closed before we got to send it
                 for msg in _task_messages(item.task, srv.chunk_bytes):
-                    srv.wire_sent += msg.ByteSize()
+                    self._sent(wire, [msg.ByteSize()])
                     yield msg
         finally:
             if getter is not None:
                 getter.cancel()
             self.hub.close(s)
-            log.info("client %s left (session %s)", name, s.session_id)
+            log.info("client %s left (session %s...)", name, s.session_id[:8])
+
+    @staticmethod
+    def _sent(wire: overhead.WireCount, sizes: list[int]) -> None:
+        """Count ServerMessages sent on a Join stream and the client's flow control for them."""
+        recv, send = overhead.receipt(sizes)
+        wire.down(overhead.task_down(sizes) + send)
+        wire.up(recv)
+
+    async def _reply_caller(self, context: grpc.aio.ServicerContext, h: pb.ReplyHeader | None) -> str:
+        """Who pushes a reply. The session id of a Join is a 128-bit secret handed over that
+        authenticated stream, so a reply quoting a live session needs no credentials of its
+        own (fedkit clients send none: no name or token on every reply); with mutual TLS the
+        certificate must still name the session's client. A caller that does send metadata is
+        checked as on Join (so a wrong token is UNAUTHENTICATED, as before)."""
+        name, token = parse_metadata(context.invocation_metadata())
+        if name is not None or token is not None:
+            return await self._authenticate(context, None)
+        if h is None:
+            return "?"  # no header, no metadata: refused as malformed, nothing learnt
+        s = self.hub.by_id.get(h.session_id)
+        if s is None:  # not UNAUTHENTICATED: a client whose server restarted must rejoin, not quit
+            raise TransportError(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"session {shorten(h.session_id[:8])}... is not current; rejoin",
+            )
+        if self.srv.tls is not None and self.srv.tls.mutual:
+            cn = peer_common_name(context.auth_context())
+            if cn != s.name:
+                problem = clip(f"client certificate CN {shorten(cn)} does not match session client {s.name!r}")
+                log.warning("UNAUTHENTICATED %s from %s: %s", _method(context), context.peer(), problem)
+                await context.abort(grpc.StatusCode.UNAUTHENTICATED, problem)
+        return s.name
 
     async def PushReply(  # noqa: N802
         self, request_iterator: AsyncIterator[pb.ReplyChunk], context: grpc.aio.ServicerContext
     ) -> pb.Ack:
-        name = await self._authenticate(context, None)
-        r = Reassembler(self.srv.max_payload_bytes, f"reply from {name!r}")
-        tid = "?"
+        srv = self.srv
+        r = Reassembler(srv.max_payload_bytes, "reply")
+        tid, name = "?", "?"
         p: _Pending | None = None  # the open task this stream answers, once identified
         owner = False  # this stream claimed the task (its reply is the one being checked)
+        s: _Session | None = None  # the session whose stream budget this stream holds
+        wire = srv.wire
+        wire.up(overhead.push_start(context.invocation_metadata()))
+        chunks = request_iterator.__aiter__()
         try:
-            async for chunk in request_iterator:
-                self.srv.wire_received += chunk.ByteSize()
-                if r.header is None and chunk.HasField("header"):
-                    # which task first, so any refusal below can settle it
-                    tid = chunk.header.task_id
-                    r.what = f"reply from {name!r} to task {shorten(tid)}"
-                    p = self.hub.check_header(name, chunk.header)
-                r.feed(chunk)
-                if r.done:
+            while not r.done:
+                try:
+                    chunk = await chunks.__anext__()
+                except StopAsyncIteration:
                     break
+                n = chunk.ByteSize()
+                recv, send = overhead.receipt([n])
+                wire.up(overhead.message(n) + send)
+                wire.down(recv)
+                if r.header is None:
+                    header = chunk.header if chunk.HasField("header") else None
+                    name = await self._reply_caller(context, header)
+                    r.what = f"reply from {name!r}"
+                    if header is None:
+                        raise TransportError(grpc.StatusCode.INVALID_ARGUMENT, f"{r.what}: first chunk has no header")
+                    # which task first, so any refusal below can settle it
+                    tid = header.task_id
+                    r.what = f"reply from {name!r} to task {shorten(tid)}"
+                    p = self.hub.check_header(name, header)
+                    s = p.session
+                    if s.pushes == 0:
+                        wire.up(overhead.FIRST_PUSH_UP)
+                        wire.down(overhead.FIRST_PUSH_DOWN)
+                    s.pushes += 1
+                    if s.streams >= srv.max_reply_streams:
+                        s = None
+                        raise TransportError(
+                            grpc.StatusCode.RESOURCE_EXHAUSTED,
+                            f"client {name!r} already has {srv.max_reply_streams} reply streams open",
+                        )
+                    s.streams += 1
+                elif p is not None and p.future.done():
+                    # its task closed (deadline, disconnect, another reply): stop buffering now
+                    raise TransportError(
+                        grpc.StatusCode.FAILED_PRECONDITION,
+                        f"task {tid!r} closed while its reply was streaming; a task takes one reply",
+                    )
+                r.feed(chunk)
             if r.header is None:
+                name = await self._reply_caller(context, None)
                 raise TransportError(grpc.StatusCode.INVALID_ARGUMENT, "empty reply stream")
+            await self._end_of_stream(chunks, tid)
+            wire.up(overhead.PUSH_END)
             reply = reply_from_proto(
                 r.header, r.encoded() if r.header.has_update else r.payload()
             )
@@ -483,15 +574,33 @@ class _Servicer(pb_grpc.FedKitServicer):
                     ) from None
                 p = self.hub.check_header(name, r.header)
             p.future.set_result((reply, "", accepted))
-            return pb.Ack(task_id=tid)
+            ack = pb.Ack(task_id=tid)
+            wire.down(overhead.reply_ok(ack.ByteSize()))
+            return ack
         except TransportError as e:
             message = clip(e.message)  # it may quote what the client sent
             log.warning("rejected reply from %s (task %s): %s: %s", name, shorten(tid), e.code.name, message)
             if p is not None and not p.future.done() and (owner or not p.claimed):
-                # answered but refused: the round need not wait for it
+                # answered but refused: the round need not wait for it, and the task is used up
                 p.future.set_result((None, f"reply refused: {message}", None))
+            wire.down(overhead.reply_refused(message))
             await context.abort(e.code, message)
             raise  # unreachable: abort raises
+        finally:
+            if s is not None:
+                s.streams -= 1
+
+    async def _end_of_stream(self, chunks: AsyncIterator[pb.ReplyChunk], tid: str) -> None:
+        """Wait (briefly) for the client to half-close after its last chunk: data after
+        ``last`` is refused, and answering only then spares the stream a reset."""
+        try:
+            extra = await asyncio.wait_for(chunks.__anext__(), _END_WAIT_S)
+        except (StopAsyncIteration, asyncio.TimeoutError):
+            return
+        self.srv.wire.up(overhead.message(extra.ByteSize()))
+        raise TransportError(
+            grpc.StatusCode.INVALID_ARGUMENT, f"reply to task {shorten(tid)}: chunk after the last one"
+        )
 
     async def Split(  # noqa: N802
         self, request_iterator: AsyncIterator[pb.SplitMessage], context: grpc.aio.ServicerContext
@@ -508,7 +617,7 @@ class _Servicer(pb_grpc.FedKitServicer):
         try:
             first = await _next_message(messages, None, _SPLIT_OPEN_S)
             if first is not None:
-                srv.wire_received += first.ByteSize()
+                srv.wire.up(overhead.message(first.ByteSize()))
             if first is None or first.WhichOneof("body") != "open":
                 raise TransportError(
                     grpc.StatusCode.INVALID_ARGUMENT,
@@ -523,7 +632,7 @@ class _Servicer(pb_grpc.FedKitServicer):
             while True:
                 msg = await _next_message(messages, p.future)
                 if msg is not None:
-                    srv.wire_received += msg.ByteSize()
+                    srv.wire.up(overhead.message(msg.ByteSize()))
                 if p.future.done():
                     raise TransportError(
                         grpc.StatusCode.FAILED_PRECONDITION, f"task {tid!r} is closed ({_why_closed(p)})"
@@ -552,7 +661,7 @@ class _Servicer(pb_grpc.FedKitServicer):
                 out = await rpc.call(rpc.exchange, frame)
                 if out is not None:
                     for m in split_messages(out, srv.chunk_bytes):
-                        srv.wire_sent += m.ByteSize()
+                        srv.wire.down(overhead.message(m.ByteSize()))
                         yield m
         except TransportError as e:
             message = clip(e.message)  # it may quote what the client sent
@@ -639,8 +748,9 @@ class GrpcLink:
         self._server._cancel(list(task_ids))
 
     def wire_bytes(self) -> tuple[int, int]:
-        """(sent, received) protobuf bytes of task and reply messages so far."""
-        return self._server.wire_sent, self._server.wire_received
+        """(down, up) bytes of the whole exchange on the wire so far, as a counting TCP proxy
+        would see them (TLS records excepted): see :mod:`fedkit.transport.overhead`."""
+        return self._server.wire.totals()
 
     def close(self) -> None:
         """End the experiment: tell clients they are done, then stop the server."""
@@ -658,7 +768,14 @@ class GrpcServer:
     ``max_sessions`` caps concurrent sessions (joins beyond it get RESOURCE_EXHAUSTED and
     retry); with ``auth`` it bounds Sybil joins on plaintext too, where tokens are the only
     enrolment. ``split`` serves the ``Split`` stream of open split tasks (None: UNIMPLEMENTED);
-    its calls run in a pool of ``split_threads`` worker threads.
+    its calls run in a pool of ``split_threads`` worker threads. ``max_reply_streams`` caps the reply streams one session may have open at once
+    (a fedkit client needs one). ``max_message_bytes`` defaults to 16 MiB or, when smaller,
+    ``max_payload_bytes`` plus header room, so one message never buffers more than a payload.
+
+    Memory a hostile client can make the server hold: at most ``max_reply_streams`` x
+    ``max_payload_bytes`` per session (a declared size above the cap is refused at the first
+    chunk, and a stream whose task closed is refused at its next chunk), plus one decode
+    bounded by the model (``validate``).
     """
 
     def __init__(
@@ -667,7 +784,7 @@ class GrpcServer:
         *,
         tls: ServerTls | None = None,
         auth: Authenticator | None = None,
-        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        max_message_bytes: int | None = None,
         max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
         chunk_bytes: int | None = None,
         heartbeat_s: float = 10.0,
@@ -676,6 +793,7 @@ class GrpcServer:
         max_sessions: int | None = None,
         split: SplitEndpoint | None = None,
         split_threads: int | None = None,
+        max_reply_streams: int = 2,
     ) -> None:
         if tls is None and not insecure:
             raise ValueError("pass tls=ServerTls(...) or, for plaintext, insecure=True")
@@ -687,7 +805,12 @@ class GrpcServer:
         self.tls = tls
         self.auth = auth
         self.insecure = insecure
+        if max_reply_streams < 1:
+            raise ValueError(f"max_reply_streams must be at least 1, got {max_reply_streams}")
+        if max_message_bytes is None:
+            max_message_bytes = min(DEFAULT_MAX_MESSAGE_BYTES, max_payload_bytes + 2 * _HEADER_SLACK)
         self.max_message_bytes = max_message_bytes
+        self.max_reply_streams = max_reply_streams
         self.max_payload_bytes = max_payload_bytes
         self.chunk_bytes = chunk_size(max_message_bytes, chunk_bytes)
         self.heartbeat_s = heartbeat_s
@@ -695,10 +818,9 @@ class GrpcServer:
         self.split = split
         self.split_threads = split_threads
         self._split_pool: concurrent.futures.ThreadPoolExecutor | None = None
-        # protobuf bytes of task and reply messages (headers and chunk framing included);
-        # updated on the event loop, read by the engine between rounds
-        self.wire_sent = 0
-        self.wire_received = 0
+        # bytes on the wire (estimated from every message sent and received); updated on
+        # the event loop, read by the engine between rounds
+        self.wire = overhead.WireCount()
         self.port: int | None = None
         self._t0 = time.monotonic()
         self._settled: queue.Queue[Arrival] = queue.Queue()  # filled on the loop, read by the engine
@@ -762,7 +884,8 @@ class GrpcServer:
             loop.close()
 
     async def _astart(self, ready: concurrent.futures.Future[int]) -> None:
-        server = grpc.aio.server(options=server_options(self.max_message_bytes))
+        window = min(WINDOW_BYTES, max(64 << 10, self.max_payload_bytes))
+        server = grpc.aio.server(options=server_options(self.max_message_bytes, window))
         pb_grpc.add_FedKitServicer_to_server(_Servicer(self), server)
         if self.tls is not None:
             port = server.add_secure_port(self.listen, self.tls.credentials())

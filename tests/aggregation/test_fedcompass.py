@@ -173,3 +173,31 @@ def test_errors() -> None:
         cp.on_arrival(state, up("z"), now=1.0)
     with pytest.raises(ValueError, match="elapsed must be in"):
         cp.on_arrival(state, up("a"), now=0.0)
+
+
+def test_a_lost_member_leaves_its_group_and_rejoins_later() -> None:
+    cp = Compass(min_steps=2, max_steps=10)
+    state, _ = cp.init(["a", "b"])
+    state, _ = cp.on_arrival(state, up("a"), now=10.0)  # speed 1: a new group, 10 steps
+    state, dec = cp.on_arrival(state, up("b"), now=12.0)  # speed 1.2: joins a's group
+    assert steps_of(dec) == [("b", 6, 0, 2)] and state.groups[0].pending == ("a", "b")
+    state, dec = cp.on_lost(state, "b", now=13.0)  # b's task is gone: no work, out of the group
+    assert dec.assign == () and state.groups[0].pending == ("a",)
+    assert state.clients["b"].group is None
+    state, dec = cp.on_arrival(state, up("a"), now=20.0)  # a alone completes the group
+    assert [u.client for u, _ in dec.aggregate] == ["a"] and steps_of(dec)[0][0] == "a"
+    state, a = cp.rejoin(state, "b", now=20.0)  # known speed: b joins a's new group
+    assert (a.client, a.group) == ("b", 1) and a.steps == 8 and a.version == 3
+
+
+def test_losing_the_last_pending_member_aggregates_the_group() -> None:
+    cp = Compass(min_steps=2, max_steps=10)
+    state, _ = cp.init(["a", "b"])
+    state, _ = cp.on_arrival(state, up("a"), now=10.0)
+    state, _ = cp.on_arrival(state, up("b"), now=12.0)
+    state, dec = cp.on_arrival(state, up("a"), now=20.0)  # a on time; b still pending
+    assert dec.aggregate == ()
+    state, dec = cp.on_lost(state, "b", now=21.0)
+    assert [u.client for u, _ in dec.aggregate] == ["a"] and [x.client for x in dec.assign] == ["a"]
+    state, a = cp.rejoin(Compass(min_steps=2, max_steps=10).init(["c"])[0], "c", now=0.0)
+    assert (a.steps, a.group) == (10, None)  # never arrived: a first task again

@@ -87,3 +87,17 @@ def test_fedprox_term_pulls_towards_the_global_model() -> None:
     prox = _train(m, p0, data, TrainConfig(epochs=20, batch_size=8, lr=0.1, mu=2.0), rng(0))[0]
     dist = lambda p: sum(float(((a - b) ** 2).sum()) for a, b in zip(p, p0, strict=True))  # noqa: E731
     assert dist(prox) < 0.5 * dist(free)
+
+
+def test_batch_plan_is_one_shuffle_per_epoch_in_batches() -> None:
+    from fedkit.models.train import batch_plan, batches
+
+    idx, sizes = batch_plan(23, TrainConfig(epochs=2, batch_size=10), np.random.default_rng(1))
+    assert sizes.tolist() == [10, 10, 3, 10, 10, 3]
+    gen = np.random.default_rng(1)
+    assert idx.tolist() == [*gen.permutation(23), *gen.permutation(23)]
+    tensors = batches(23, TrainConfig(epochs=2, batch_size=10), np.random.default_rng(1))
+    assert [t.tolist() for t in tensors] == [c.tolist() for c in np.split(idx, np.cumsum(sizes)[:-1])]
+    _, sizes = batch_plan(23, TrainConfig(steps=7, batch_size=10), np.random.default_rng(1))
+    assert sizes.tolist() == [10, 10, 3, 10, 10, 3, 10]
+    assert batch_plan(0, TrainConfig(steps=3), np.random.default_rng(1))[1].tolist() == []  # no hang

@@ -86,3 +86,14 @@ def test_dropout_is_reproducible_across_runs_and_resume(tmp_path: Path, monkeypa
     other = run_scenario(validate(tiny_raw(rounds=3, seed=4, model={"name": "mlp", "hidden": [32], "dropout": 0.5})),
                          tmp_path / "d")
     assert other["params_sha256"] != a["params_sha256"]
+
+
+def test_time_to_target_in_simulated_seconds_and_rounds() -> None:
+    rows = [{"round": 1, "sim_time_s": 60.0, "test_acc": 0.4}, {"round": 2, "sim_time_s": 120.0},
+            {"round": 3, "sim_time_s": 180.0, "test_acc": 0.61}, {"round": 4, "sim_time_s": 240.0, "test_acc": 0.7}]
+    hit = run_dir.time_to_target(rows, 0.6)
+    assert hit == {"target_acc": 0.6, "time_to_target_s": 180.0, "rounds_to_target": 3}
+    assert run_dir.time_to_target(rows, 0.9)["time_to_target_s"] is None
+    assert run_dir.time_to_target(rows, None) == {}
+    s = run_dir.summarize(rows, [], 0, "x", target_acc=0.6)
+    assert s["sim_time_s"] == 240.0 and s["rounds_to_target"] == 3

@@ -144,7 +144,7 @@ def test_acceptance_names_the_problem() -> None:
 def test_a_slow_inprocess_client_misses_the_deadline_in_simulated_time() -> None:
     exp = build(validate(tiny_raw(clients__per_round={"fraction": 1.0}, server={"deadline_s": 600})))
     slow = "client-2"
-    cost = lambda task, reply: 1000.0 if task.client == slow else 5.0 * int(task.client[-1])  # noqa: E731
+    cost = lambda task, reply, _sent: 1000.0 if task.client == slow else 5.0 * int(task.client[-1])  # noqa: E731
     link = inprocess_link(exp.clients, cost)
     state, rec = run_round(exp.plan, link, exp.initial_state())
     status = {r["client"]: r["status"] for r in rec.clients}
@@ -166,7 +166,7 @@ def test_inprocess_link_delivers_in_completion_order_with_stable_ties() -> None:
         return fn
 
     delays = {"a": 3.0, "b": 1.0, "c": 3.0, "d": math.inf}
-    link = InProcessLink({n: client(n) for n in delays}, lambda t, r: delays[t.client])
+    link = InProcessLink({n: client(n) for n in delays}, lambda t, r, _sent: delays[t.client])
     enc = Encoded("identity", b"")
     link.send([Task(1, n, "train", enc, task_id=n) for n in "abcd"])
     got = [(a.task.client, a.time) for a in link.arrivals(until=10.0)]

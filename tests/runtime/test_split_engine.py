@@ -193,7 +193,7 @@ def test_a_whole_task_past_the_deadline_is_undone(tmp_path: Path) -> None:
     raw = split_raw("splitfed_v2", server={"deadline_s": 5.0})
     s = validate(raw)
     victim = "client-0"
-    _run_with(s, tmp_path / "late", cost=lambda t, r: math.inf if t.client == victim else 1.0)
+    _run_with(s, tmp_path / "late", cost=lambda t, r, _sent: math.inf if t.client == victim else 1.0)
     _run_with(s, tmp_path / "never", lambda ep: DiesMidStream(ep, victim, after=None))
     a, b = _final(tmp_path / "late"), _final(tmp_path / "never")
     for x, y in zip([*a[0], *a[1]], [*b[0], *b[1]], strict=True):

@@ -121,3 +121,51 @@ def test_fedscale_section(tmp_path: Path) -> None:
     assert d.availability.online(120) and not d.availability.online(170)
     [(_, msg)] = errors({**raw, "profiles": SECTION["profiles"]}, base_dir=str(tmp_path))
     assert "not both" in msg
+
+
+def _scenario(tmp_path: Path, **over: Any) -> Path:
+    from tests.conftest import tiny_raw
+
+    f = tmp_path / "s.yaml"
+    f.write_text(yaml.safe_dump(tiny_raw(**over)))
+    return f
+
+
+def test_a_scenario_file_reads_its_trace_next_to_it_and_names_bad_rows(tmp_path: Path) -> None:
+    from fedkit.scenario import ScenarioError, dump, load, validate
+
+    (tmp_path / "av.csv").write_text("client,start,end\nclient-0,0,60\nclient-1,90\n")
+    path = _scenario(tmp_path, devices={**SECTION, "trace": "av.csv"})
+    with pytest.raises(ScenarioError) as e:
+        load(path)
+    assert f"devices: {tmp_path / 'av.csv'}:3: expected 3 fields" in str(e.value)
+    (tmp_path / "av.csv").write_text("client,start,end\nclient-0,0,60\n")
+    s = load(path)
+    assert s.devices is not None and s.devices.trace == str(tmp_path / "av.csv")
+    assert validate(yaml.safe_load(dump(s))) == s  # absolute: the same files from anywhere
+
+
+def test_scenario_level_device_settings_are_checked(tmp_path: Path) -> None:
+    from fedkit.scenario import ScenarioError, load
+
+    cases = {
+        "needs a devices: section": {"server": {"stragglers": "partial"}},
+        "needs a server.deadline_s": {"server": {"stragglers": "partial", "deadline_s": None},
+                                      "devices": SECTION},
+        "server.over_select: Input should be greater than or equal to 1": {"server": {"over_select": 0.5}},
+        "server.stragglers: Input should be 'drop' or 'partial'": {"server": {"stragglers": "wait"}},
+        "evaluation.target_acc: Input should be less than or equal to 1": {"evaluation": {"target_acc": 60}},
+        "devices: assign: unknown profile 'phnoe'": {"devices": {**SECTION, "assign": {"phnoe": 1.0}}},
+    }
+    for msg, over in cases.items():
+        with pytest.raises(ScenarioError, match=msg):
+            load(_scenario(tmp_path, **over))
+
+
+def test_validate_checks_the_trace_names_the_clients(tmp_path: Path) -> None:
+    from fedkit.scenario import load
+    from fedkit.scenario.check import check_data
+
+    (tmp_path / "av.csv").write_text("client,start,end\nclient-0,0,60\nphone-7,0,60\n")
+    [problem] = check_data(load(_scenario(tmp_path, devices={**SECTION, "trace": "av.csv"})))
+    assert problem.startswith("devices: unknown client in the availability trace: 'phone-7'")

@@ -120,7 +120,8 @@ class RawClient:
         self.stub = pb_grpc.FedKitStub(self.channel)
         self.call = self.stub.Join(pb.JoinRequest(name=name), metadata=self.md)
         self.messages = iter(self.call)
-        self.session_id = next(self.messages).welcome.session_id
+        self.welcome = next(self.messages).welcome
+        self.session_id = self.welcome.session_id
 
     def next_task(self) -> Task:
         r = Reassembler(what="task")

@@ -142,7 +142,7 @@ def test_inconsistent_chunk_sequences_are_invalid(mutate, message: str) -> None:
 
 
 def test_malformed_payload_names_the_problem() -> None:
-    h = pb.ReplyHeader(task_id="t7", has_update=True, payload_bytes=7)
+    h = pb.ReplyHeader(task_id="t7", has_update=True, payload_bytes=7, update_kind=pb.UPDATE_KIND_DELTA)
     e = _status([pb.ReplyChunk(header=h, data=b"garbage", last=True)])
     assert e.code == grpc.StatusCode.INVALID_ARGUMENT
     assert "malformed payload" in e.message and "bad magic" in e.message

@@ -195,7 +195,7 @@ def test_malformed_oversized_and_invalid_replies(servers, raw, background, clien
     params = enc([np.zeros(2, np.float32)])
 
     def garbage(t):
-        g = rc.header(t.task_id, t.round, has_update=True, payload_bytes=9)
+        g = rc.header(t.task_id, t.round, has_update=True, payload_bytes=9, update_kind=pb.UPDATE_KIND_DELTA)
         g.data = b"not-a-frm"
         return [g]
 

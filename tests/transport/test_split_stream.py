@@ -22,7 +22,7 @@ from fedkit import compression
 from fedkit.compression.frame import pack_arrays
 from fedkit.rng import rng
 from fedkit.split.wire import SplitFrame, SplitRefused
-from fedkit.transport import ClientTls, ServerTls, SplitDialer, TokenAuth, make_certs
+from fedkit.transport import ClientTls, ServerTls, SplitDialer, TokenAuth, make_certs, overhead
 from fedkit.transport._proto import fedkit_pb2 as pb
 from fedkit.transport.security import client_metadata
 from fedkit.transport.serde import split_messages
@@ -157,7 +157,7 @@ def test_frames_round_trip_exactly_and_every_message_is_counted(split_server, ra
     srv, ep = split_server()
     c = raw(srv.port, "c0")
     task = split_task(srv, ep, c, "t0")
-    sent0, recv0 = srv.wire_sent, srv.wire_received
+    sent0, recv0 = srv.wire.totals()
     frames = [frame(s, codec) for s in range(3)]
     with dialer(c)(task) as stream:
         replies = [stream.send(f) for f in frames]
@@ -171,8 +171,9 @@ def test_frames_round_trip_exactly_and_every_message_is_counted(split_server, ra
     up = [opening(c, task), *(m for f in frames for m in split_messages(f)),
           pb.SplitMessage(close=pb.SplitClose())]
     down = [m for r in replies for m in split_messages(r)]
-    assert srv.wire_received - recv0 == sum(m.ByteSize() for m in up)
-    assert srv.wire_sent - sent0 == sum(m.ByteSize() for m in down)
+    sent1, recv1 = srv.wire.totals()  # every message, with gRPC's framing (fedkit/transport/overhead.py)
+    assert recv1 - recv0 == sum(overhead.message(m.ByteSize()) for m in up)
+    assert sent1 - sent0 == sum(overhead.message(m.ByteSize()) for m in down)
 
 
 def test_a_batch_larger_than_a_message_is_chunked_both_ways(split_server, raw) -> None:
@@ -186,7 +187,8 @@ def test_a_batch_larger_than_a_message_is_chunked_both_ways(split_server, raw) -
     ((_, _, got),) = ep.frames
     assert (got.payload, got.labels) == (big.payload, big.labels)
     assert reply is not None and reply.payload == big.payload
-    assert srv.wire_sent > 4_000_000 and srv.wire_received > 4_400_000
+    sent, received = srv.wire.totals()
+    assert sent > 4_000_000 and received > 4_400_000
 
 
 def test_frames_sent_without_waiting_and_a_late_refusal_surfaces_at_close(split_server, raw) -> None:

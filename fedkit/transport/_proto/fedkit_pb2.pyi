@@ -1,10 +1,20 @@
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class UpdateKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    UPDATE_KIND_UNSPECIFIED: _ClassVar[UpdateKind]
+    UPDATE_KIND_DELTA: _ClassVar[UpdateKind]
+    UPDATE_KIND_WEIGHTS: _ClassVar[UpdateKind]
+UPDATE_KIND_UNSPECIFIED: UpdateKind
+UPDATE_KIND_DELTA: UpdateKind
+UPDATE_KIND_WEIGHTS: UpdateKind
 
 class JoinRequest(_message.Message):
     __slots__ = ("name", "capabilities", "protocol")
@@ -92,7 +102,7 @@ class TaskChunk(_message.Message):
     def __init__(self, header: _Optional[_Union[TaskHeader, _Mapping]] = ..., offset: _Optional[int] = ..., data: _Optional[bytes] = ..., last: _Optional[bool] = ...) -> None: ...
 
 class ReplyHeader(_message.Message):
-    __slots__ = ("session_id", "task_id", "round", "client", "num_examples", "metrics", "error", "has_update", "payload_bytes", "version")
+    __slots__ = ("session_id", "task_id", "round", "client", "num_examples", "metrics", "error", "has_update", "payload_bytes", "version", "update_kind")
     class MetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -110,6 +120,7 @@ class ReplyHeader(_message.Message):
     HAS_UPDATE_FIELD_NUMBER: _ClassVar[int]
     PAYLOAD_BYTES_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
+    UPDATE_KIND_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     task_id: str
     round: int
@@ -120,7 +131,8 @@ class ReplyHeader(_message.Message):
     has_update: bool
     payload_bytes: int
     version: int
-    def __init__(self, session_id: _Optional[str] = ..., task_id: _Optional[str] = ..., round: _Optional[int] = ..., client: _Optional[str] = ..., num_examples: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ..., error: _Optional[str] = ..., has_update: _Optional[bool] = ..., payload_bytes: _Optional[int] = ..., version: _Optional[int] = ...) -> None: ...
+    update_kind: UpdateKind
+    def __init__(self, session_id: _Optional[str] = ..., task_id: _Optional[str] = ..., round: _Optional[int] = ..., client: _Optional[str] = ..., num_examples: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ..., error: _Optional[str] = ..., has_update: _Optional[bool] = ..., payload_bytes: _Optional[int] = ..., version: _Optional[int] = ..., update_kind: _Optional[_Union[UpdateKind, str]] = ...) -> None: ...
 
 class ReplyChunk(_message.Message):
     __slots__ = ("header", "offset", "data", "last")
