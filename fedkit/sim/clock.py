@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import heapq
 import math
-from collections.abc import Iterator
+from collections.abc import Container, Iterator
 from typing import Any, Generic, TypeVar
 
 E = TypeVar("E")
@@ -109,3 +109,21 @@ class EventQueue(Generic[E]):
             yield self.pop()
         if time is not None and time > self._now:
             self._now = float(time)
+
+    def pop_due(self, until: float | None, live: Container[E]) -> tuple[float, E] | None:
+        """The next event due by ``until`` (None: no limit) that is still in ``live``; None when
+        there is none, the clock then moved on to a finite ``until``.
+
+        Events no longer in ``live`` (tasks cancelled or settled by the engine) are dropped as
+        they reach the top without moving the clock, so the Links cancel a task for free."""
+        while len(self):
+            time, event = self.peek()
+            if event not in live:
+                heapq.heappop(self._heap)
+                continue
+            if until is not None and time > until:
+                break
+            return self.pop()
+        if until is not None and math.isfinite(until) and until > self._now:
+            self._now = float(until)
+        return None

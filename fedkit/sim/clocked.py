@@ -21,12 +21,11 @@ with the inner Link's reason. Nothing here decides anything about the algorithm.
 from __future__ import annotations
 
 import dataclasses
-import heapq
-import math
 from collections.abc import Iterable, Iterator, Sequence
 
 from fedkit.runtime.link import Link
-from fedkit.sim.link import CostFn, OnlineFn
+from fedkit.sim.clock import EventQueue
+from fedkit.sim.link import CostFn, OnlineFn, checked_cost
 from fedkit.types import Arrival, ClientId, Task
 
 
@@ -45,19 +44,18 @@ class ClockedLink:
         self._cost = cost
         self._online = online
         self._timeout = real_timeout_s
-        self._now = float(start_s)  # a resumed run continues its clock
+        self._clock: EventQueue[str] = EventQueue(start_s)  # a resumed run continues its clock
         self._seq = 0
         self._stamp: dict[str, tuple[float, int]] = {}  # really open: task id -> (sent_s, seq)
         self._open: set[str] = set()  # open on the simulated clock
         self._ready: dict[str, Arrival] = {}  # settled for real, waiting for their simulated time
-        self._queue: list[tuple[float, int, str]] = []
 
     def clients(self) -> Sequence[ClientId]:
         ids = list(self._inner.clients())
-        return ids if self._online is None else [c for c in ids if self._online(c, self._now)]
+        return ids if self._online is None else [c for c in ids if self._online(c, self._clock.now)]
 
     def now(self) -> float:
-        return self._now
+        return self._clock.now
 
     def send(self, tasks: Sequence[Task]) -> None:
         for t in tasks:
@@ -65,7 +63,7 @@ class ClockedLink:
                 raise ValueError(f"task id {t.task_id!r} is empty or already open")
         self._inner.send(tasks)
         for t in tasks:
-            self._stamp[t.task_id] = (self._now, self._seq)
+            self._stamp[t.task_id] = (self._clock.now, self._seq)
             self._open.add(t.task_id)
             self._seq += 1
 
@@ -81,15 +79,10 @@ class ClockedLink:
             sent, seq = self._stamp.pop(tid)
             if tid not in self._open:
                 continue  # cancelled meanwhile
-            if a.reply is None:
-                dt = 0.0
-            else:
-                dt = float(self._cost(a.task, a.reply, sent))
-                if math.isnan(dt) or dt < 0:
-                    raise ValueError(f"cost of task {tid!r} is {dt}; need >= 0 simulated seconds")
-            if math.isfinite(dt):
+            dt = 0.0 if a.reply is None else checked_cost(self._cost, a.task, a.reply, sent)
+            if dt < float("inf"):
                 self._ready[tid] = a
-                heapq.heappush(self._queue, (sent + dt, seq, tid))
+                self._clock.push(sent + dt, tid, key=(seq,))  # ties: send order, as in-process
             if not self._stamp:
                 break
         if self._stamp:  # never answered in real time: lost, like an infinite cost
@@ -98,17 +91,9 @@ class ClockedLink:
 
     def arrivals(self, until: float | None) -> Iterator[Arrival]:
         self._settle_all()
-        while self._open:
-            while self._queue and self._queue[0][2] not in self._open:
-                heapq.heappop(self._queue)  # cancelled
-            if not self._queue or (until is not None and self._queue[0][0] > until):
-                if until is not None and math.isfinite(until):
-                    self._now = max(self._now, until)
-                return
-            t, _, tid = heapq.heappop(self._queue)
-            self._now = max(self._now, t)
-            self._open.discard(tid)
-            yield dataclasses.replace(self._ready.pop(tid), time=self._now)
+        while self._open and (due := self._clock.pop_due(until, self._open)) is not None:
+            self._open.discard(due[1])
+            yield dataclasses.replace(self._ready.pop(due[1]), time=self._clock.now)
 
     def cancel(self, task_ids: Iterable[str]) -> None:
         ids = list(task_ids)
@@ -126,5 +111,4 @@ class ClockedLink:
     def close(self) -> None:
         self._open.clear()
         self._ready.clear()
-        self._queue.clear()
         self._inner.close()

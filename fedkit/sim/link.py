@@ -21,12 +21,12 @@ back as an error reply (the engine records that client as failed; the round goes
 
 from __future__ import annotations
 
-import heapq
 import math
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Protocol
 
 from fedkit.runtime.link import ClientFn
+from fedkit.sim.clock import EventQueue
 from fedkit.types import Arrival, ClientId, Reply, Task
 
 CostFn = Callable[[Task, Reply, float], float]
@@ -75,6 +75,14 @@ def sequential(fns: Mapping[ClientId, ClientFn]) -> Executor:
     return _Sequential(fns)
 
 
+def checked_cost(cost: CostFn, task: Task, reply: Reply, sent_s: float) -> float:
+    """``cost(task, reply, sent_s)``, refusing what no clock can use (NaN or negative)."""
+    dt = float(cost(task, reply, sent_s))
+    if math.isnan(dt) or dt < 0:
+        raise ValueError(f"cost of task {task.task_id!r} is {dt}; need >= 0 simulated seconds")
+    return dt
+
+
 class InProcessLink:
     def __init__(
         self,
@@ -94,19 +102,17 @@ class InProcessLink:
         self._ids = sorted(self._fns)
         self._cost = cost
         self._online = online
-        self._now = float(start_s)  # a resumed run continues its clock
+        self._clock: EventQueue[str] = EventQueue(start_s)  # a resumed run continues its clock
         self._present = present
-        self._seq = 0
-        self._queue: list[tuple[float, int, str]] = []
         self._open: dict[str, tuple[Task, Reply | None]] = {}
 
     def clients(self) -> Sequence[ClientId]:
         if self._online is None:
             return self._ids
-        return [c for c in self._ids if self._online(c, self._now)]
+        return [c for c in self._ids if self._online(c, self._clock.now)]
 
     def now(self) -> float:
-        return self._now
+        return self._clock.now
 
     def send(self, tasks: Sequence[Task]) -> None:
         for t in tasks:
@@ -119,36 +125,24 @@ class InProcessLink:
             if self._present is not None and not self._present(t):
                 self._open[t.task_id] = (t, None)  # never queued: it never arrives
                 self._charge(self._wire.task(t) if self._wire is not None else None)  # sent all the same
-                self._seq += 1
                 continue
             here.append(t)
         replies = self._executor.run(here)
         if len(replies) != len(here):
             raise RuntimeError(f"executor returned {len(replies)} replies for {len(here)} tasks")
         for t, reply in zip(here, replies, strict=True):
-            dt = 0.0 if self._cost is None else float(self._cost(t, reply, self._now))
-            if math.isnan(dt) or dt < 0:
-                raise ValueError(f"cost of task {t.task_id!r} is {dt}; need >= 0 simulated seconds")
+            dt = 0.0 if self._cost is None else checked_cost(self._cost, t, reply, self._clock.now)
             self._open[t.task_id] = (t, reply)
             self._charge(self._wire.task(t) if self._wire is not None else None)
             if math.isfinite(dt):
-                heapq.heappush(self._queue, (self._now + dt, self._seq, t.task_id))
-            self._seq += 1
+                self._clock.push(self._clock.now + dt, t.task_id)  # ties: send order
 
     def arrivals(self, until: float | None) -> Iterator[Arrival]:
-        while self._open:
-            while self._queue and self._queue[0][2] not in self._open:
-                heapq.heappop(self._queue)  # cancelled
-            if not self._queue or (until is not None and self._queue[0][0] > until):
-                if until is not None and math.isfinite(until):
-                    self._now = max(self._now, until)
-                return
-            t, _, tid = heapq.heappop(self._queue)
-            self._now = max(self._now, t)
-            task, reply = self._open.pop(tid)
+        while self._open and (due := self._clock.pop_due(until, self._open)) is not None:
+            task, reply = self._open.pop(due[1])
             if self._wire is not None and reply is not None:
                 self._charge(self._wire.reply(task, reply))
-            yield Arrival(self._now, task, reply)
+            yield Arrival(self._clock.now, task, reply)
 
     def cancel(self, task_ids: Iterable[str]) -> None:
         for tid in task_ids:
@@ -165,5 +159,4 @@ class InProcessLink:
 
     def close(self) -> None:
         self._open.clear()
-        self._queue.clear()
         self._executor.close()
