@@ -22,7 +22,7 @@ from fedkit.split.channel import (
 from fedkit.split.client import ClientConfig, client_params, train_split
 from fedkit.split.endpoint import Endpoint
 from fedkit.split.local import LocalConnect, LocalStream
-from fedkit.split.partition import CutPoint, SplitModel, cut_names, cut_points, split
+from fedkit.split.partition import SplitModel, cut_names, split
 from fedkit.split.schemes import SCHEMES, SplitSetup, initial, make_setup, run_round, whole
 from fedkit.split.server import (
     LocalServer,
@@ -37,10 +37,10 @@ from fedkit.split.server import (
 )
 
 __all__ = [
-    "SCHEMES", "ByteCount", "ClientConfig", "ClientHalf", "CutPoint", "Endpoint", "LocalChannel",
+    "SCHEMES", "ByteCount", "ClientConfig", "ClientHalf", "Endpoint", "LocalChannel",
     "LocalConnect", "LocalServer", "LocalStream", "PartState", "ServerConfig", "ServerHalf",
     "ServerState", "SplitBatch", "SplitChannel", "SplitModel", "SplitSetup", "StreamChannel",
-    "average_parts", "client_params", "cut_names", "cut_points", "initial", "make_setup",
+    "average_parts", "client_params", "cut_names", "initial", "make_setup",
     "run_round", "server_begin_round", "server_end_round", "server_handle", "server_init",
     "split", "train_split", "whole", "with_bottleneck",
 ]

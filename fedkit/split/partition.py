@@ -23,28 +23,22 @@ A part's ``state_dict`` order is its ``Params`` order (:func:`fedkit.models.get_
     >>> [type(m).__name__ for m in sm.client], [type(m).__name__ for m in sm.server]
     (['Conv2d', 'ReLU', 'Conv2d', 'ReLU', 'MaxPool2d'], ['Flatten', 'Linear'])
 
-:func:`cut_points` lists every valid cut with the numbers a user needs to pick one (``fedkit
-describe``): parameter counts per side, activation shape and float32 bytes per sample, and the
-client's share of forward FLOPs (``torch.utils.flop_counter``), or of measured forward time when
-the model has no countable FLOPs (``cost_basis`` says which).
+:func:`fedkit.split.describe.cut_table` lists every valid cut with what each side pays.
 """
 
 from __future__ import annotations
 
 import copy
-import math
-import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
-import torch
 from torch import fx, nn
 
 from fedkit.registry import did_you_mean
 
-__all__ = ["CutPoint", "SplitModel", "cut_names", "cut_points", "split"]
+__all__ = ["SplitModel", "cut_names", "split"]
 
 
 @dataclass(frozen=True, eq=False)  # modules: compare by identity
@@ -270,66 +264,3 @@ def split(model: nn.Module, cuts: str | Sequence[str]) -> SplitModel:
         leaves = found
         parts = [_seq_part(leaves[lo:hi]) for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)]
     return SplitModel(tuple(parts), names)
-
-
-CostBasis = Literal["flops", "time"]
-
-
-@dataclass(frozen=True)
-class CutPoint:
-    """One place a model can be cut, with what it costs each side (for ``fedkit describe``)."""
-
-    name: str
-    client_params: int
-    server_params: int
-    activation_shape: tuple[int, ...]  # per sample
-    activation_bytes_per_sample: int  # as float32
-    client_flops_share: float  # share of forward FLOPs (or time, see cost_basis) on the client
-    cost_basis: CostBasis
-
-
-def _flops(part: nn.Module, x: Any) -> tuple[float, Any]:
-    from torch.utils.flop_counter import FlopCounterMode
-
-    with FlopCounterMode(display=False) as counter:
-        out = part(x)
-    return float(counter.get_total_flops()), out
-
-
-def _seconds(part: nn.Module, x: Any, repeat: int = 5) -> tuple[float, Any]:
-    best = math.inf
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        out = part(x)
-        best = min(best, time.perf_counter() - t0)
-    return best, out
-
-
-def cut_points(model: nn.Module, input_shape: Sequence[int]) -> list[CutPoint]:
-    """Every valid cut of ``model`` for per-sample inputs of ``input_shape``, in forward order."""
-    x = torch.zeros((2, *input_shape))  # batch of 2: BatchNorm-safe, shapes are per sample
-    probe = copy.deepcopy(model).eval()
-    with torch.no_grad():
-        total, _ = _flops(probe, x)
-        basis: CostBasis = "flops" if total > 0 else "time"
-        if basis == "time":
-            total, _ = _seconds(probe, x)
-        out = []
-        for name in cut_names(model):
-            sm = split(probe, name)
-            cost, act = (_flops if basis == "flops" else _seconds)(sm.client, x)
-            if not isinstance(act, torch.Tensor):
-                continue  # a cut is a single tensor on the wire
-            shape = tuple(int(s) for s in act.shape[1:])
-            out.append(
-                CutPoint(
-                    name=name,
-                    client_params=sum(p.numel() for p in sm.client.parameters()),
-                    server_params=sum(p.numel() for p in sm.server.parameters()),
-                    activation_shape=shape,
-                    activation_bytes_per_sample=4 * math.prod(shape),
-                    client_flops_share=min(1.0, cost / total) if total > 0 else 0.0,
-                    cost_basis=basis,
-                )
-            )
-    return out

@@ -9,36 +9,14 @@ from torch import nn
 from fedkit.models import build_model
 from fedkit.split.describe import cut_table, format_cut_table
 from fedkit.split.partition import cut_names, split
-
-
-class Block(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.fc1, self.fc2 = nn.Linear(8, 8), nn.Linear(8, 8)
-
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        return torch.relu(h + self.fc2(torch.relu(self.fc1(h))))
-
-
-class UserNet(nn.Module):
-    """Not a Sequential: traced by torch.fx; the skip stays inside ``block``."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.stem = nn.Linear(6, 8)
-        self.block = Block()
-        self.head = nn.Linear(8, 3)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.block(torch.relu(self.stem(x))))
-
+from tests.split.conftest import Residual
 
 CASES = [
     (build_model({"name": "logreg"}, (1, 8, 8), 10), (1, 8, 8), 10),
     (build_model({"name": "mlp"}, (64,), 10), (64,), 10),
     (build_model({"name": "cnn"}, (1, 8, 8), 10), (1, 8, 8), 10),
     (build_model({"name": "cnn"}, (64,), 10), (64,), 10),
-    (UserNet(), (6,), 3),
+    (Residual(), (6,), 3),
 ]
 IDS = ["logreg", "mlp", "cnn", "cnn-flat", "user-fx"]
 
@@ -68,6 +46,11 @@ def test_cnn_numbers() -> None:
     assert r.activation_bytes_per_sample == 2048
     assert 0.9 < r.client_share < 1.0  # the linear layer is the only FLOPs left on the server
     assert rows["0"].client_share < 0.1
+    # forward FLOPs: conv1 2*64*16*9, conv2 2*64*32*16*9, fc 2*512*10 (pool/ReLU not counted)
+    c1, c2, fc = 2 * 64 * 16 * 9, 2 * 64 * 32 * 16 * 9, 2 * 512 * 10
+    assert r.client_share == pytest.approx((c1 + c2) / (c1 + c2 + fc))
+    assert rows["0"].client_share == pytest.approx(c1 / (c1 + c2 + fc))
+    assert rows["1"].activation_shape == (16, 8, 8) and r.basis == "flops"
 
 
 def test_no_flops_falls_back_to_time_and_says_so() -> None:

@@ -7,30 +7,8 @@ import torch
 from torch import nn
 
 from fedkit.models import build_model
-from fedkit.split.partition import cut_names, cut_points, split
-
-
-class Block(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.fc1, self.fc2 = nn.Linear(8, 8), nn.Linear(8, 8)
-
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        return torch.relu(h + self.fc2(torch.relu(self.fc1(h))))
-
-
-class Residual(nn.Module):
-    """A user model with a skip connection inside ``block`` (crosses no cut between blocks)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.stem = nn.Linear(6, 8)
-        self.act = nn.ReLU()
-        self.block = Block()
-        self.head = nn.Linear(8, 3)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.block(self.act(self.stem(x))))
+from fedkit.split.partition import cut_names, split
+from tests.split.conftest import Residual
 
 
 def _grads(module: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
@@ -122,18 +100,3 @@ def test_two_cuts_give_head_body_tail() -> None:
         split(model, ["4", "1"])
     with pytest.raises(ValueError, match="client exists"):
         _ = sm.client
-
-
-def test_cut_points_of_cnn() -> None:
-    model = build_model({"name": "cnn"}, (1, 8, 8), 10)  # conv 1->16, conv 16->32, pool, fc 512->10
-    pts = {p.name: p for p in cut_points(model, (1, 8, 8))}
-    assert list(pts) == ["0", "1", "2", "3", "4", "5"]
-    p = pts["4"]
-    assert p.activation_shape == (32, 4, 4) and p.activation_bytes_per_sample == 4 * 512
-    assert p.client_params == 16 * 9 + 16 + 32 * 16 * 9 + 32 and p.server_params == 512 * 10 + 10
-    assert p.cost_basis == "flops"
-    # forward FLOPs: conv1 2*64*16*9, conv2 2*64*32*16*9, fc 2*512*10 (pool/ReLU not counted)
-    c1, c2, fc = 2 * 64 * 16 * 9, 2 * 64 * 32 * 16 * 9, 2 * 512 * 10
-    assert p.client_flops_share == pytest.approx((c1 + c2) / (c1 + c2 + fc))
-    assert pts["0"].client_flops_share == pytest.approx(c1 / (c1 + c2 + fc))
-    assert pts["1"].activation_shape == (16, 8, 8)
