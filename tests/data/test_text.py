@@ -83,6 +83,12 @@ def test_jsonl_with_test_file_columns_groups_and_label_order(tmp_path: Path) -> 
     assert d.text.group_names == ("u0", "u1", "u2")
 
 
+def test_csv_quoted_fields_keep_commas_and_newlines(tmp_path: Path) -> None:
+    (tmp_path / "q.csv").write_text('label,text\nx,"a, b\nc"\ny,"say ""hi"""\n')
+    d = load_dataset("text_classification", 0, train=str(tmp_path / "q.csv"), test_fraction=0.0)
+    assert [CHAR_VOCAB.decode(r) for r in d.x_train] == ["a, b\nc", 'say "hi"']
+
+
 def test_integer_labels_sort_numerically(tmp_path: Path) -> None:
     rows = [(f"text {i}", str(lab), "u") for i, lab in enumerate([10, 2, 2, 10, 1, 1])]
     d = load_dataset("text_classification", 0, train=str(_csv(tmp_path / "n.csv", rows)), test_fraction=0.0)
