@@ -377,7 +377,7 @@ def _classification(
     tokenizer: str | Path,
     max_length: int,
     test_fraction: float,
-    label_names: Sequence[str] | None,
+    label_names: Sequence[str | int] | None,
     num_groups: int | None,
 ) -> Dataset:
     """Token ids and class ids; a seeded stratified split when there is no test file."""
@@ -419,7 +419,7 @@ def load_text_classification(
     label_column: str = "label",
     group_column: str | None = None,
     num_groups: int | None = None,
-    labels: Sequence[str] | None = None,
+    labels: Sequence[str | int] | None = None,
     format: str = "auto",
     tokenizer: str = "char",
     max_length: int = 128,
