@@ -163,7 +163,7 @@ class _HFTokenizer:
             from transformers import AutoTokenizer
         except ImportError as e:
             raise ValueError(
-                f"tokenizer {str(folder)!r} needs transformers (pip install transformers)"
+                f"tokenizer folder {str(folder)!r} needs transformers (pip install 'fedkit[llm]' or transformers)"
             ) from e
         try:
             tok = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)

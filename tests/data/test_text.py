@@ -206,7 +206,7 @@ def test_docstrings_are_deterministic_across_processes() -> None:
 
 
 def test_tokenizer_folder_written_with_save_pretrained(tmp_path: Path) -> None:
-    from transformers import BertTokenizer
+    BertTokenizer = pytest.importorskip("transformers").BertTokenizer
 
     words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "cat", "dog", "sat", "##s"]
     BertTokenizer(vocab={w: i for i, w in enumerate(words)}).save_pretrained(str(tmp_path / "tok"))
@@ -315,6 +315,14 @@ def test_bad_jsonl_tokenizer_folder_and_lm_input(tmp_path: Path) -> None:
         load_dataset("text_lm", 0, files=str(tmp_path / "empty_folder"))
     with pytest.raises(ValueError, match="num_groups=5 but the data has 1 groups"):
         load_dataset("text_lm", 0, files=str(tmp_path / "t.jsonl"), max_length=4, num_groups=5)
+
+
+def test_a_tokenizer_folder_without_transformers_says_what_to_install(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "transformers", None)  # import fails as if not installed
+    with pytest.raises(ValueError, match=r"needs transformers \(pip install 'fedkit\[llm\]'"):
+        load_tokenizer(tmp_path)
 
 
 def test_bad_text_data_is_a_one_line_data_error(tmp_path: Path) -> None:
