@@ -123,27 +123,34 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def cmd_describe(args: argparse.Namespace) -> int:
     from fedkit.data import describe
+    from fedkit.data.text import token_counts
     from fedkit.scenario.build import client_names, load_data
 
     s = load(args.scenario, args.set)
     ds, parts = load_data(s)
-    st = describe(parts, ds.y_train, ds.num_classes)
+    st = describe(parts, ds.partition_labels, ds.partition_classes)
+    tokens = None if ds.text is None else token_counts(parts, ds.x_train, ds.text.pad_id)
     part = ", ".join(f"{k}={v}" for k, v in s.data.partition.items() if k != "name")
     table = Table(title=f"{s.name}: {ds.name}, {s.data.partition['name']} partition {part}".rstrip())
     table.add_column("client")
     table.add_column("samples", justify="right")
-    table.add_column("labels", justify="right")
+    if tokens is not None:
+        table.add_column("tokens", justify="right")
+    table.add_column("labels" if ds.y_train.ndim == 1 else "groups", justify="right")
     table.add_column("TV to global", justify="right")
-    table.add_column(f"samples per label 0..{ds.num_classes - 1}")
-    for name, row in zip(client_names(len(parts)), st.to_table_rows(), strict=True):
+    table.add_column(f"samples per {'label' if ds.y_train.ndim == 1 else 'group'} 0..{st.num_classes - 1}")
+    for i, (name, row) in enumerate(zip(client_names(len(parts)), st.to_table_rows(), strict=True)):
         table.add_row(
-            name, str(row["samples"]), str(row["labels"]), f"{row['tv']:.2f}",
-            " ".join(f"{c:>3}" for c in row["histogram"]),
+            name, str(row["samples"]), *([] if tokens is None else [str(tokens[i])]), str(row["labels"]),
+            f"{row['tv']:.2f}", " ".join(f"{c:>3}" for c in row["histogram"]),
         )
     out.print(table)
     summary = Table(title="summary", show_header=False)
     for key, value in st.summary().items():
         summary.add_row(key, f"{value:.3f}" if isinstance(value, float) else str(value))
+    if tokens is not None and ds.text is not None:
+        summary.add_row("tokens_min / mean / max", f"{tokens.min()} / {tokens.mean():.1f} / {tokens.max()}")
+        summary.add_row("tokenizer", f"{ds.text.tokenizer} (vocab {ds.text.vocab_size}, pad {ds.text.pad_id})")
     out.print(summary)
     _describe_devices(s)
     if s.split is not None:

@@ -1,9 +1,10 @@
-"""Datasets (digits, FedProx Synthetic, the user's npz/idx files) and partitioners.
+"""Datasets (digits, FedProx Synthetic, the user's npz/idx/text files, stdlib text) and partitioners.
 
 Numpy only, so devices and the server can import it without torch.
 """
 
-from fedkit.data.datasets import DATASETS, Dataset, load_dataset, register_dataset
+from fedkit.data import text as _text  # noqa: F401  (registers the text datasets)
+from fedkit.data.datasets import DATASETS, Dataset, TextInfo, load_dataset, register_dataset
 from fedkit.data.partition import PARTITIONERS, partition, register_partitioner
 from fedkit.data.stats import PartitionStats, describe
 
@@ -12,6 +13,7 @@ __all__ = [
     "PARTITIONERS",
     "Dataset",
     "PartitionStats",
+    "TextInfo",
     "describe",
     "load_dataset",
     "partition",

@@ -42,7 +42,25 @@ import numpy as np
 from fedkit.registry import Registry
 from fedkit.rng import rng
 
-__all__ = ["DATASETS", "Dataset", "load_dataset", "register_dataset"]
+__all__ = ["DATASETS", "Dataset", "TextInfo", "load_dataset", "register_dataset"]
+
+
+@dataclass(frozen=True)
+class TextInfo:
+    """What a model needs to know about token-id inputs (fedkit/data/text.py makes them).
+
+    Inputs are int64 token ids of shape (n, max_length); ``pad_id`` marks padding, so a model
+    wrapper builds the attention mask as ``x != pad_id``. For ``task == "causal-lm"`` the target
+    is the input block shifted by one token and ``num_classes`` is ``vocab_size``.
+    """
+
+    task: str  # "classification" | "causal-lm"
+    tokenizer: str  # "char" (fedkit.data.text.CHAR_VOCAB) or the tokenizer folder
+    vocab_size: int
+    pad_id: int
+    max_length: int
+    label_names: tuple[str, ...] = ()  # class id -> label name (classification)
+    group_names: tuple[str, ...] = ()  # group id -> what the group is (module, file, topic ...)
 
 
 @dataclass(frozen=True, eq=False)  # arrays: compare fields explicitly
@@ -50,12 +68,13 @@ class Dataset:
     """Train and test arrays plus, when the data has them, natural per-sample user ids."""
 
     name: str
-    x_train: np.ndarray  # float32, (n, *input_shape)
-    y_train: np.ndarray  # int64, (n,)
+    x_train: np.ndarray  # float32, (n, *input_shape); int64 token ids for text
+    y_train: np.ndarray  # int64, (n,); (n, max_length) next-token targets for a causal LM
     x_test: np.ndarray
     y_test: np.ndarray
     num_classes: int
     groups: np.ndarray | None = None  # int64 user id per training sample, for "natural" partitions
+    text: TextInfo | None = None  # set for token-id inputs
 
     def __post_init__(self) -> None:
         # Catch loader bugs at construction instead of deep inside a training loop.
@@ -63,12 +82,33 @@ class Dataset:
             raise ValueError(f"dataset {self.name!r}: features and labels differ in length")
         if self.x_train.shape[1:] != self.x_test.shape[1:]:
             raise ValueError(f"dataset {self.name!r}: train and test inputs differ in shape")
-        if self.groups is not None and self.groups.shape != self.y_train.shape:
+        if self.groups is not None and self.groups.shape != (len(self.y_train),):
             raise ValueError(f"dataset {self.name!r}: groups must have one id per train sample")
 
     @property
     def input_shape(self) -> tuple[int, ...]:
         return tuple(int(s) for s in self.x_train.shape[1:])
+
+    @property
+    def partition_labels(self) -> np.ndarray:
+        """One class per training sample for label-based partitioners and ``describe``.
+
+        ``y_train`` itself, except for sequence targets (a causal LM), where it is the sample's
+        group (document, file, topic), so Dirichlet skews topics; zeros when there are no groups.
+        """
+        if self.y_train.ndim == 1:
+            return self.y_train
+        if self.groups is not None:
+            return self.groups
+        return np.zeros(len(self.y_train), np.int64)
+
+    @property
+    def partition_classes(self) -> int:
+        """How many classes :attr:`partition_labels` ranges over."""
+        if self.y_train.ndim == 1:
+            return self.num_classes
+        labels = self.partition_labels
+        return int(labels.max()) + 1 if labels.size else 1
 
 
 Loader = Callable[..., Dataset]

@@ -68,6 +68,36 @@ def cnn(input_shape: Sequence[int], num_classes: int, channels: Sequence[int] = 
     )
 
 
+class BagOfTokens(nn.Module):
+    """Mean of token embeddings (pad excluded) -> linear classifier, over token-id inputs.
+
+    Ids arrive as float32 (the engine's input dtype; exact for ids < 2**24) and are hashed into
+    ``buckets`` rows (id mod buckets), so any tokenizer works; ``buckets >= vocab_size`` means no
+    collisions. A text with only padding embeds to zeros.
+    """
+
+    def __init__(self, num_classes: int, buckets: int, dim: int, pad_id: int) -> None:
+        super().__init__()
+        self.buckets, self.pad = buckets, pad_id % buckets
+        self.embed = nn.EmbeddingBag(buckets, dim, mode="mean", padding_idx=self.pad)
+        self.head = nn.Linear(dim, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.embed(x.long().remainder(self.buckets)))
+
+
+@MODELS.register("bow")
+def bow(
+    input_shape: Sequence[int], num_classes: int, buckets: int = 4096, dim: int = 32, pad_id: int = 0
+) -> nn.Module:
+    """A bag-of-tokens text classifier (fedkit/data/text.py inputs): the data path without PEFT."""
+    if len(input_shape) != 1:
+        raise ValueError(f"bow needs token-id inputs of shape (max_length,), got {tuple(input_shape)}")
+    if buckets < 2 or dim < 1:
+        raise ValueError(f"bow needs buckets >= 2 and dim >= 1, got {buckets} and {dim}")
+    return BagOfTokens(num_classes, buckets, dim, pad_id)
+
+
 def build_model(spec: Mapping[str, Any], input_shape: Sequence[int], num_classes: int) -> nn.Module:
     """Build the module a spec describes; ``spec['name']`` is a registry name or import path."""
     kwargs = {k: v for k, v in spec.items() if k != "name"}

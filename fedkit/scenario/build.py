@@ -58,7 +58,8 @@ def load_data(s: Scenario) -> tuple[Dataset, list[np.ndarray]]:
     p_params = {k: v for k, v in s.data.partition.items() if k != "name"}
     try:
         parts = partition(
-            s.data.partition["name"], ds.y_train, s.clients.count, s.seed, groups=ds.groups, **p_params
+            s.data.partition["name"], ds.partition_labels, s.clients.count, s.seed, groups=ds.groups,
+            **p_params,
         )
     except ValueError as e:
         raise DataError(f"data.partition {s.data.partition['name']!r}: {e}") from None

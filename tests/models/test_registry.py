@@ -50,3 +50,14 @@ def test_set_params_checks_shapes() -> None:
         set_params(m, [np.zeros((2, 2), np.float32), np.zeros(3, np.float32)])
     with pytest.raises(ValueError, match="2 tensors"):
         set_params(m, [np.zeros((3, 4), np.float32)])
+
+
+def test_bow_averages_non_pad_tokens_and_hashes_large_ids() -> None:
+    m = build_model({"name": "bow", "buckets": 16, "dim": 4}, (6,), 3)
+    assert [tuple(p.shape) for p in m.parameters()] == [(16, 4), (3, 4), (3,)]
+    x = torch.tensor([[5.0, 7.0, 0.0, 0.0, 0.0, 0.0], [5.0, 7.0, 7.0, 5.0, 0.0, 0.0]])  # float ids, 0 = pad
+    out = m(x)
+    assert out.shape == (2, 3) and torch.allclose(out[0], out[1])  # padding and repeats don't matter
+    assert torch.allclose(m(torch.tensor([[21.0, 0.0, 0.0, 0.0, 0.0, 0.0]])), m(torch.tensor([[5.0] + [0.0] * 5])))
+    with pytest.raises(ValueError, match=r"bow needs token-id inputs of shape \(max_length,\)"):
+        build_model({"name": "bow"}, (1, 8, 8), 2)
