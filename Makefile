@@ -34,8 +34,10 @@ lint: $(VENV)/.dev
 	$(VENV)/bin/ruff check fedkit tests benchmarks clients server
 	$(VENV)/bin/mypy fedkit
 
+# Run as a script: importing fedkit.transport loads the committed stubs, which a protobuf
+# version change may have just made unloadable.
 proto: $(VENV)/.dev
-	$(PY) -m fedkit.transport.protogen
+	$(PY) fedkit/transport/protogen.py
 
 # Each benchmark writes a table to benchmarks/results/.
 bench: bench-training bench-codecs bench-grpc bench-split-grpc bench-compression bench-events bench-secagg bench-split bench-flower bench-stragglers bench-async bench-hostile bench-wire bench-execution bench-fedprox bench-split-modes
@@ -67,14 +69,7 @@ bench-secagg: $(VENV)/.installed
 bench-split: $(VENV)/.installed
 	$(PY) benchmarks/bench_split.py
 
-# flwr 1.42 declares protobuf<7, fedkit's stubs need protobuf 7 (flwr's own 5.29 stubs run on
-# it): pip cannot resolve both in one install, so flwr goes in first and protobuf 7 after it.
-$(VENV)/.flower: $(VENV)/.installed
-	$(PIP) install 'flwr[simulation]==1.42.0'
-	$(PIP) install 'protobuf>=7.35.1'
-	touch $@
-
-bench-flower: $(VENV)/.flower
+bench-flower: $(VENV)/.dev  # flwr[simulation] is a dev extra
 	$(PY) benchmarks/bench_flower.py
 
 bench-stragglers: $(VENV)/.installed

@@ -73,6 +73,13 @@ def _optimizer(cfg: TrainConfig, params: Sequence[torch.Tensor]) -> torch.optim.
     return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
+def warm_up() -> None:
+    """Do now what the first training task of a process would otherwise: torch.optim imports
+    torch._dynamo when it builds its first optimizer (seconds). The pool executor calls it
+    before it forks its workers, so they inherit the import instead of each paying for it."""
+    _optimizer(TrainConfig(), [torch.zeros(1, requires_grad=True)])
+
+
 def batch_plan(n: int, cfg: TrainConfig, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """One task's batches as (sample indices in order, size of each batch): whole shuffled
     epochs (one permutation per epoch; a short last batch where the size does not divide n), or

@@ -5,7 +5,8 @@ temporary directory and fails when the committed files differ. protoc writes ``f
 import ...`` into the gRPC module; we rewrite it to the package path so the code imports from
 inside ``fedkit.transport``.
 
-    python -m fedkit.transport.protogen [--out DIR]
+    python fedkit/transport/protogen.py [--out DIR]   (make proto; as a script, so stale stubs
+                                                     that no longer load cannot stop it)
 """
 
 from __future__ import annotations

@@ -8,15 +8,18 @@ import os
 import numpy as np
 import pytest
 
+import fedkit.sim.pool as pool_mod
 from tests.conftest import tiny_raw
 from tests.sim.executors import DIE_SIZE, DRIVER_PID, run_kind, unique_size_client
 
 POOL = {"kind": "pool", "workers": 2}
 
 
-def test_pool_params_bit_identical_to_sequential_with_stateful_clients() -> None:
+@pytest.mark.parametrize("start", ["fork", "spawn"])
+def test_pool_params_bit_identical_to_sequential_with_stateful_clients(start: str, monkeypatch: pytest.MonkeyPatch) -> None:
     # error feedback keeps residuals per client, delta downlink the model each client holds:
-    # both must follow the client from worker to worker
+    # both must follow the client from worker to worker, forked (Linux's default) or spawned
+    monkeypatch.setattr(pool_mod, "default_start", lambda: start)
     raw = tiny_raw(rounds=3, clients__per_round={"fraction": 0.67},
                    compression={"uplink": "ef:topk(ratio=0.1)", "downlink_mode": "delta"})
     seq, seq_rows = run_kind(raw)
