@@ -128,6 +128,13 @@ def cmd_describe(args: argparse.Namespace) -> int:
     for key, value in st.summary().items():
         summary.add_row(key, f"{value:.3f}" if isinstance(value, float) else str(value))
     out.print(summary)
+    if s.privacy.dp is not None:  # the budget the full run will spend, before running it
+        from fedkit.scenario.privacy import describe_dp
+
+        dp = Table(title="differential privacy", show_header=False)
+        for what, text in describe_dp(s):
+            dp.add_row(what, text)
+        out.print(dp)
     return 0
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,7 @@ from fedkit.report.run_dir import (
     save_params,
     summarize,
 )
-from fedkit.runtime.client import ClientHost, ClientState, ModelCache
+from fedkit.runtime.client import DEFAULT_MODS, ClientHost, ClientState, Mod, ModelCache
 from fedkit.runtime.downlink import DownlinkState
 from fedkit.runtime.link import Link
 from fedkit.runtime.server import Plan, RoundRecord, ServerState, run
@@ -40,11 +40,19 @@ RoundCallback = Callable[[Mapping[str, Any]], None]
 
 
 def inprocess_link(
-    clients: Mapping[ClientId, ClientState], cost: CostFn | None = None, connect: SplitConnect | None = None
+    clients: Mapping[ClientId, ClientState],
+    cost: CostFn | None = None,
+    connect: SplitConnect | None = None,
+    mods: Mapping[ClientId, Sequence[Mod]] | None = None,
 ) -> Link:
-    """Every client in this process; ``connect``: how they reach the split endpoint."""
+    """Every client in this process; ``connect``: how they reach the split endpoint; ``mods``:
+    clients whose mod chain is not the default (simulated attackers)."""
     models = ModelCache()  # one module shared by every simulated client
-    return InProcessLink({cid: ClientHost(c, models, connect=connect) for cid, c in clients.items()}, cost)
+    chains = mods or {}
+    return InProcessLink(
+        {cid: ClientHost(c, models, chains.get(cid, DEFAULT_MODS), connect=connect) for cid, c in clients.items()},
+        cost,
+    )
 
 
 def resume_state(plan: Plan, init_params: Params, rd: RunDir, resume: bool) -> ServerState:
@@ -138,6 +146,11 @@ def run_scenario(
     ``force``: resume even though the scenario differs from the run's."""
     if mode == "processes":
         from fedkit.launch import run_processes
+        from fedkit.scenario.attacks import update_attacks
+
+        if update_attacks(scenario):
+            raise ValueError(f"attacks {', '.join(update_attacks(scenario))} are simulated in-process only "
+                             "(label_flip poisons data and runs in every mode); use --mode inprocess")
 
         return run_processes(scenario, out, workers, on_round, resume, overwrite, force)
     if mode != "inprocess":
@@ -145,7 +158,8 @@ def run_scenario(
     check_can_start(out, resume, overwrite, dump(scenario), force)
     torch.set_num_threads(1)  # the kernels every mode uses: bit-identical params across modes
     exp = build(scenario)
-    link = inprocess_link(exp.clients, connect=None if exp.plan.split is None else exp.plan.split.connect())
+    link = inprocess_link(exp.clients, connect=None if exp.plan.split is None else exp.plan.split.connect(),
+                          mods=exp.mods)
     try:
         return run_with_link(scenario, exp.plan, exp.init_params, link, out, on_round, resume, overwrite)
     finally:

@@ -292,6 +292,9 @@ def summarize(
         "total_decode_s": sum(r.get("decode_s", 0.0) for r in rows),
         "total_wall_s": sum(r.get("wall_s", 0.0) for r in rows),
         "skipped_rounds": sum(1 for r in rows if r.get("status", "ok") != "ok"),
+        **{  # differential privacy: the budget spent by the whole run, at the scenario's delta
+            k: rows[-1][k] for k in ("dp_epsilon", "dp_delta") if rows and rows[-1].get(k) is not None
+        },
         "params_sha256": params_hash(params),
         "fedkit_version": __version__,
         "seed": seed,

@@ -9,7 +9,8 @@ of the same shape plus the inner function, outermost first::
     reply = mods[0](state, task, ctx, lambda s, t, c: mods[1](s, t, c, ... handler))
 
 The uplink encoder is one (it turns the handler's raw ``delta`` into the encoded update);
-clipping, noise and masking are others. :class:`ClientHost` holds the current state between
+DP clipping and noise (:func:`fedkit.runtime.privacy.dp_clip`, driven by the task's ``dp``),
+simulated attacks (fedkit/runtime/adversary.py) and masking are others. :class:`ClientHost` holds the current state between
 tasks and is what a Link calls.
 """
 
@@ -35,6 +36,7 @@ from fedkit.models.train import TrainConfig, TrainFn, sgd_train
 from fedkit.registry import resolve_import
 from fedkit.runtime import task as tasks
 from fedkit.runtime.downlink import receive
+from fedkit.runtime.privacy import dp_clip
 from fedkit.split.channel import ClientHalf, StreamChannel
 from fedkit.split.client import ClientConfig as SplitClientConfig
 from fedkit.split.client import train_split
@@ -215,7 +217,8 @@ def encode_uplink(state: ClientState, task: Task, ctx: Context, inner: ClientFn)
     return state, dataclasses.replace(reply, update=enc, delta=None, metrics=metrics)
 
 
-DEFAULT_MODS: tuple[Mod, ...] = (encode_uplink,)
+DEFAULT_MODS: tuple[Mod, ...] = (encode_uplink, dp_clip)
+"""Outermost first: the encoder sees the clipped (and, for local DP, noised) delta."""
 
 
 def compose(mods: Sequence[Mod], handler: ClientFn) -> ClientFn:

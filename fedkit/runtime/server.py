@@ -69,6 +69,7 @@ class Plan:
     metrics: MetricsFn = default_metrics
     max_skipped_rounds: int | None = None  # consecutive rounds without a new model -> RunFailed
     split: Any = None  # fedkit.runtime.split.SplitPlan: split learning's seam (None: FL)
+    dp: Any = None  # fedkit.runtime.privacy.DpPlan: the clients' DP settings and ε per round
 
     @property
     def sampler(self) -> Sampling:
@@ -137,9 +138,10 @@ def make_tasks(
             plan.downlink_mode, plan.downlink, state.downlink, state.params, clients, rnd, plan.seed
         )
         train = plan.train(rnd)
+        dp = None if plan.dp is None else plan.dp.task(state.agg_state)
         configs: dict[ClientId, Any] = {
             c: TrainTask(seed=plan.seed, model=plan.model, train=train, uplink=plan.uplink,
-                         downlink=out.configs[c])
+                         downlink=out.configs[c], dp=dp)
             for c in clients
         }
         if kind == "split_train":  # the same, plus the split configuration
@@ -296,6 +298,8 @@ def run_round(plan: Plan, link: Link, state: ServerState) -> tuple[ServerState, 
         rec.status = r.closed or "skipped"
         log.warning("round %d %s", r.rnd, rec.status)
     new = replace(r.state, round=r.rnd)
+    if plan.dp is not None:  # ε so far (every round counts, aggregated or not) and what it used
+        rec.metrics |= plan.dp.metrics(new.round, new.agg_state)
     if plan.split is not None:  # the server part after this round, and its bytes by category
         split_state, split_metrics = plan.split.end()
         new = replace(new, split=split_state)

@@ -3,7 +3,7 @@
 Unknown keys are errors everywhere. Sections backed by a registry (dataset, partition, model,
 strategy) are written ``{name: ..., <param>: ...}``; the allowed params come from the
 registered function's signature, so a new registry entry needs no schema change. Later
-sections (devices, split, privacy) slot in as new optional fields.
+sections (devices, split, privacy, attacks) slot in as new optional fields.
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ from pydantic import (
 
 from fedkit.models.train import TrainConfig
 from fedkit.registry import did_you_mean
+from fedkit.scenario.attacks import Attacks
+from fedkit.scenario.privacy import Dp, check_privacy
 from fedkit.types import Strict
 
 
@@ -118,16 +120,21 @@ def import_path(v: str | None, what: str) -> str | None:
 
 
 class Sampling(Strict):
-    """How many clients a round samples: a fraction of the population or a count."""
+    """How many clients a round samples: a fraction of the population or a count.
+    ``poisson: true``: each client takes part with probability ``fraction`` on its own (the
+    sampling DP-FedAvg's accounting assumes), so the number per round varies."""
 
     fraction: float | None = Field(default=None, gt=0, le=1)
     count: int | None = Field(default=None, ge=1)
     min: int = Field(default=1, ge=1)
+    poisson: bool = False
 
     @model_validator(mode="after")
     def _one(self) -> Sampling:
         if self.fraction is not None and self.count is not None:
             raise ValueError("give either 'fraction' or 'count', not both")
+        if self.poisson and (self.fraction is None or self.min != 1):
+            raise ValueError("poisson sampling takes a 'fraction' (each client's probability) and no 'count' or 'min'")
         return self
 
 
@@ -372,6 +379,12 @@ def _split_model(s: Scenario) -> tuple[Any, tuple[int, ...]] | None:
     return build_model(s.model, ds.input_shape, ds.num_classes), ds.input_shape
 
 
+class Privacy(Strict):
+    """Privacy mechanisms: ``dp``, differential privacy (fedkit/scenario/privacy.py)."""
+
+    dp: Dp | None = None
+
+
 class Output(Strict):
     dir: str = "runs"
     plot: bool = True
@@ -391,6 +404,8 @@ class Scenario(Strict):
     server: Server = Server()
     compression: Compression = Field(default_factory=Compression)
     split: Split | None = None
+    privacy: Privacy = Privacy()
+    attacks: Attacks = Field(default_factory=list)  # simulated malicious clients (fedkit/scenario/attacks.py)
     output: Output = Output()
 
     @field_validator("model", mode="before")
@@ -415,5 +430,8 @@ class Scenario(Strict):
             )
         if s.min > self.clients.count:
             raise ValueError(f"clients.per_round.min={s.min} exceeds clients.count={self.clients.count}")
+        if self.server.on_too_few == "retry" and self.clients.per_round.poisson:
+            raise ValueError("clients.per_round.poisson: server.on_too_few: retry is not supported (use skip)")
         check_split(self)
+        check_privacy(self)
         return self
