@@ -31,8 +31,11 @@ the smallest noise multiplier whose full run stays within it (fedkit/secure/acco
 
 Refused, because the guarantee would not hold: central DP with a strategy that does not
 average (median, trimmed mean, Krum, Bulyan, FLTrust, centered clipping, norm bounding, FedAU,
-a custom strategy), with split learning, or with ``server.on_too_few: retry`` (retries ask
-clients beyond the sample the accountant counts); adaptive clipping with local DP.
+a custom strategy) or with ``server.over_select`` (more clients train than the sample the
+accountant counts); any DP with split learning, an asynchronous strategy (a client may send
+several updates per round) or ``server.on_too_few: retry`` (retries ask clients beyond the
+sample); adaptive clipping with local DP. Secure aggregation also refuses Poisson sampling
+(its field is sized for a fixed count) and colluding attacks (simulated on each update).
 
 **Together.** ``dp.mode: local`` with ``secagg`` is supported: the client mods run clip, then
 local noise, then field quantisation and masking (``DEFAULT_MODS`` in

@@ -131,3 +131,19 @@ def test_update_attacks_are_refused_in_processes_mode(tmp_path: Any) -> None:
     s = validate(raw([{"kind": "gaussian", "fraction": 0.2}]))
     with pytest.raises(ValueError, match="gaussian are simulated in-process only"):
         run_scenario(s, tmp_path / "run", mode="processes")
+
+
+def test_attackers_keep_the_default_chain_around_their_attack_in_every_executor() -> None:
+    """The attack sits just outside DP clipping (nothing clips it) and inside masking and the
+    uplink codec (they still apply); pool and ray workers rebuild the same chains."""
+    from fedkit.runtime.client import DEFAULT_MODS, dp_clip
+    from fedkit.scenario.execution import scenario_hosts
+    from fedkit.scenario.load import dump
+
+    s = validate(raw([{"kind": "sign_flip", "fraction": 0.2}]))
+    exp = build(s)
+    at = DEFAULT_MODS.index(dp_clip)
+    for chain in exp.mods.values():
+        assert chain[:at] == DEFAULT_MODS[:at] and chain[at + 1:] == DEFAULT_MODS[at:]
+    workers = scenario_hosts(dump(s))
+    assert {c for c, h in workers.items() if h.mods != DEFAULT_MODS} == set(exp.mods)

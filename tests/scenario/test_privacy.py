@@ -167,3 +167,48 @@ def test_describe_prints_the_epsilon_of_the_full_run(tmp_path: Path, capsys: pyt
     want = epsilon(1.2, 0.25, 5, 1e-5, method="pld")
     assert "ε after 5 rounds" in text and f"{want:.4g} at δ = 1e-05" in text
     assert "poisson, q = 0.25" in text
+
+
+# --- secagg and dp together, and dp with the engine's newer round policies -------------------
+
+
+@needs_dp_accounting
+def test_local_dp_with_secagg_builds_both_and_central_dp_with_secagg_is_refused() -> None:
+    both = raw()
+    both["privacy"]["dp"] = {"mode": "local", "clip_norm": 1.0, "noise_multiplier": 0.5}
+    plan, _ = build_server(validate(both))
+    assert isinstance(plan.policy, SecAggRound)
+    assert plan.dp is not None and plan.dp.aggregator is None  # the noise is on the clients
+    assert plan.dp.task(None).noise_multiplier == 0.5
+    central = raw()
+    central["privacy"]["dp"] = {"clip_norm": 1.0, "noise_multiplier": 0.5}
+    with pytest.raises(ScenarioError, match=r"mode: central with privacy.secagg is not supported.*dp.mode: local"):
+        validate(central)
+
+
+@pytest.mark.parametrize(("over", "match"), [
+    ({"clients": {"count": 6, "per_round": {"fraction": 0.5, "poisson": True}}},
+     r"privacy.secagg: the field is sized for a fixed number.*clients.per_round.poisson"),
+    ({"attacks": [{"kind": "little_is_enough", "fraction": 0.2}]},
+     r"privacy.secagg: attacks little_is_enough are simulated where the server sees each update"),
+])
+def test_secagg_refuses_what_its_field_or_its_sum_cannot_serve(over: dict[str, Any], match: str) -> None:
+    with pytest.raises(ScenarioError, match=match):
+        validate(raw(**over))
+
+
+@needs_dp_accounting
+@pytest.mark.parametrize(("dp", "over", "match"), [
+    ({}, {"strategy": {"name": "fedbuff"}, "clients": {"count": 20}}, r"'fedbuff' is asynchronous.*one per client"),
+    ({"mode": "local"}, {"strategy": {"name": "fedasync"}, "clients": {"count": 20}}, r"'fedasync' is asynchronous"),
+    ({}, {"server": {"over_select": 1.5}, "clients": {"count": 20, "per_round": {"count": 4}}},
+     r"over_select 1.5 trains more clients than the round's sample"),
+])
+def test_dp_refuses_rounds_the_accountant_does_not_count(dp: dict[str, Any], over: dict[str, Any], match: str) -> None:
+    with pytest.raises(ScenarioError, match=match):
+        validate(dp_raw(dp, **over))
+
+
+def test_the_privacy_section_is_always_there() -> None:
+    s = validate(tiny_raw())
+    assert s.privacy.secagg is None and s.privacy.dp is None
