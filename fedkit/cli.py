@@ -155,6 +155,13 @@ def cmd_describe(args: argparse.Namespace) -> int:
     _describe_devices(s)
     if s.split is not None:
         _describe_cuts(s, ds)
+    if s.privacy.dp is not None:  # the budget the full run will spend, before running it
+        from fedkit.scenario.privacy import describe_dp
+
+        dp = Table(title="differential privacy", show_header=False)
+        for what, text in describe_dp(s):
+            dp.add_row(what, text)
+        out.print(dp)
     return 0
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,7 @@ from fedkit.report.run_dir import (
     save_params,
     summarize,
 )
-from fedkit.runtime.client import ClientHost, ClientState, hosts
+from fedkit.runtime.client import ClientHost, ClientState, Mod, hosts
 from fedkit.runtime.downlink import DownlinkState
 from fedkit.runtime.link import Link
 from fedkit.runtime.server import Plan, RoundRecord, ServerState, run
@@ -51,12 +51,14 @@ def inprocess_link(
     start_s: float = 0.0,
     present: PresentFn | None = None,
     executor: Callable[[Mapping[ClientId, ClientHost]], Executor] | None = None,
+    mods: Mapping[ClientId, Sequence[Mod]] | None = None,
 ) -> Link:
     """Every client in this process; ``connect``: how they reach the split endpoint; ``cost``,
     ``online``, ``start_s``: the simulated clock (fedkit/sim/link.py); ``present``: who answers
     (participation patterns); ``executor(hosts)``: how the clients run (default: one after
-    another, in this process)."""
-    fleet = hosts(clients, connect)  # one module shared by every simulated client
+    another, in this process); ``mods``: clients whose mod chain is not the default (simulated
+    attackers)."""
+    fleet = hosts(clients, connect, mods)  # one module shared by every simulated client
     return InProcessLink(fleet, cost, online, start_s, present, wire=InProcessWire(),  # wire bytes as gRPC would send them
                          executor=None if executor is None else executor(fleet))
 
@@ -73,10 +75,11 @@ def scenario_link(exp: Experiment, start_s: float = 0.0) -> Link:
     executor = None if s.execution.kind == "sequential" else (lambda fleet: make_executor(s, fleet))
     sim = simulation(s, {c: st.num_train for c, st in exp.clients.items()})
     if sim is None:
-        return inprocess_link(exp.clients, connect=connect, start_s=start_s, present=present, executor=executor)
+        return inprocess_link(exp.clients, connect=connect, start_s=start_s, present=present, executor=executor,
+                              mods=exp.mods)
     always = all(isinstance(d.availability, Always) for d in sim.devices.values())
     online = None if always else sim.online  # no per-call filter of a population always there
-    return inprocess_link(exp.clients, sim.cost, connect, online, start_s, present, executor)
+    return inprocess_link(exp.clients, sim.cost, connect, online, start_s, present, executor, exp.mods)
 
 
 def resumed_clock(out: str | Path, resume: bool) -> float:
@@ -191,6 +194,11 @@ def run_scenario(
         raise ValueError(f"unknown engine {engine!r}; known: fedkit, flower")
     if mode == "processes":
         from fedkit.launch import run_processes
+        from fedkit.scenario.attacks import update_attacks
+
+        if update_attacks(scenario):
+            raise ValueError(f"attacks {', '.join(update_attacks(scenario))} are simulated in-process only "
+                             "(label_flip poisons data and runs in every mode); use --mode inprocess")
 
         if scenario.participation is not None:
             raise ValueError("participation: patterns are simulated in-process only (--mode inprocess)")

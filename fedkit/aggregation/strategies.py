@@ -13,7 +13,8 @@ References (see ``reduce.py`` and ``server_opt.py`` for the maths):
   participation interval, summed over all ``num_clients`` N; ``cutoff`` is the paper's K.
 - bulyan, centeredclip, fltrust, normbound: see ``robust.py`` (El Mhamdi et al. 2018,
   Karimireddy et al. 2021, Cao et al. 2021, Sun et al. 2019). ``fltrust`` expects the server's
-  root-set update among the updates as client ``robust.ROOT_CLIENT``.
+  root-set update among the updates as client ``robust.ROOT_CLIENT``; in a scenario the engine
+  trains it each round on ``root_size`` samples (fedkit/runtime/root_set.py).
 
 Defaults follow Flower's current ``flwr.serverapp.strategy`` signatures where it has them
 (FedAdam/FedAdagrad lr=0.1, FedYogi lr=0.01, tau=1e-3, beta1=0.9, beta2=0.99, FedAdagrad
@@ -36,7 +37,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
-from fedkit.aggregation.base import Aggregator, check_real
+from fedkit.aggregation.base import Aggregator, check_int, check_real
 from fedkit.aggregation.fedau import FedAUReweight
 from fedkit.aggregation.reduce import krum, median, sum_over, trimmed_mean, weighted_mean
 from fedkit.aggregation.robust import FLTrust, bulyan, centered_clipping, norm_bound
@@ -61,6 +62,11 @@ def _fedau(lr: float, num_clients: int | None, cutoff: int | None) -> Aggregator
         raise ValueError("fedau needs num_clients, the total number N of clients it divides by")
     rw = FedAUReweight(cutoff, num_clients)
     return Aggregator(sum_over(num_clients), sgd(lr), reweight=rw)
+
+
+def _fltrust(lr: float, root_size: int) -> Aggregator:
+    check_int("root_size", root_size, lo=1)  # the engine draws the root set (runtime/root_set.py)
+    return Aggregator(FLTrust(), sgd(lr))
 
 
 _SPECS: dict[str, _Spec] = {
@@ -96,7 +102,7 @@ _SPECS: dict[str, _Spec] = {
         {"tau": 1.0, "iters": 3, "lr": 1.0},
         lambda tau, iters, lr: Aggregator(centered_clipping(tau, iters), sgd(lr)),
     ),
-    "fltrust": _Spec({"lr": 1.0}, lambda lr: Aggregator(FLTrust(), sgd(lr))),
+    "fltrust": _Spec({"lr": 1.0, "root_size": 100}, _fltrust),
     "normbound": _Spec(
         {"max_norm": 1.0, "lr": 1.0}, lambda max_norm, lr: Aggregator(norm_bound(max_norm), sgd(lr))
     ),

@@ -326,6 +326,9 @@ def summarize(
         "sim_time_s": rows[-1].get("sim_time_s", 0.0) if rows else 0.0,
         **time_to_target(rows, target_acc),
         "skipped_rounds": sum(1 for r in rows if r.get("status", "ok") != "ok"),
+        **{  # differential privacy: the budget spent by the whole run, at the scenario's delta
+            k: rows[-1][k] for k in ("dp_epsilon", "dp_delta") if rows and rows[-1].get(k) is not None
+        },
         "params_sha256": params_hash(params),
         "fedkit_version": __version__,
         "seed": seed,

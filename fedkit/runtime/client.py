@@ -9,8 +9,10 @@ of the same shape plus the inner function, outermost first::
     reply = mods[0](state, task, ctx, lambda s, t, c: mods[1](s, t, c, ... handler))
 
 The uplink encoder is one (it turns the handler's raw ``delta`` into the encoded update);
-secure aggregation's mask (:func:`secagg_mask`) is another, inside it; clipping and noise go
-inside that, so they see the raw delta before it is quantised and masked. :class:`ClientHost` holds the current state between
+secure aggregation's mask (:func:`secagg_mask`) is another, inside it; DP clipping and noise
+(:func:`fedkit.runtime.privacy.dp_clip`, driven by the task's ``dp``) go inside that, so they
+see the raw delta before it is quantised and masked; a simulated attacker's mod
+(fedkit/runtime/adversary.py) sits just outside clipping. :class:`ClientHost` holds the current state between
 tasks and is what a Link calls.
 """
 
@@ -37,6 +39,7 @@ from fedkit.registry import resolve_import
 from fedkit.runtime import secagg
 from fedkit.runtime import task as tasks
 from fedkit.runtime.downlink import receive
+from fedkit.runtime.privacy import dp_clip
 from fedkit.split.channel import ClientHalf, StreamChannel
 from fedkit.split.client import ClientConfig as SplitClientConfig
 from fedkit.split.client import train_split
@@ -250,7 +253,9 @@ def secagg_mask(state: ClientState, task: Task, ctx: Context, inner: ClientFn) -
     return dataclasses.replace(state, secagg=held), reply
 
 
-DEFAULT_MODS: tuple[Mod, ...] = (encode_uplink, secagg_mask)
+DEFAULT_MODS: tuple[Mod, ...] = (encode_uplink, secagg_mask, dp_clip)
+"""Outermost first, so a delta is clipped (and, for local DP, noised) first, then put into
+secure aggregation's field and masked, or encoded by the uplink codec: clip before mask."""
 
 
 def compose(mods: Sequence[Mod], handler: ClientFn) -> ClientFn:
@@ -323,10 +328,15 @@ class ClientHost:
         return reply
 
 
-def hosts(states: Mapping[ClientId, ClientState], connect: SplitConnect | None = None) -> dict[ClientId, ClientHost]:
-    """One host per client, all sharing one :class:`ModelCache` (one module per process)."""
-    models = ModelCache()
-    return {cid: ClientHost(st, models, connect=connect) for cid, st in states.items()}
+def hosts(
+    states: Mapping[ClientId, ClientState],
+    connect: SplitConnect | None = None,
+    mods: Mapping[ClientId, Sequence[Mod]] | None = None,
+) -> dict[ClientId, ClientHost]:
+    """One host per client, all sharing one :class:`ModelCache` (one module per process);
+    ``mods``: clients whose chain is not :data:`DEFAULT_MODS` (simulated attackers)."""
+    models, chains = ModelCache(), mods or {}
+    return {cid: ClientHost(st, models, chains.get(cid, DEFAULT_MODS), connect=connect) for cid, st in states.items()}
 
 
 def save_client_data(path: str | Path, state: ClientState) -> None:

@@ -102,12 +102,15 @@ Action = Send | Await | Aggregate | Close | Drop
 
 @dataclass(frozen=True)
 class Sampling:
-    """How many clients a round asks: a fraction of the population or a count (at least ``min``)."""
+    """How many clients a round asks: a fraction of the population or a count (at least ``min``).
+    ``poisson``: each client takes part with probability ``fraction`` on its own coin, so the
+    count varies (the sampling DP-FedAvg's accounting assumes); ``size`` is then its mean."""
 
     seed: int
     fraction: float | None = 1.0
     count: int | None = None
     min: int = 1
+    poisson: bool = False
 
     def size(self, population: int) -> int:
         k = self.count if self.count is not None else round((self.fraction or 1.0) * population)
@@ -124,6 +127,9 @@ def sample_clients(
 ) -> list[ClientId]:
     """Seeded uniform sampling without replacement, returned in the population's order."""
     pool = sorted(set(clients) - set(exclude))
+    if sampling.poisson and k is None:
+        coins = frng.rng(sampling.seed, "sample-poisson", rnd, attempt).random(len(pool))
+        return [c for c, u in zip(pool, coins, strict=True) if u < (sampling.fraction or 1.0)]
     n = len(pool)
     k = min(n, sampling.size(len(clients)) if k is None else k)
     if k <= 0:

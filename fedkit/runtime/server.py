@@ -97,6 +97,7 @@ class Plan:
     split: Any = None  # fedkit.runtime.split.SplitPlan: split learning's seam (None: FL)
     work: Work | None = None  # caps each client's local steps (stragglers: partial)
     secagg: Any = None  # fedkit.runtime.secagg.SecAggPlan: secure aggregation's (None: plain)
+    dp: Any = None  # fedkit.runtime.privacy.DpPlan: the clients' DP settings and ε per round
 
     @property
     def sampler(self) -> Sampling:
@@ -224,6 +225,7 @@ def make_tasks(
             plan.downlink_mode, plan.downlink, state.downlink, state.params, clients, rnd, plan.seed
         )
         base = plan.train(rnd)
+        dp = None if plan.dp is None else plan.dp.task(state.agg_state)
         cap = plan.work.cap if plan.work is not None else None
 
         def config(c: ClientId) -> TrainConfig:
@@ -232,7 +234,7 @@ def make_tasks(
 
         configs = {
             c: TrainTask(seed=plan.seed, model=plan.model, train=config(c), uplink=plan.uplink,
-                         downlink=out.configs[c], repeat=repeat.get(c, 0))
+                         downlink=out.configs[c], repeat=repeat.get(c, 0), dp=dp)
             for c in clients
         }
         if kind == "split_train":  # the same, plus the split configuration
@@ -447,6 +449,8 @@ def run_round(
         rec.status = r.closed or "skipped"
         log.warning("round %d %s", r.rnd, rec.status)
     new = replace(r.state, round=r.rnd, inflight=r.keep)
+    if plan.dp is not None:  # ε so far (every round counts, aggregated or not) and what it used
+        rec.metrics |= plan.dp.metrics(new.round, new.agg_state)
     if plan.split is not None:  # the server part after this round, and its bytes by category
         split_state, split_metrics = plan.split.end()
         new = replace(new, split=split_state)

@@ -36,6 +36,16 @@ class DownlinkRef(Strict):
     base: int | None = None  # delta mode: the reference round the client must hold
 
 
+class DpTask(Strict):
+    """Differential privacy on the client (fedkit/runtime/privacy.py): clip the delta to
+    ``clip_norm`` before it is encoded; ``noise_multiplier > 0`` (local DP) adds
+    ``N(0, (z C)^2 I)`` too; ``report_unclipped``: send adaptive clipping's one bit."""
+
+    clip_norm: float = Field(gt=0)
+    noise_multiplier: float = Field(default=0.0, ge=0)
+    report_unclipped: bool = False
+
+
 class TrainTask(Strict):
     schema_version: Literal[1] = 1
     seed: int
@@ -46,6 +56,7 @@ class TrainTask(Strict):
     # tasks this client already got this round: an asynchronous policy may send a fast client
     # several between two aggregations, all from the same model; this keys their draws apart
     repeat: int = Field(default=0, ge=0)
+    dp: DpTask | None = None
 
 
 class EvaluateTask(Strict):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -18,6 +18,7 @@ import torch
 
 from fedkit import rng as frng
 from fedkit.aggregation import client_config, make_aggregator
+from fedkit.attacks import flip_labels
 from fedkit.compression import family
 from fedkit.data import Dataset, load_dataset, partition
 from fedkit.models import (
@@ -32,14 +33,17 @@ from fedkit.models import (
 from fedkit.registry import resolve_import
 from fedkit.runtime.accept import Acceptance
 from fedkit.runtime.async_policy import is_async, make_async_policy
-from fedkit.runtime.client import ClientState
+from fedkit.runtime.client import ClientState, Mod
 from fedkit.runtime.policy import Policy, Sampling, SequentialRound, SyncRound
+from fedkit.runtime.root_set import RootSet, root_trainer
 from fedkit.runtime.secagg import SecAggPlan, SecAggRound
 from fedkit.runtime.server import Plan, ServerState, default_metrics
 from fedkit.runtime.split import KIND as SPLIT_KIND
 from fedkit.runtime.split import SplitPlan
 from fedkit.runtime.task import ModelRef, SecAggField
+from fedkit.scenario.attacks import client_mods, label_flipped, with_colluders
 from fedkit.scenario.check import DataError, per_round
+from fedkit.scenario.privacy import dp_plan
 from fedkit.scenario.schema import Compression, Scenario, Schedule, read_examples
 from fedkit.split.endpoint import Endpoint
 from fedkit.split.schemes import initial, make_setup, whole
@@ -83,12 +87,14 @@ def build_clients(s: Scenario) -> dict[ClientId, ClientState]:
     if s.evaluation.federated:
         order = frng.rng(s.seed, "fed-test").permutation(len(ds.y_test))
         test_parts = list(np.array_split(order, len(parts)))
+    flipped = label_flipped(s)  # data poisoning (attacks: label_flip)
     out = {}
     for name, idx, tidx in zip(names, parts, test_parts, strict=True):
+        y = ds.y_train[idx]
         out[name] = ClientState.from_arrays(
             name,
             ds.x_train[idx],
-            ds.y_train[idx],
+            flip_labels(y, ds.num_classes) if name in flipped else y,
             None if tidx is None else ds.x_test[tidx],
             None if tidx is None else ds.y_test[tidx],
         )
@@ -166,7 +172,7 @@ def _split_plan(s: Scenario, module: torch.nn.Module, ds: Dataset) -> tuple[Spli
 
 def _secagg_plan(s: Scenario, init_params: Params) -> SecAggPlan | None:
     """Secure aggregation's seam of the plan: the field for the clients a round samples."""
-    sa = None if s.privacy is None else s.privacy.secagg
+    sa = s.privacy.secagg
     if sa is None:
         return None
     field = SecAggField(clip=sa.clip, levels=sa.levels(per_round(s)), bits=sa.bits,
@@ -177,7 +183,7 @@ def _secagg_plan(s: Scenario, init_params: Params) -> SecAggPlan | None:
 
 def _policy(s: Scenario, secagg: SecAggPlan | None = None) -> Policy:
     if secagg is not None:
-        assert s.privacy is not None and s.privacy.secagg is not None
+        assert s.privacy.secagg is not None
         stage = s.privacy.secagg.deadline_s or s.server.deadline_s
         return SecAggRound(secagg, s.server.deadline_s, stage, s.server.min_replies)
     if s.split is None or s.split.scheme == "splitfed_v1":
@@ -215,10 +221,15 @@ def build_server(s: Scenario) -> tuple[Plan, Params]:
     per = s.clients.per_round
     secagg = _secagg_plan(s, init_params)
     policy, aggregator = _policy_and_aggregator(s, secagg)
+    dp = dp_plan(s, aggregator)
+    if dp is not None and dp.aggregator is not None:  # central DP: the noised mean replaces the reduce
+        aggregator = dp.aggregator
+    if name == "fltrust":
+        aggregator = _fltrust_root(s, aggregator, model, ds, train)
     plan = Plan(
         seed=s.seed,
         rounds=s.rounds,
-        aggregator=aggregator,
+        aggregator=with_colluders(s, aggregator),
         model=model,
         train=schedule(train, s.train.schedule, s.rounds),
         acceptance=Acceptance.for_params(
@@ -231,7 +242,7 @@ def build_server(s: Scenario) -> tuple[Plan, Params]:
         ),
         max_skipped_rounds=s.server.max_skipped_rounds,
         policy=policy,
-        sampling=Sampling(s.seed, per.fraction if per.count is None else None, per.count, per.min),
+        sampling=Sampling(s.seed, per.fraction if per.count is None else None, per.count, per.min, per.poisson),
         uplink=s.compression.uplink,
         downlink=s.compression.downlink,
         downlink_mode=s.compression.downlink_mode,
@@ -243,6 +254,7 @@ def build_server(s: Scenario) -> tuple[Plan, Params]:
         split=split_plan,
         work=_partial_work(s, init_params),
         secagg=secagg,
+        dp=dp,
     )
     return plan, init_params
 
@@ -254,11 +266,22 @@ def _partial_work(s: Scenario, init_params: Params) -> Any:
 
     sim = simulation(s)
     return None if sim is None else partial_work(s, sim, init_params)
+
+
 def uplink_families(c: Compression) -> frozenset[tuple[str, ...]] | None:
     """Codec families a server takes updates in: the uplink's plus ``uplink_accept`` (None: any)."""
     if c.uplink_accept == "any":
         return None
     return frozenset(family(spec) for spec in [c.uplink, *c.uplink_accept])
+
+
+def _fltrust_root(s: Scenario, aggregator: Any, model: ModelRef, ds: Dataset, train: TrainConfig) -> RootSet:
+    """FLTrust's root set: ``root_size`` samples drawn by seed from the *training* split (the
+    server's clean data; never the test split that accuracy is measured on)."""
+    size = min(int(s.strategy.get("root_size", 100)), len(ds.y_train))
+    idx = np.sort(frng.rng(s.seed, "fltrust-root").choice(len(ds.y_train), size=size, replace=False))
+    data = LocalData(torch.from_numpy(ds.x_train[idx]).float(), torch.from_numpy(ds.y_train[idx]).long())
+    return RootSet(aggregator, root_trainer(model, data, train, s.seed), size)
 
 
 def initial_state(plan: Plan, init_params: Params) -> ServerState:
@@ -274,6 +297,7 @@ class Experiment:
     plan: Plan
     init_params: Params
     clients: dict[ClientId, ClientState]
+    mods: dict[ClientId, tuple[Mod, ...]] = field(default_factory=dict)  # attackers' mod chains
 
     def initial_state(self) -> ServerState:
         return initial_state(self.plan, self.init_params)
@@ -281,4 +305,4 @@ class Experiment:
 
 def build(s: Scenario) -> Experiment:
     plan, init_params = build_server(s)
-    return Experiment(s, plan, init_params, build_clients(s))
+    return Experiment(s, plan, init_params, build_clients(s), client_mods(s))

@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping
 import yaml
 
 from fedkit.runtime.client import ClientHost, hosts
+from fedkit.scenario.attacks import client_mods
 from fedkit.scenario.build import build_clients
 from fedkit.scenario.load import dump, validate
 from fedkit.scenario.schema import Execution, Scenario
@@ -23,7 +24,8 @@ from fedkit.types import ClientId
 
 def scenario_hosts(text: str) -> dict[ClientId, ClientHost]:
     """Every client's host, built from a scenario's YAML text: what each worker runs."""
-    return hosts(build_clients(validate(yaml.safe_load(text), "<worker scenario>")))
+    s = validate(yaml.safe_load(text), "<worker scenario>")
+    return hosts(build_clients(s), mods=client_mods(s))
 
 
 def _sequential(s: Scenario, e: Execution, fleet: Mapping[ClientId, ClientHost]) -> Executor:

@@ -3,7 +3,7 @@
 Unknown keys are errors everywhere. Sections backed by a registry (dataset, partition, model,
 strategy) are written ``{name: ..., <param>: ...}``; the allowed params come from the
 registered function's signature, so a new registry entry needs no schema change. Later
-sections (devices, split, privacy) slot in as new optional fields.
+sections (devices, split, privacy, attacks) slot in as new optional fields.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from pydantic import (
 
 from fedkit.models.train import TrainConfig
 from fedkit.registry import did_you_mean
+from fedkit.scenario.attacks import Attacks
 from fedkit.scenario.devices import Devices
 from fedkit.scenario.participation import Participation
 from fedkit.scenario.privacy import Privacy, check_privacy
@@ -125,16 +126,21 @@ def import_path(v: str | None, what: str) -> str | None:
 
 
 class Sampling(Strict):
-    """How many clients a round samples: a fraction of the population or a count."""
+    """How many clients a round samples: a fraction of the population or a count.
+    ``poisson: true``: each client takes part with probability ``fraction`` on its own (the
+    sampling DP-FedAvg's accounting assumes), so the number per round varies."""
 
     fraction: float | None = Field(default=None, gt=0, le=1)
     count: int | None = Field(default=None, ge=1)
     min: int = Field(default=1, ge=1)
+    poisson: bool = False
 
     @model_validator(mode="after")
     def _one(self) -> Sampling:
         if self.fraction is not None and self.count is not None:
             raise ValueError("give either 'fraction' or 'count', not both")
+        if self.poisson and (self.fraction is None or self.min != 1):
+            raise ValueError("poisson sampling takes a 'fraction' (each client's probability) and no 'count' or 'min'")
         return self
 
 
@@ -444,7 +450,8 @@ class Scenario(Strict):
     devices: Devices | None = None
     participation: Participation | None = None
     execution: Execution = Execution()
-    privacy: Privacy | None = None
+    privacy: Privacy = Privacy()
+    attacks: Attacks = Field(default_factory=list)  # simulated malicious clients (fedkit/scenario/attacks.py)
     output: Output = Output()
 
     @field_validator("model", mode="before")
@@ -469,6 +476,8 @@ class Scenario(Strict):
             )
         if s.min > self.clients.count:
             raise ValueError(f"clients.per_round.min={s.min} exceeds clients.count={self.clients.count}")
+        if self.server.on_too_few == "retry" and self.clients.per_round.poisson:
+            raise ValueError("clients.per_round.poisson: server.on_too_few: retry is not supported (use skip)")
         check_split(self)
         if self.devices is not None and self.split is not None:
             raise ValueError("devices: split learning's per-batch messages are not charged on the "

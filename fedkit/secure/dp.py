@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from fedkit import rng as frng
-from fedkit.aggregation.base import cast_like, check_int, check_real
+from fedkit.aggregation.base import cast_like, check_real
 from fedkit.types import ClientId, Params
 
 _F64 = np.float64
@@ -89,11 +89,11 @@ def add_gaussian(delta: Params, std: float, gen: np.random.Generator) -> Params:
     return out
 
 
-def central_std(noise_multiplier: float, clip_norm: float, expected_clients: int) -> float:
+def central_std(noise_multiplier: float, clip_norm: float, expected_clients: float) -> float:
     """Std of the server's noise on the fixed-denominator average: ``z * C / n``."""
     z = check_real("noise_multiplier", noise_multiplier, lo=0.0)
     c = check_real("clip_norm", clip_norm, lo=0.0, lo_open=True)
-    n = check_int("expected_clients", expected_clients, lo=1)
+    n = check_real("expected_clients", expected_clients, lo=0.0, lo_open=True)
     return z * c / n
 
 
@@ -102,9 +102,10 @@ def dp_mean(
     *,
     clip_norm: float,
     noise_multiplier: float,
-    expected_clients: int,
+    expected_clients: float,
     seed: int,
     round: int,
+    poisson: bool = False,
 ) -> Params:
     """Central DP-FedAvg server step: ``sum_k clip(delta_k) / n + N(0, (z C / n)^2 I)``.
 
@@ -112,14 +113,16 @@ def dp_mean(
     bound in the sensitivity). Updates are clipped again here: clients should already have
     clipped, re-clipping a clipped update changes nothing, and it keeps the guarantee if a
     client did not. ``n = expected_clients`` is the number of clients sampled (see the module
-    docstring for why it is fixed); more replies than that is an error.
+    docstring for why it is fixed); more replies than that is an error. With ``poisson``
+    sampling ``n`` is ``q * population``, the *expected* count (McMahan et al.'s ``qW``): the
+    count of replies is random then and may exceed it.
     """
     std = central_std(noise_multiplier, clip_norm, expected_clients)
     if len(deltas) == 0:
         raise ValueError("dp_mean needs at least one update")
-    if len(deltas) > expected_clients:
+    if not poisson and len(deltas) > expected_clients:
         raise ValueError(
-            f"dp_mean got {len(deltas)} updates but expected_clients={expected_clients}; "
+            f"dp_mean got {len(deltas)} updates but expected_clients={expected_clients:g}; "
             "the denominator must be at least the number of contributions"
         )
     first = deltas[0]
@@ -180,15 +183,16 @@ class AdaptiveClip:
     total noise multiplier ``z`` by noising the update with :meth:`update_noise_multiplier`.
     """
 
-    expected_clients: int
+    expected_clients: float
     initial_clip_norm: float = 0.1
     target_quantile: float = 0.5
     lr: float = 0.2
     count_stddev: float | None = None
     geometric: bool = True
+    poisson: bool = False  # expected_clients is q * population; more bits than it may come
 
     def __post_init__(self) -> None:
-        check_int("expected_clients", self.expected_clients, lo=1)
+        check_real("expected_clients", self.expected_clients, lo=0.0, lo_open=True)
         check_real("initial_clip_norm", self.initial_clip_norm, lo=0.0, lo_open=True)
         check_real("target_quantile", self.target_quantile, lo=0.0, hi=1.0)
         check_real("lr", self.lr, lo=0.0, lo_open=True)
@@ -207,9 +211,10 @@ class AdaptiveClip:
         self, state: ClipState, unclipped: Sequence[bool], *, seed: int, round: int
     ) -> tuple[ClipState, float]:
         """Next round's state and the released (noised) unclipped fraction."""
-        if len(unclipped) > self.expected_clients:
+        if not self.poisson and len(unclipped) > self.expected_clients:
             raise ValueError(
-                f"adaptive clip got {len(unclipped)} bits, expected_clients={self.expected_clients}"
+                f"adaptive clip got {len(unclipped)} bits, "
+                f"expected_clients={self.expected_clients:g}"
             )
         centred = sum(1.0 if b else 0.0 for b in unclipped) - 0.5 * len(unclipped)
         noise = float(frng.rng(seed, "dp-clip-count", round).normal(0.0, self.stddev))

@@ -83,6 +83,17 @@ def test_processes_give_bit_identical_params(tmp_path: Path, compression: dict |
         assert a["ratio_up"] > 5 and a["ratio_down"] > 1.5
 
 
+def test_dp_over_processes_gives_the_same_noise_and_epsilon(tmp_path: Path) -> None:
+    pytest.importorskip("dp_accounting")
+    raw = tiny_raw(rounds=3, clients={"count": 6, "per_round": {"fraction": 0.5, "poisson": True}})
+    raw["privacy"] = {"dp": {"clip_norm": 0.1, "noise_multiplier": 0.8, "adaptive": {"count_stddev": 1.0}}}
+    s = validate(raw)
+    a = run_scenario(s, tmp_path / "inproc")
+    b = run_processes(s, tmp_path / "procs", workers=2)  # the clip mod and its bit run in client processes
+    assert b["params_sha256"] == a["params_sha256"]
+    assert b["dp_epsilon"] == a["dp_epsilon"] > 0
+
+
 def _client_files(tmp_path: Path, s) -> list[str]:
     from fedkit.runtime.client import save_client_data
     from fedkit.scenario.build import build

@@ -16,13 +16,20 @@ import torch
 from fedkit import rng as frng
 from fedkit.runtime import secagg as rsa
 from fedkit.runtime.accept import Rejected, accept
-from fedkit.runtime.client import ClientHost, Mod, ModelCache, encode_uplink, secagg_mask
+from fedkit.runtime.client import (
+    DEFAULT_MODS,
+    ClientHost,
+    Mod,
+    ModelCache,
+    encode_uplink,
+    secagg_mask,
+)
 from fedkit.runtime.server import RoundRecord, RunFailed, ServerState, run
 from fedkit.runtime.task import SecAggField
 from fedkit.scenario import validate
 from fedkit.scenario.build import Experiment, build
 from fedkit.secure import secagg as sa
-from fedkit.secure.field import flatten
+from fedkit.secure.field import dequantize_sum, flatten
 from fedkit.sim.link import InProcessLink
 from fedkit.types import Encoded, Reply, Task, Update
 from tests.conftest import tiny_raw
@@ -306,3 +313,24 @@ def test_protocol_replies_are_accepted_only_as_the_stage_s_message() -> None:
     for kind, payload, why in bad:
         with pytest.raises(Rejected, match=why):
             accept(rule, *reply(kind, payload))
+
+
+def test_local_dp_clips_and_noises_each_update_before_it_is_masked() -> None:
+    """The default mods clip (and noise) before they mask: each client's field input is its
+    delta clipped to ``clip_norm``; the rounds still close and report ε."""
+    pytest.importorskip("dp_accounting")
+    r = secagg_raw(n=4, rounds=2, secagg={"weighting": "uniform"})
+    r["privacy"]["dp"] = {"mode": "local", "clip_norm": 0.05, "noise_multiplier": 1e-4}
+    exp = build(validate(r))
+    rec, models = Recorder(), ModelCache()
+    hosts = {c: ClientHost(s, models, mods=(rec.mod, *DEFAULT_MODS)) for c, s in exp.clients.items()}
+    rows: list[RoundRecord] = []
+    run(exp.plan, InProcessLink(hosts), exp.initial_state(), lambda s, row: rows.append(row))
+    assert [row.status for row in rows] == ["ok", "ok"]
+    assert exp.plan.secagg is not None
+    spec, d = rsa.field_spec(exp.plan.secagg.field), exp.plan.secagg.dim - rsa.EXTRA
+    assert len(rec.inputs) == 8
+    for x in rec.inputs.values():  # the training delta is far longer than 0.05: clipped to it
+        assert 0.045 < np.linalg.norm(dequantize_sum(spec, x[:d], 1)) < 0.0505
+    assert rows[1].metrics["dp_epsilon"] > rows[0].metrics["dp_epsilon"] > 0
+    assert np.isnan(rows[0].metrics["train_loss"])  # local DP: no client sent its training loss

@@ -93,3 +93,19 @@ def test_bad_arguments_say_what_is_wrong() -> None:
         epsilon(0.0, 0.1, 10, DELTA)
     with pytest.raises(ValueError, match="target_epsilon must be in"):
         noise_for_epsilon(-1.0, 0.1, 10, DELTA)
+
+
+def test_epsilon_curve_agrees_with_the_library_round_by_round() -> None:
+    from fedkit.secure.accountant import epsilon_curve
+
+    q, z, t = 0.1, 1.3, 6
+    rdp = epsilon_curve(z, q, t, DELTA, method="rdp")
+    pld = epsilon_curve(z, q, t, DELTA, method="pld")
+    for k in (1, 3, 6):
+        assert rdp[k - 1] == pytest.approx(direct(z, q, k, rdp_privacy_accountant.RdpAccountant()), rel=1e-12)
+        assert pld[k - 1] == pytest.approx(direct(z, q, k, pld_privacy_accountant.PLDAccountant()), rel=1e-6)
+    assert list(rdp) == sorted(rdp) and list(pld) == sorted(pld)  # ε grows with rounds
+    fixed = epsilon_curve(z, 0.25, 3, DELTA, sampling="fixed", population=40)
+    assert fixed[-1] == epsilon(z, 0.25, 3, DELTA, sampling="fixed", population=40)
+    louder = epsilon_curve(2 * z, q, t, DELTA, method="rdp")
+    assert all(a < b for a, b in zip(louder, rdp, strict=True))  # and falls with noise

@@ -14,7 +14,8 @@ The run directory has fedkit's files (``metrics.jsonl``, ``clients.jsonl``, ``su
 ``params.npz``, ``model.json``) with ``wire_bytes_*`` the Flower messages as serialized; there
 is no checkpoint (Flower's loop cannot resume). Not supported on this engine, each refused by
 name: a downlink codec other than ``identity`` (Flower sends the model as its own arrays),
-``downlink_mode: delta``, ``on_too_few: retry``, asynchronous strategies and ``participation:``.
+``downlink_mode: delta``, ``on_too_few: retry``, asynchronous strategies, ``participation:``,
+``privacy:`` (secure aggregation, DP) and update attacks.
 """
 
 from __future__ import annotations
@@ -86,6 +87,13 @@ def unsupported(s: Scenario) -> list[tuple[str, str]]:
         out.append(("strategy", f"{s.strategy['name']!r} is asynchronous; Flower's round loop is synchronous"))
     if s.participation is not None:
         out.append(("participation", "simulated by fedkit's in-process link only"))
+    if s.privacy.secagg is not None:
+        out.append(("privacy.secagg", "runs as fedkit's multi-exchange round only"))
+    if s.privacy.dp is not None:
+        out.append(("privacy.dp", "the clip mod, noise step and accountant run on fedkit's engine only"))
+    attacks = [a.kind for a in s.attacks if a.kind != "label_flip"]
+    if attacks:
+        out.append(("attacks", f"{', '.join(attacks)}: simulated by fedkit's in-process link only"))
     return out
 
 

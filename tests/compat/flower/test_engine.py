@@ -69,6 +69,13 @@ def test_what_the_flower_engine_cannot_run_is_refused_by_name(tmp_path: Path) ->
     raw = tiny_raw(participation={"kind": "bernoulli", "probs": 0.5})
     with pytest.raises(ScenarioError, match="participation: simulated by fedkit"):
         run_flower(validate(raw), tmp_path / "run")
+    raw = tiny_raw(clients={"count": 4, "per_round": {"fraction": 1.0}}, privacy={"secagg": {}},
+                   attacks=[{"kind": "sign_flip", "fraction": 0.25}])
+    with pytest.raises(ScenarioError, match="privacy.secagg: runs as fedkit's.*\n.*attacks: sign_flip"):
+        run_flower(validate(raw), tmp_path / "run")
+    raw = tiny_raw(privacy={"dp": {"clip_norm": 1.0, "noise_multiplier": 1.0}})
+    with pytest.raises(ScenarioError, match="privacy.dp: the clip mod"):
+        run_flower(validate(raw), tmp_path / "run")
 
 
 def test_the_cli_refuses_flower_with_processes_or_resume(tmp_path: Path, capsys) -> None:
