@@ -40,7 +40,7 @@ from fedkit.experiment import run_scenario  # noqa: E402
 from fedkit.scenario import validate  # noqa: E402
 
 CUT = "5"  # after conv2 + ReLU + max-pool: 32x4x4 smashed data per sample; the server holds the linear head
-NOPEEK = (1.0, 5.0, 20.0)
+NOPEEK = (0.1, 0.5, 2.0)
 NOISE = (0.3, 1.0, 3.0)
 
 
@@ -58,16 +58,18 @@ def scenario(rounds: int, defence: dict[str, Any] | None) -> dict[str, Any]:
     }
 
 
-def rows(rounds: int) -> list[tuple[str, dict[str, Any] | None]]:
+def rows(nopeek: list[float], noise: list[float]) -> list[tuple[str, dict[str, Any] | None]]:
     out: list[tuple[str, dict[str, Any] | None]] = [("none", None)]
-    out += [(f"NoPeek weight {w:g}", {"nopeek": {"weight": w}}) for w in NOPEEK]
-    out += [(f"noise sigma {s:g}", {"noise": {"sigma": s}}) for s in NOISE]
+    out += [(f"NoPeek weight {w:g}", {"nopeek": {"weight": w}}) for w in nopeek]
+    out += [(f"noise sigma {s:g}", {"noise": {"sigma": s}}) for s in noise]
     return out
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="3 rounds instead of 10 (a smoke run)")
+    ap.add_argument("--nopeek", type=float, nargs="*", default=list(NOPEEK), help="NoPeek weights")
+    ap.add_argument("--noise", type=float, nargs="*", default=list(NOISE), help="activation noise sigmas")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "split_privacy.md"))
     args = ap.parse_args()
     rounds = 3 if args.quick else 10
@@ -75,7 +77,7 @@ def main() -> None:
     results = []
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
-        for i, (label, defence) in enumerate(rows(rounds)):
+        for i, (label, defence) in enumerate(rows(args.nopeek, args.noise)):
             s = validate(scenario(rounds, defence))
             summary = run_scenario(s, Path(tmp) / f"run{i}")
             results.append((label, summary))

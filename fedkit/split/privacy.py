@@ -19,22 +19,24 @@ Defences (:class:`Defence`, scenario ``split: {defence: {...}}``), both on the c
   :mod:`fedkit.rng`, so every mode sends the same values. The gradient that comes back is the
   gradient at the noisy point, applied to the clean ``A`` (the noise is additive).
 
-Attacks, run on the final model (:func:`evaluate_privacy`, scenario ``split: {privacy_eval:
-[...]}``, reported in ``summary.json`` as ``privacy_*``):
+Attacks (scenario ``split: {privacy_eval: [...]}``; ``privacy_*`` in ``summary.json``):
 
-* **label_leakage** -- on a binary task, the per-sample norm of the gradient that crosses the link
-  towards the party without the loss (dL/dA, sent down, in the label-sharing schemes; dL/dB for
-  the body output, sent up to the label-less server, in U-shape) scores each held-out sample;
-  ``privacy_leak_auc`` is the ROC AUC of that score against the label (1 = class 1 always has the
-  larger norm: the labels leak; 0.5 = no leak). Positives (the minority class of an imbalanced
-  task) get the larger norm because the model is less sure of them. Held-out samples stand for
-  any batch the attacker sees; activations carry the defence's noise as on the wire.
-* **reconstruction** -- the attacker (the server) holds auxiliary data from the input
-  distribution (the training inputs here) and queries the client part on it, as He et al.'s
-  black-box inverse network: it trains a decoder from (noisy) smashed data back to inputs and
-  decodes the held-out set. ``privacy_recon_mse`` is its per-pixel MSE, ``privacy_recon_base_mse``
-  the MSE of guessing the auxiliary mean (what knowing nothing gives), and ``privacy_dcor`` the
-  distance correlation between held-out inputs and their smashed data (NoPeek's own target).
+* **label_leakage** -- on a binary task, the server's endpoint scores every sample of every
+  batch by the norm of the gradient it sends down (dL/dA, per-sample loss scale) and
+  :class:`LeakMeter` gives the round's ROC AUC of that score against the batch's labels
+  (``leak_auc`` in metrics.jsonl; ``privacy_leak_auc`` is the mean over rounds). This is Li et
+  al.'s threat: whoever receives the gradients (the party holding the client part, without the
+  labels in their two-party setting) learns the labels. Reported orientation-free,
+  max(AUC, 1 - AUC): 0.5 = nothing leaks, 1 = the norm gives every label away. Positives of an
+  imbalanced task stand out because the model is less sure of them. Only for the schemes that
+  send labels up and gradients down (vanilla, splitfed_v1/v2).
+* **reconstruction** -- after the last round (:func:`evaluate_privacy`) the attacker (the
+  server) holds auxiliary data from the input distribution (the training inputs here) and
+  queries the final client part on it, as He et al.'s black-box inverse network: it trains a
+  decoder from (noisy) smashed data back to inputs and decodes the held-out set.
+  ``privacy_recon_mse`` is its per-pixel MSE, ``privacy_recon_base_mse`` the MSE of guessing
+  the auxiliary mean (what knowing nothing gives), and ``privacy_dcor`` the distance
+  correlation between held-out inputs and their smashed data (NoPeek's own target).
 """
 
 from __future__ import annotations
