@@ -2,8 +2,8 @@
 
     python benchmarks/bench_split_privacy.py [--quick]
 
-Every row is one ``fedkit`` run (in-process) of the same scenario: vanilla split learning of the
-reference CNN cut at ``CUT`` on digits as a binary task (digit 0 against the rest, one positive
+Every row is one ``fedkit`` run (in-process) of ``scenarios/nopeek_digits.yaml`` with its defence
+replaced: vanilla split learning of the reference CNN cut after its max-pool on digits as a binary task (digit 0 against the rest, one positive
 in ten: the imbalanced setting of the norm attack), 10 clients, Dirichlet 0.5, with
 ``split: {privacy_eval: [label_leakage, reconstruction]}`` and one defence (none, NoPeek at three
 weights, Gaussian activation noise at three sigmas). Columns come from the run's summary.json:
@@ -35,27 +35,25 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # this checkout's fedkit, not whichever one the venv has installed
 
 import torch  # noqa: E402
+import yaml  # noqa: E402
 
 from fedkit.experiment import run_scenario  # noqa: E402
 from fedkit.scenario import validate  # noqa: E402
 
-CUT = "5"  # after conv2 + ReLU + max-pool: 32x4x4 smashed data per sample; the server holds the linear head
+BASE = ROOT / "scenarios" / "nopeek_digits.yaml"  # the cut ("5": after the max-pool), data, training
 NOPEEK = (0.1, 0.5, 2.0)
-NOISE = (0.3, 1.0, 3.0)
+NOISE = (0.3, 1.0, 3.0, 10.0)
 
 
 def scenario(rounds: int, defence: dict[str, Any] | None) -> dict[str, Any]:
-    split: dict[str, Any] = {"scheme": "vanilla", "cut": CUT, "server": {"optimizer": "sgd", "lr": 0.1},
-                             "privacy_eval": ["label_leakage", "reconstruction"]}
+    """The shipped scenario with ``defence`` (None: no defence) and ``rounds``."""
+    raw = yaml.safe_load(BASE.read_text())
+    raw["rounds"] = rounds
+    raw["split"].pop("defence", None)
     if defence is not None:
-        split["defence"] = defence
-    return {
-        "name": "split_privacy", "seed": 0, "rounds": rounds, "clients": {"count": 10},
-        "data": {"dataset": {"name": "digits", "positive": [0]}, "partition": {"name": "dirichlet", "alpha": 0.5}},
-        "model": {"name": "cnn"}, "train": {"epochs": 2, "batch_size": 16, "lr": 0.1},
-        "strategy": {"name": "fedavg"}, "split": split,
-        "output": {"plot": False, "checkpoint": False},
-    }
+        raw["split"]["defence"] = defence
+    raw["output"] = {"plot": False, "checkpoint": False}
+    return raw
 
 
 def rows(nopeek: list[float], noise: list[float]) -> list[tuple[str, dict[str, Any] | None]]:
@@ -90,7 +88,8 @@ def main() -> None:
         f"(`make bench-split-privacy`); {platform.processor() or platform.machine()}, torch {torch.__version__}, "
         f"one thread, {time.perf_counter() - t0:.0f} s.",
         "",
-        f"Vanilla split learning, reference CNN cut at `{CUT}` (conv1, conv2, max-pool on the client: 32x4x4 "
+        "`scenarios/nopeek_digits.yaml` with its defence replaced per row: "
+        "vanilla split learning, reference CNN cut at `5` (conv1, conv2, max-pool on the client: 32x4x4 "
         "smashed data; the linear head on the server), digits as a binary task (digit 0 vs the rest, 10% "
         f"positives), 10 clients, Dirichlet 0.5, {rounds} rounds of 2 local epochs, batch 16, SGD lr 0.1. "
         "One run per row, seed 0, `split: {privacy_eval: [label_leakage, reconstruction]}`.",
@@ -111,7 +110,16 @@ def main() -> None:
         ratio = r["privacy_recon_mse"] / r["privacy_recon_base_mse"]
         lines.append(f"| {label} | {r['final_accuracy']:.4f} | {r['privacy_leak_auc']:.3f} | "
                      f"{r['privacy_recon_mse']:.4f} | {ratio:.2f} | {r['privacy_dcor']:.3f} |")
-    lines += ["", "Reading it: see the README's split-learning section."]
+    lines += [
+        "",
+        "Reading it. Both defences buy privacy against reconstruction (MSE up, dCor down) until they break "
+        "the task: a row at the majority accuracy (0.90) has collapsed smashed data or a server that learns "
+        "only the prior, and then the gradient norms can give the labels away (the server part here is one "
+        "linear layer, so the norm is |p - y| times one constant) though nothing can be reconstructed. Fixed-sigma noise is fought by the client part itself, which can grow its "
+        "activations to keep the signal above the noise (compare dCor across sigmas); NoPeek's weight is the "
+        "sharper knob. Neither defence targets the labels: the leak AUC falls only as a side effect of a "
+        "less confident server.",
+    ]
     Path(args.out).write_text("\n".join(lines) + "\n")
     print(f"wrote {args.out}")
 
