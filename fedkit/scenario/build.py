@@ -153,6 +153,8 @@ def _split_plan(s: Scenario, module: torch.nn.Module, ds: Dataset) -> tuple[Spli
     setup = make_setup(sp.scheme, module, sp.cut_list, ds.input_shape, ds.num_classes, seed=s.seed, bottleneck=dim)
     client, server = initial(setup)
     opt = TrainConfig(**sp.server.model_dump())
+    if "label_leakage" in sp.privacy_eval and ds.num_classes != 2:  # validation checks it where the data loads
+        raise ValueError(f"split: privacy_eval label_leakage needs a binary task, the dataset has {ds.num_classes} classes")
     endpoint = Endpoint(setup, opt, gradients=sp.gradients, seed=s.seed, batch_size=s.train.batch_size,
                         leakage="label_leakage" in sp.privacy_eval)
     evaluate = None
@@ -163,6 +165,8 @@ def _split_plan(s: Scenario, module: torch.nn.Module, ds: Dataset) -> tuple[Spli
     defence = Defence(*sp.defence.values) if sp.defence is not None else Defence()
     privacy = None
     if "reconstruction" in sp.privacy_eval:
+        if len(ds.x_test) < 2 or len(ds.x_train) < 2:
+            raise ValueError("split: privacy_eval reconstruction needs train inputs (the attacker's) and a test set")
         data = (ds.x_train, ds.x_test)  # the attacker's auxiliary inputs, the inputs it decodes
         privacy = lambda c, p: evaluate_privacy(setup, c, p, data, defence=defence, seed=s.seed)  # noqa: E731
     plan = SplitPlan(setup, endpoint, server_init(endpoint.cfg, server), sp.cut_list, sp.activations,
