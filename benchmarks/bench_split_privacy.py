@@ -115,10 +115,11 @@ def main() -> None:
         "Reading it. Both defences buy privacy against reconstruction (MSE up, dCor down) until they break "
         "the task: a row at the majority accuracy (0.90) has collapsed smashed data or a server that learns "
         "only the prior, and then the gradient norms can give the labels away (the server part here is one "
-        "linear layer, so the norm is |p - y| times one constant) though nothing can be reconstructed. Fixed-sigma noise is fought by the client part itself, which can grow its "
-        "activations to keep the signal above the noise (compare dCor across sigmas); NoPeek's weight is the "
-        "sharper knob. Neither defence targets the labels: the leak AUC falls only as a side effect of a "
-        "less confident server.",
+        "linear layer, so the norm is |p - y| times one constant) though nothing can be reconstructed. "
+        "Fixed-sigma noise can be fought by the client part itself, which is free to grow "
+        "its activations above the noise (a likely reason the figures need not improve monotonically with "
+        "sigma; not measured here). Neither defence targets the labels: the leak AUC falls only as a side "
+        "effect of a less confident server.",
     ]
     Path(args.out).write_text("\n".join(lines) + "\n")
     print(f"wrote {args.out}")
