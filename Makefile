@@ -7,7 +7,7 @@ PIP    := $(PY) -m pip -q --disable-pip-version-check
 TORCH  ?= torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint proto bench bench-training bench-codecs bench-grpc bench-split-grpc bench-compression bench-events bench-secagg bench-split bench-flower bench-stragglers bench-async bench-hostile bench-wire bench-execution bench-fedprox bench-split-modes bench-dp bench-robustness clean
+.PHONY: demo test lint proto bench bench-training bench-codecs bench-grpc bench-split-grpc bench-compression bench-events bench-secagg bench-split bench-flower bench-stragglers bench-async bench-hostile bench-wire bench-execution bench-fedprox bench-split-modes bench-dp bench-robustness bench-split-privacy clean
 
 $(VENV)/.base:
 	$(PYTHON) -m venv $(VENV)
@@ -40,7 +40,7 @@ proto: $(VENV)/.dev
 	$(PY) fedkit/transport/protogen.py
 
 # Each benchmark writes a table to benchmarks/results/.
-bench: bench-training bench-codecs bench-grpc bench-split-grpc bench-compression bench-events bench-secagg bench-split bench-flower bench-stragglers bench-async bench-hostile bench-wire bench-execution bench-fedprox bench-split-modes bench-dp bench-robustness
+bench: bench-training bench-codecs bench-grpc bench-split-grpc bench-compression bench-events bench-secagg bench-split bench-flower bench-stragglers bench-async bench-hostile bench-wire bench-execution bench-fedprox bench-split-modes bench-dp bench-robustness bench-split-privacy
 
 bench-training: $(VENV)/.installed
 	$(PY) benchmarks/bench_training.py
@@ -98,3 +98,6 @@ bench-dp: $(VENV)/.dev  # needs dp-accounting (the privacy extra, in dev)
 
 bench-robustness: $(VENV)/.installed
 	$(PY) benchmarks/bench_robustness.py
+
+bench-split-privacy: $(VENV)/.installed
+	$(PY) benchmarks/bench_split_privacy.py

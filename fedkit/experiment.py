@@ -162,6 +162,7 @@ def run_with_link(
         summary["server_params_sha256"] = params_hash(final.split.shared.params)
         split_bytes = sorted({k for r in rows for k in r if k.startswith("bytes_") and k not in ("bytes_down", "bytes_up")})
         summary |= {f"total_{k}": sum(r.get(k, 0) for r in rows) for k in split_bytes}
+        summary |= plan.split.summary(rows, final.params, final.split.shared.params)  # privacy_eval
     rd.write_final(final.params, summary)
     if s.output.plot:
         plots.curves(rows, rd.path / "curves.png", title=s.name)

@@ -191,10 +191,15 @@ def _num_classes(given: int | None, where: str, *labels: np.ndarray) -> int:
 
 
 @register_dataset("digits")
-def load_digits(seed: int, *, test_fraction: float = 0.2, flat: bool = True) -> Dataset:
+def load_digits(
+    seed: int, *, test_fraction: float = 0.2, flat: bool = True, positive: list[int] | None = None
+) -> Dataset:
     """sklearn's bundled 8x8 digits (1,797 images), so tests and demos run offline.
 
     Pixels 0..16 are scaled to [0, 1]; ``flat=False`` gives (1, 8, 8) inputs for a CNN.
+    ``positive`` makes it a binary task: label 1 for those digits, 0 for the rest (``[0]``: one
+    positive in ten, the imbalanced setting of split learning's label-leakage attack); the
+    train/test split is the 10-class one.
     """
     from sklearn.datasets import load_digits as _sk_digits
 
@@ -204,7 +209,13 @@ def load_digits(seed: int, *, test_fraction: float = 0.2, flat: bool = True) -> 
     if not flat:
         x = x.reshape(-1, 1, 8, 8)
     tr, te = _stratified_split(y, test_fraction, rng(seed, "digits", "split"))
-    return Dataset("digits", x[tr], y[tr], x[te], y[te], num_classes=10)
+    if positive is None:
+        return Dataset("digits", x[tr], y[tr], x[te], y[te], num_classes=10)
+    pos = sorted({int(d) for d in positive})
+    if not pos or pos[0] < 0 or pos[-1] > 9 or len(pos) == 10 or len(pos) != len(positive):
+        raise ValueError(f"digits positive: give distinct digits 0..9, not all ten, got {positive}")
+    yb = np.isin(y, pos).astype(np.int64)
+    return Dataset("digits", x[tr], yb[tr], x[te], yb[te], num_classes=2)
 
 
 # ----------------------------------------------------------------------------- synthetic

@@ -43,6 +43,7 @@ from fedkit.runtime.privacy import dp_clip
 from fedkit.split.channel import ClientHalf, StreamChannel
 from fedkit.split.client import ClientConfig as SplitClientConfig
 from fedkit.split.client import train_split
+from fedkit.split.privacy import Defence
 from fedkit.split.schemes import SplitSetup, make_setup
 from fedkit.split.wire import SplitConnect
 from fedkit.types import ClientId, Params, Reply, Task
@@ -196,7 +197,7 @@ def handle_split_train(state: ClientState, task: Task, ctx: Context) -> tuple[Cl
     half = ClientHalf(cfg.activations, state.id, seed=cfg.seed, round=task.round)
     stream = ctx.connect(task)
     channel = StreamChannel(stream, half, expect_reply=setup.scheme.gradients_down, body_shape=setup.body_shape)
-    ccfg = SplitClientConfig(cfg.scheme, setup.client_modules, cfg.train, cfg.seed)
+    ccfg = SplitClientConfig(cfg.scheme, setup.client_modules, cfg.train, cfg.seed, Defence(cfg.nopeek, cfg.noise))
     try:
         new, m = train_split(ccfg, params, state.train.x, state.train.y, channel, ctx.rng("train"),
                              round=task.round, client=state.id)

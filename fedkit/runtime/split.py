@@ -16,7 +16,10 @@ relayed by :class:`~fedkit.runtime.policy.SequentialRound`), while the server pa
    by category: ``bytes_activations_up``, ``bytes_gradients_down``, ``bytes_labels_up``, and
    U-shape's ``bytes_activations_down`` / ``bytes_gradients_up``);
 5. evaluates the composed model (``evaluator(state.split)``) and checkpoints the server part
-   as the run directory's ``split`` section (``to_arrays`` / ``from_arrays``).
+   as the run directory's ``split`` section (``to_arrays`` / ``from_arrays``);
+6. after the last round, :meth:`summary` adds ``privacy_*`` to summary.json when the scenario
+   asks for ``privacy_eval``: the mean of the rounds' ``leak_auc`` (the endpoint measures it on
+   the gradients it sends) and the reconstruction attack on the final parts.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import numpy as np
 from fedkit.runtime.task import SplitTrainTask, TrainTask
 from fedkit.split.endpoint import Endpoint
 from fedkit.split.local import LocalConnect
+from fedkit.split.privacy import Defence
 from fedkit.split.schemes import SplitSetup
 from fedkit.split.server import ServerState, state_from_arrays, state_to_arrays
 from fedkit.types import Params, Task
@@ -52,6 +56,8 @@ class SplitPlan:
     gradients: str = "identity"
     bottleneck: int | None = None
     evaluate: Callable[[Params, Params], Mapping[str, float]] | None = None  # (client, server)
+    defence: Defence = Defence()  # the clients' NoPeek weight and activation noise
+    privacy: Callable[[Params, Params], Mapping[str, float]] | None = None  # reconstruction attack
 
     @property
     def scheme(self) -> str:
@@ -61,8 +67,8 @@ class SplitPlan:
         """The split task config for what a training task would carry."""
         return SplitTrainTask(
             seed=t.seed, model=t.model, scheme=self.scheme, cuts=self.cuts, activations=self.activations,  # type: ignore[arg-type]
-            gradients=self.gradients, bottleneck=self.bottleneck, train=t.train, uplink=t.uplink,
-            downlink=t.downlink,
+            gradients=self.gradients, bottleneck=self.bottleneck, nopeek=self.defence.nopeek,
+            noise=self.defence.noise, train=t.train, uplink=t.uplink, downlink=t.downlink,
         )
 
     def begin(self, state: ServerState, rnd: int) -> None:
@@ -86,6 +92,16 @@ class SplitPlan:
             return None
         fn, server = self.evaluate, state.shared.params
         return lambda client: fn(client, server)
+
+    def summary(self, rows: Sequence[Mapping[str, Any]], client: Params, server: Params) -> dict[str, float]:
+        """The privacy figures of a finished run (empty when the scenario asks for none)."""
+        out: dict[str, float] = {}
+        aucs = [float(r["leak_auc"]) for r in rows if "leak_auc" in r]
+        if aucs:
+            out |= {"privacy_leak_auc": float(np.mean(aucs)), "privacy_leak_auc_last": aucs[-1]}
+        if self.privacy is not None:
+            out |= dict(self.privacy(client, server))
+        return out
 
     def connect(self) -> LocalConnect:
         """The in-process clients' way to this plan's endpoint."""

@@ -80,6 +80,8 @@ class SplitTrainTask(Strict):
     activations: str = "identity"
     gradients: str = "identity"
     bottleneck: int | None = Field(default=None, ge=1)
+    nopeek: float = Field(default=0.0, ge=0, allow_inf_nan=False)  # fedkit.split.privacy.Defence
+    noise: float = Field(default=0.0, ge=0, allow_inf_nan=False)
     train: TrainConfig
     uplink: str = "identity"
     downlink: DownlinkRef = DownlinkRef()

@@ -46,6 +46,7 @@ from fedkit.scenario.check import DataError, per_round
 from fedkit.scenario.privacy import dp_plan
 from fedkit.scenario.schema import Compression, Scenario, Schedule, read_examples
 from fedkit.split.endpoint import Endpoint
+from fedkit.split.privacy import Defence, evaluate_privacy
 from fedkit.split.schemes import initial, make_setup, whole
 from fedkit.split.server import server_init
 from fedkit.types import ClientId, Params
@@ -159,14 +160,24 @@ def _split_plan(s: Scenario, module: torch.nn.Module, ds: Dataset) -> tuple[Spli
     setup = make_setup(sp.scheme, module, sp.cut_list, ds.input_shape, ds.num_classes, seed=s.seed, bottleneck=dim)
     client, server = initial(setup)
     opt = TrainConfig(**sp.server.model_dump())
-    endpoint = Endpoint(setup, opt, gradients=sp.gradients, seed=s.seed, batch_size=s.train.batch_size)
+    if "label_leakage" in sp.privacy_eval and ds.num_classes != 2:  # validation checks it where the data loads
+        raise ValueError(f"split: privacy_eval label_leakage needs a binary task, the dataset has {ds.num_classes} classes")
+    endpoint = Endpoint(setup, opt, gradients=sp.gradients, seed=s.seed, batch_size=s.train.batch_size,
+                        leakage="label_leakage" in sp.privacy_eval)
     evaluate = None
     if s.evaluation.centralized:
         composed, join = whole(setup)
         central = _server_eval(s, composed, ds)
         evaluate = lambda c, p: central(join(c, p))  # noqa: E731
+    defence = Defence(*sp.defence.values) if sp.defence is not None else Defence()
+    privacy = None
+    if "reconstruction" in sp.privacy_eval:
+        if len(ds.x_test) < 2 or len(ds.x_train) < 2:
+            raise ValueError("split: privacy_eval reconstruction needs train inputs (the attacker's) and a test set")
+        data = (ds.x_train, ds.x_test)  # the attacker's auxiliary inputs, the inputs it decodes
+        privacy = lambda c, p: evaluate_privacy(setup, c, p, data, defence=defence, seed=s.seed)  # noqa: E731
     plan = SplitPlan(setup, endpoint, server_init(endpoint.cfg, server), sp.cut_list, sp.activations,
-                     sp.gradients, dim, evaluate)
+                     sp.gradients, dim, evaluate, defence, privacy)
     return plan, client
 
 

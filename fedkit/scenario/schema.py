@@ -320,10 +320,43 @@ class Bottleneck(Strict):
     dim: int = Field(ge=1)
 
 
+class NoPeek(Strict):
+    """NoPeek (Vepakomma et al. 2020): ``weight * dCor(input, smashed data)`` joins the client
+    part's loss (fedkit/split/privacy.py)."""
+
+    weight: float = Field(gt=0, allow_inf_nan=False)
+
+
+class ActivationNoise(Strict):
+    """Gaussian noise of std ``sigma`` on the smashed data before it leaves the client."""
+
+    sigma: float = Field(gt=0, allow_inf_nan=False)
+
+
+class SplitDefence(Strict):
+    """The client's defences of its smashed data; give one or both."""
+
+    nopeek: NoPeek | None = None
+    noise: ActivationNoise | None = None
+
+    @model_validator(mode="after")
+    def _some(self) -> SplitDefence:
+        if self.nopeek is None and self.noise is None:
+            raise ValueError("defence: give nopeek: {weight: w} and/or noise: {sigma: s}, or drop 'defence'")
+        return self
+
+    @property
+    def values(self) -> tuple[float, float]:
+        """(nopeek weight, noise sigma), 0 for an absent one (fedkit.split.privacy.Defence)."""
+        return (0.0 if self.nopeek is None else self.nopeek.weight, 0.0 if self.noise is None else self.noise.sigma)
+
+
 class Split(Strict):
     """Split learning (fedkit/split/): the model is cut at ``cut`` (U-shape: ``cuts: [a, b]``),
     the client trains its part, the server the rest. ``activations`` / ``gradients`` are the
-    codec specs of client -> server and server -> client tensors."""
+    codec specs of client -> server and server -> client tensors. ``defence`` protects the
+    smashed data (NoPeek, noise); ``privacy_eval`` runs attacks on the final model and reports
+    ``privacy_*`` in summary.json (fedkit/split/privacy.py)."""
 
     scheme: Literal["vanilla", "splitfed_v1", "splitfed_v2", "ushape", "local_loss"]
     cut: str | None = None
@@ -332,6 +365,8 @@ class Split(Strict):
     activations: str = "identity"
     gradients: str = "identity"
     bottleneck: Bottleneck | None = None
+    defence: SplitDefence | None = None
+    privacy_eval: list[Literal["label_leakage", "reconstruction"]] = []
 
     @property
     def cut_list(self) -> tuple[str, ...]:
@@ -354,6 +389,12 @@ class Split(Strict):
                 raise ValueError(f"{field}: {e}") from None
         if self.scheme == "local_loss" and self.gradients != "identity":
             raise ValueError("local_loss sends no gradients to the client; drop 'gradients'")
+        if len(set(self.privacy_eval)) != len(self.privacy_eval):
+            raise ValueError(f"privacy_eval lists an attack twice: {self.privacy_eval}")
+        if "label_leakage" in self.privacy_eval and self.scheme in ("ushape", "local_loss"):
+            why = "keeps the labels on the client" if self.scheme == "ushape" else "sends no gradients down"
+            raise ValueError(f"privacy_eval: label_leakage measures the gradients the server sends down for the "
+                             f"labels it gets; {self.scheme} {why} (drop label_leakage)")
         return self
 
 
@@ -381,7 +422,7 @@ def check_split(s: Scenario) -> None:
         return
     from fedkit.split import cut_names, split, with_bottleneck
 
-    model, shape = built
+    model, shape, classes = built
     names = cut_names(model)
     for cut in sp.cut_list:
         if cut not in names:
@@ -392,9 +433,12 @@ def check_split(s: Scenario) -> None:
             with_bottleneck(parts, shape, sp.bottleneck.dim)
     except ValueError as e:
         raise ValueError(f"split: {e}") from None
+    if "label_leakage" in sp.privacy_eval and classes != 2:
+        raise ValueError(f"split: privacy_eval label_leakage needs a binary task (2 classes), the dataset has "
+                         f"{classes}; e.g. dataset: {{name: digits, positive: [0]}}")
 
 
-def _split_model(s: Scenario) -> tuple[Any, tuple[int, ...]] | None:
+def _split_model(s: Scenario) -> tuple[Any, tuple[int, ...], int] | None:
     """The scenario's model, built to list its cuts; None when the data cannot be read here
     (a deployed server without the files): ``split()`` refuses a bad cut at build time then."""
     from fedkit.data import load_dataset
@@ -405,7 +449,7 @@ def _split_model(s: Scenario) -> tuple[Any, tuple[int, ...]] | None:
         ds = load_dataset(s.data.dataset["name"], s.seed, **params)
     except (OSError, ValueError):
         return None
-    return build_model(s.model, ds.input_shape, ds.num_classes), ds.input_shape
+    return build_model(s.model, ds.input_shape, ds.num_classes), ds.input_shape, ds.num_classes
 
 
 class Execution(Strict):

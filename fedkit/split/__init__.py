@@ -6,7 +6,8 @@ the endpoint every transport calls; :mod:`~fedkit.split.server` and :mod:`~fedki
 are the two sides as values; :mod:`~fedkit.split.endpoint` is the server end the round engine
 drives (:mod:`fedkit.runtime.split`) and :mod:`~fedkit.split.local` its in-process transport;
 :mod:`~fedkit.split.schemes` documents the schemes and runs the reference in-process round;
-:mod:`~fedkit.split.bottleneck` adds a learned bottleneck at the cut.
+:mod:`~fedkit.split.bottleneck` adds a learned bottleneck at the cut; :mod:`~fedkit.split.privacy`
+holds the NoPeek and activation-noise defences and the label-leakage and reconstruction attacks.
 """
 
 from fedkit.split.bottleneck import with_bottleneck
@@ -23,6 +24,7 @@ from fedkit.split.client import ClientConfig, client_params, train_split
 from fedkit.split.endpoint import Endpoint
 from fedkit.split.local import LocalConnect, LocalStream
 from fedkit.split.partition import SplitModel, cut_names, split
+from fedkit.split.privacy import Defence, distance_correlation, evaluate_privacy
 from fedkit.split.schemes import SCHEMES, SplitSetup, initial, make_setup, run_round, whole
 from fedkit.split.server import (
     LocalServer,
@@ -37,10 +39,11 @@ from fedkit.split.server import (
 )
 
 __all__ = [
-    "SCHEMES", "ByteCount", "ClientConfig", "ClientHalf", "Endpoint", "LocalChannel",
+    "SCHEMES", "ByteCount", "ClientConfig", "ClientHalf", "Defence", "Endpoint", "LocalChannel",
     "LocalConnect", "LocalServer", "LocalStream", "PartState", "ServerConfig", "ServerHalf",
     "ServerState", "SplitBatch", "SplitChannel", "SplitModel", "SplitSetup", "StreamChannel",
-    "average_parts", "client_params", "cut_names", "initial", "make_setup",
+    "average_parts", "client_params", "cut_names", "distance_correlation", "evaluate_privacy",
+    "initial", "make_setup",
     "run_round", "server_begin_round", "server_end_round", "server_handle", "server_init",
     "split", "train_split", "whole", "with_bottleneck",
 ]

@@ -10,7 +10,9 @@ step) and never touch torch's global RNG (parts without random layers are not se
 all). FedProx's ``mu`` adds mu * (w - w_start) to the gradient, as the proximal term does in FL
 training. The optimizer state is fresh per task, as in FL training. Each module is one
 :class:`~fedkit.split.optim.LivePart` for the whole task: ``params`` are copied into tensors once
-and the result is read out once, so a step costs no numpy round trip.
+and the result is read out once, so a step costs no numpy round trip. ``defence``
+(:class:`~fedkit.split.privacy.Defence`) adds NoPeek's dCor term to the client part's loss and
+keyed Gaussian noise to the smashed data it sends.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from fedkit.models.params import get_params
 from fedkit.models.train import TrainConfig, batches
 from fedkit.split.channel import SplitBatch, SplitChannel
 from fedkit.split.optim import LivePart
+from fedkit.split.privacy import Defence, Guard
 from fedkit.types import ClientId, Params
 
 __all__ = ["ClientConfig", "client_params", "train_split"]
@@ -40,6 +43,7 @@ class ClientConfig:
     modules: tuple[nn.Module, ...]
     train: TrainConfig = TrainConfig()
     seed: int = 0
+    defence: Defence = Defence()  # NoPeek and activation noise (fedkit.split.privacy)
 
 
 def client_params(modules: Sequence[nn.Module]) -> Params:
@@ -63,8 +67,10 @@ def _live(modules: Sequence[nn.Module], train: TrainConfig, params: Params) -> l
 
 Call = Callable[[int, torch.Tensor], torch.Tensor]  # (module index, input) -> output
 Grads = list[torch.Tensor | None]
-Step = Callable[[Call, list[list[torch.Tensor]], torch.Tensor, torch.Tensor, SplitChannel, int], tuple[Grads, float]]
-"""(call, trainable tensors per module, x, y, channel, step) -> (grads in that order, loss)."""
+Step = Callable[
+    [Call, list[list[torch.Tensor]], torch.Tensor, torch.Tensor, SplitChannel, int, Guard], tuple[Grads, float]
+]
+"""(call, trainable tensors per module, x, y, channel, step, guard) -> (grads in that order, loss)."""
 
 
 def _reply(
@@ -87,29 +93,38 @@ def _grad(out: torch.Tensor, inputs: list[torch.Tensor], grad_out: torch.Tensor 
     return list(torch.autograd.grad(out, inputs, grad_out, allow_unused=True))
 
 
-def _server_loss(call: Call, tr: list[list[torch.Tensor]], xb: torch.Tensor, yb: torch.Tensor, ch: SplitChannel, step: int) -> tuple[Grads, float]:
+def _back(a: torch.Tensor, inputs: list[torch.Tensor], grad_a: torch.Tensor, xb: torch.Tensor, guard: Guard) -> Grads:
+    """Back-propagate the gradient that came for ``a``, plus NoPeek's term when it is on."""
+    pen = guard.penalty(xb, a)
+    if pen is None:
+        return _grad(a, inputs, grad_a)
+    return _grad((a * grad_a).sum() + pen, inputs)
+
+
+def _server_loss(call: Call, tr: list[list[torch.Tensor]], xb: torch.Tensor, yb: torch.Tensor, ch: SplitChannel, step: int, guard: Guard) -> tuple[Grads, float]:
     a = call(0, xb)
-    msg = SplitBatch(step, "activations", [a.detach().numpy()], yb.numpy())
+    msg = SplitBatch(step, "activations", [guard.smash(a, step)], yb.numpy())
     grad_a, loss = _reply(ch, msg, "gradients", like=a)
-    return _grad(a, tr[0], grad_a), loss  # the server's loss, from the reply's metrics
+    return _back(a, tr[0], grad_a, xb, guard), loss  # the server's loss, from the reply's metrics
 
 
-def _ushape(call: Call, tr: list[list[torch.Tensor]], xb: torch.Tensor, yb: torch.Tensor, ch: SplitChannel, step: int) -> tuple[Grads, float]:
+def _ushape(call: Call, tr: list[list[torch.Tensor]], xb: torch.Tensor, yb: torch.Tensor, ch: SplitChannel, step: int, guard: Guard) -> tuple[Grads, float]:
     h = call(0, xb)
-    b = _reply(ch, SplitBatch(step, "activations", [h.detach().numpy()]), "activations")[0].requires_grad_(True)
+    b = _reply(ch, SplitBatch(step, "activations", [guard.smash(h, step)]), "activations")[0].requires_grad_(True)
     loss = F.cross_entropy(call(1, b), yb)
     gb, *g_tail = torch.autograd.grad(loss, [b, *tr[1]], allow_unused=True)
     assert gb is not None
     gh, _ = _reply(ch, SplitBatch(step, "gradients", [gb.numpy()]), "gradients", like=h)
-    return [*_grad(h, tr[0], gh), *g_tail], float(loss.detach())
+    return [*_back(h, tr[0], gh, xb, guard), *g_tail], float(loss.detach())
 
 
-def _local_loss(call: Call, tr: list[list[torch.Tensor]], xb: torch.Tensor, yb: torch.Tensor, ch: SplitChannel, step: int) -> tuple[Grads, float]:
+def _local_loss(call: Call, tr: list[list[torch.Tensor]], xb: torch.Tensor, yb: torch.Tensor, ch: SplitChannel, step: int, guard: Guard) -> tuple[Grads, float]:
     a = call(0, xb)
     loss = F.cross_entropy(call(1, a), yb)
-    if ch.exchange(SplitBatch(step, "activations", [a.detach().numpy()], yb.numpy())) is not None:
+    pen = guard.penalty(xb, a)
+    if ch.exchange(SplitBatch(step, "activations", [guard.smash(a, step)], yb.numpy())) is not None:
         raise ValueError(f"step {step}: local_loss expects no reply from the server")
-    return _grad(loss, [*tr[0], *tr[1]]), float(loss.detach())
+    return _grad(loss if pen is None else loss + pen, [*tr[0], *tr[1]]), float(loss.detach())
 
 
 STEPS: dict[str, Step] = {
@@ -145,6 +160,7 @@ def train_split(
     lives = _live(cfg.modules, cfg.train, list(params))
     trains = [lp.train for lp in lives]
     anchor = [t.detach().clone() for ts in trains for t in ts] if cfg.train.mu > 0 else None
+    guard = Guard(cfg.defence, cfg.seed, round, client)
     total, steps, samples = 0.0, 0, 0
     for step, idx in enumerate(batches(len(y), cfg.train, rng)):
         ran: list[dict[str, torch.Tensor] | None] = [None] * len(lives)
@@ -153,7 +169,7 @@ def train_split(
             out, ran[i] = lives[i].forward(inp, (cfg.seed, "split-client", round, client, step, i))
             return out
 
-        grads, loss = STEPS[cfg.scheme](call, trains, x[idx], y[idx], channel, step)
+        grads, loss = STEPS[cfg.scheme](call, trains, x[idx], y[idx], channel, step, guard)
         if anchor is not None:
             flat = [t for ts in trains for t in ts]
             full = [torch.zeros_like(t) if g is None else g for g, t in zip(grads, flat, strict=True)]

@@ -46,6 +46,7 @@ import numpy as np
 from fedkit.compression.limits import Limits
 from fedkit.models.train import TrainConfig
 from fedkit.split.channel import ByteCount, ServerHalf, bound
+from fedkit.split.privacy import LeakMeter
 from fedkit.split.schemes import SplitSetup
 from fedkit.split.server import (
     LocalServer,
@@ -84,6 +85,8 @@ class Endpoint:
 
     ``opt`` is the server part's optimizer, ``gradients`` the codec spec of every server ->
     client tensor, ``batch_size`` the clients' largest batch (it bounds every frame).
+    ``leakage``: record every gradient sent down with its batch's labels and report the round's
+    label-leak AUC (``leak_auc``, :class:`~fedkit.split.privacy.LeakMeter`; binary tasks).
     """
 
     def __init__(
@@ -94,6 +97,7 @@ class Endpoint:
         gradients: str = "identity",
         seed: int = 0,
         batch_size: int = 32,
+        leakage: bool = False,
     ) -> None:
         self.setup = setup
         self.scheme = setup.scheme
@@ -109,6 +113,10 @@ class Endpoint:
         self._round = 0
         self._tasks: dict[str, _Open] = {}
         self._bytes = ByteCount()
+        if leakage and not (self.scheme.labels_up and self.scheme.gradients_down):
+            raise ValueError(f"label leakage is measured on gradients sent down for labels sent up; {self.scheme.name} has none")
+        self.leakage = leakage
+        self._leak = LeakMeter()
 
     # ---------------------------------------------------------------------------- the engine
 
@@ -116,7 +124,7 @@ class Endpoint:
         """Start round ``round`` from the server state the engine holds."""
         with self._lock:
             self._box = LocalServer(self.cfg, server_begin_round(state, round))
-            self._round, self._tasks, self._bytes = round, {}, ByteCount()
+            self._round, self._tasks, self._bytes, self._leak = round, {}, ByteCount(), LeakMeter()
 
     def expect(self, client: ClientId, task_id: str) -> None:
         """The engine sent split task ``task_id`` to ``client``: its stream may open."""
@@ -146,6 +154,9 @@ class Endpoint:
                 self._bytes = self._bytes + t.half.bytes
             state, metrics = server_end_round(self.cfg, self._need_round().state)
             metrics |= self._bytes.as_metrics()
+            auc = self._leak.auc() if self.leakage else None
+            if auc is not None:
+                metrics["leak_auc"] = auc
             self._box, self._tasks, self._bytes = None, {}, ByteCount()
             return state, metrics
 
@@ -189,6 +200,8 @@ class Endpoint:
                 raise SplitRefused(str(e)) from None
             t.loss += box.value.loss - loss
             t.steps += box.value.steps - steps
+            if self.leakage and reply is not None and msg.labels is not None:
+                self._leak.add(reply.tensors[0], msg.labels)
             ushape_first = self.scheme.name == "ushape" and frame.kind == "activations"
             t.next = (frame.step, "gradients") if ushape_first else (frame.step + 1, "activations")
             return None if reply is None else t.half.encode(reply)

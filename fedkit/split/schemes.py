@@ -55,6 +55,7 @@ from fedkit.split.bottleneck import with_bottleneck
 from fedkit.split.channel import ByteCount, LocalChannel
 from fedkit.split.client import ClientConfig, client_params, train_split
 from fedkit.split.partition import split
+from fedkit.split.privacy import Defence
 from fedkit.split.server import (
     LocalServer,
     ServerConfig,
@@ -162,6 +163,7 @@ def run_round(
     seed: int = 0,
     up: str = "identity",
     down: str = "identity",
+    defence: Defence | None = None,
 ) -> tuple[Params, ServerState, dict[str, float]]:
     """One in-process round over every client in ``data``: (client params, server state, metrics).
 
@@ -170,7 +172,7 @@ def run_round(
     """
     name = setup.scheme.name
     scfg = ServerConfig(name, setup.server_module, server_opt, seed, setup.activation_shape)
-    ccfg = ClientConfig(name, setup.client_modules, train, seed)
+    ccfg = ClientConfig(name, setup.client_modules, train, seed, defence or Defence())
     box = LocalServer(scfg, server_begin_round(server, round))
     clients = sorted(data)
     order = [clients[i] for i in keyed_rng(seed, "split-order", round).permutation(len(clients))]
