@@ -151,10 +151,15 @@ def _num_classes(given: int | None, where: str, *labels: np.ndarray) -> int:
 
 
 @register_dataset("digits")
-def load_digits(seed: int, *, test_fraction: float = 0.2, flat: bool = True) -> Dataset:
+def load_digits(
+    seed: int, *, test_fraction: float = 0.2, flat: bool = True, classes: list[int] | None = None
+) -> Dataset:
     """sklearn's bundled 8x8 digits (1,797 images), so tests and demos run offline.
 
     Pixels 0..16 are scaled to [0, 1]; ``flat=False`` gives (1, 8, 8) inputs for a CNN.
+    ``classes`` keeps only those digits (labels unchanged, still 10 classes) in train and test,
+    after the split: a source split to pre-train on (``[0, 1, 2, 3, 4]``) and a target split to
+    fine-tune on (``[5, 6, 7, 8, 9]``) never share a sample.
     """
     from sklearn.datasets import load_digits as _sk_digits
 
@@ -164,6 +169,11 @@ def load_digits(seed: int, *, test_fraction: float = 0.2, flat: bool = True) -> 
     if not flat:
         x = x.reshape(-1, 1, 8, 8)
     tr, te = _stratified_split(y, test_fraction, rng(seed, "digits", "split"))
+    if classes is not None:
+        bad = sorted(set(classes) - set(range(10)))
+        if bad or not classes:
+            raise ValueError(f"classes must be a non-empty list of digits 0..9, got {classes}")
+        tr, te = tr[np.isin(y[tr], classes)], te[np.isin(y[te], classes)]
     return Dataset("digits", x[tr], y[tr], x[te], y[te], num_classes=10)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import (
@@ -92,9 +93,25 @@ def partition_section(v: Any) -> dict[str, Any]:
 
 
 def model_section(v: Any) -> dict[str, Any]:
+    """``{name, **options}``, optionally with ``checkpoint: DIR`` (fedkit/models/checkpoint.py):
+    a folder that exists must fit (name, options); a missing one is a data problem (check_data)."""
+    from fedkit.models.checkpoint import CheckpointError, resolve_spec
     from fedkit.models.registry import MODELS
 
-    return check_named(v, "model", MODELS.lookup, MODELS.names(), skip=2)
+    ckpt = v.get("checkpoint") if isinstance(v, Mapping) else None
+    rest = {k: x for k, x in v.items() if k != "checkpoint"} if ckpt is not None else v
+    out = check_named(rest, "model", MODELS.lookup, MODELS.names(), skip=2)
+    if ckpt is None:
+        return out
+    if not isinstance(ckpt, str) or not ckpt:
+        raise ValueError(f"model.checkpoint must be a folder path, got {ckpt!r}")
+    out["checkpoint"] = ckpt
+    if Path(ckpt).exists():
+        try:
+            resolve_spec(out)
+        except CheckpointError as e:
+            raise ValueError(str(e)) from None
+    return out
 
 
 def strategy_section(v: Any) -> dict[str, Any]:
