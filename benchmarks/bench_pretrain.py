@@ -143,7 +143,7 @@ def main() -> int:
               "pre-trained model first predicts source digits only (accuracy 0 on 5-9) and gains once the head "
               "has moved. With enough epochs both starts reach the same accuracy centrally: pre-training buys "
               "speed on a small budget, and under federated label skew it is the difference between a usable "
-              "model and none after 10 rounds. Frozen features learnt from five digits carry a linear probe "
+              "model and one barely above chance after 10 rounds. Frozen features learnt from five digits carry a linear probe "
               "only so far; prompt tokens (VPT) add to it at 2% of the parameters, full fine-tuning is best."]
     RESULTS.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
