@@ -67,6 +67,15 @@ def test_checkpoint_round_trip_gives_the_same_logits(tmp_path: Path) -> None:
     assert torch.equal(lm.eval()(tokens), again.eval()(tokens))
 
 
+def test_a_checkpoint_trained_on_from_a_checkpoint_records_its_architecture(tmp_path: Path) -> None:
+    spec = {"name": "vit_tiny", "dim": 16, "depth": 1}
+    save_checkpoint(build_model(spec, (64,), 10), spec, (64,), 10, tmp_path / "a")
+    on = {"name": "vit_tiny", "checkpoint": str(tmp_path / "a")}
+    save_checkpoint(build_model(on, (64,), 10), on, (64,), 10, tmp_path / "b")
+    config = json.loads((tmp_path / "b" / CONFIG).read_text())["model"]
+    assert config["dim"] == 16 and config["depth"] == 1 and "checkpoint" not in config
+
+
 def test_fine_tuning_scenario_starts_from_the_checkpoint(ckpt: tuple[Path, dict[str, Any]]) -> None:
     path, _ = ckpt
     s = validate(_raw(TARGET, {"name": "vit_tiny", "checkpoint": str(path)}, 1))

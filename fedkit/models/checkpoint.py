@@ -45,8 +45,11 @@ def _safetensors() -> Any:
 
 def full_spec(spec: Mapping[str, Any]) -> dict[str, Any]:
     """``spec`` with the factory's defaults spelled out, so a checkpoint records its architecture
-    even when a later fedkit changes a default."""
+    even when a later fedkit changes a default (a spec that itself loads a checkpoint: that
+    checkpoint's options, as training on from it builds them)."""
     from fedkit.models.registry import MODELS
+
+    spec = resolve_spec(spec)
 
     fn = MODELS.lookup(str(spec["name"]))
     params = list(inspect.signature(fn).parameters.values())[2:]
