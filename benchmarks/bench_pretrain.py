@@ -6,7 +6,8 @@
    accuracy on the source's held-out set before and after.
 2. Federated full fine-tuning, ``scenarios/finetune_vit_digits.yaml`` (target digits 5-9, never seen
    in pre-training; 10 clients, Dirichlet 0.5, 1 local epoch per round), from the checkpoint and
-   from scratch (the same scenario without ``checkpoint:``), same seed and budget: test accuracy
+   from scratch (the same scenario without ``checkpoint:``), and from the checkpoint with a fresh head
+   (``reinit: [head]``), same seed and budget: test accuracy
    after rounds 1, 3 and the last, and the bytes on the wire.
 3. The same comparison trained centrally on the target split (1, 3 and 10 epochs), plus what
    trains from the checkpoint: everything, the head only (a linear probe), or prompt tokens +
@@ -50,8 +51,8 @@ def _without_checkpoint(raw: dict[str, Any]) -> dict[str, Any]:
     return raw | {"model": {k: v for k, v in raw["model"].items() if k != "checkpoint"}}
 
 
-def federated(ckpt: Path | None, rounds: int, out: Path) -> dict[str, Any]:
-    s = load(FT, [f"rounds={rounds}", "output.plot=false", *([f"model.checkpoint={ckpt}"] if ckpt else [])])
+def federated(ckpt: Path | None, rounds: int, out: Path, *extra: str) -> dict[str, Any]:
+    s = load(FT, [f"rounds={rounds}", "output.plot=false", *([f"model.checkpoint={ckpt}"] if ckpt else []), *extra])
     if ckpt is None:
         s = validate(_without_checkpoint(s.model_dump(mode="json")))
     t0 = time.perf_counter()
@@ -105,6 +106,7 @@ def main() -> int:
         ckpt, pm = pretrain(load(PRE, over), Path(tmp) / "model")
         pre_s = time.perf_counter() - t0
         fed = {name: federated(c, args.rounds, Path(tmp) / name) for name, c in (("pretrained", ckpt), ("scratch", None))}
+        fed["pretrained, reinit: [head]"] = federated(ckpt, args.rounds, Path(tmp) / "reinit", "model.reinit=[head]")
         cen = {name: {e: central(c, e) for e in (1, 3, 10, 30)} for name, c in (("pretrained", ckpt), ("scratch", None))}
         ways = {"head only (linear probe)": ((), {}), "prompts (8, shallow) + head": (("prompt",), {"prompt_tokens": 8}),
                 "prompts (4 per block, deep) + head": (("prompt",), {"prompt_tokens": 4, "deep_prompt": True})}

@@ -109,6 +109,23 @@ def test_pre_training_transfers_to_unseen_classes(ckpt: tuple[Path, dict[str, An
     assert tuned["accuracy"] > scratch["accuracy"] + 0.2, (tuned, scratch)
 
 
+def test_reinit_head_starts_a_new_classifier(tmp_path: Path) -> None:
+    spec = {"name": "vit_tiny", "dim": 16, "depth": 1}
+    five = build_model(spec, (64,), 5)
+    save_checkpoint(five, spec, (64,), 5, tmp_path)
+    with pytest.raises(CheckpointError, match=r"has 5 classes .*reinit: \[head\]"):
+        build_model({"name": "vit_tiny", "checkpoint": str(tmp_path)}, (64,), 10)
+    ten = build_model({"name": "vit_tiny", "checkpoint": str(tmp_path), "reinit": ["head"]}, (64,), 10)
+    got, base = ten.state_dict(), five.state_dict()
+    assert got["head.weight"].shape == (10, 16)
+    assert all(torch.equal(v, got[k]) for k, v in base.items() if not k.startswith("head."))
+    with pytest.raises(CheckpointError, match="no module 'haed' in the model .*did you mean 'head'"):
+        build_model({"name": "vit_tiny", "checkpoint": str(tmp_path), "reinit": ["haed"]}, (64,), 10)
+    assert "model.reinit must be a list" in _problems(_raw(TARGET, {"name": "vit_tiny", "checkpoint": str(tmp_path),
+                                                                    "reinit": "head"}, 1))
+    assert "unknown parameter 'reinit'" in _problems(_raw(TARGET, {"name": "vit_tiny", "reinit": ["head"]}, 1))
+
+
 def _problems(raw: dict[str, Any]) -> str:
     with pytest.raises(ScenarioError) as e:
         validate(raw)

@@ -9,7 +9,9 @@ scenario loads it with ``model: {name: vit_tiny, checkpoint: DIR}``.
 Loading is strict about what would silently change the model: another model name, another
 value of an architecture option, another input shape or class count, an unknown or mis-shaped
 tensor are all :class:`CheckpointError`. Options in :data:`ADDITIVE` (prompt tuning) may differ:
-they add tensors on top of the pre-trained ones, which keep their fresh initialisation.
+they add tensors on top of the pre-trained ones, which keep their fresh initialisation. So do
+the modules named in ``reinit`` (e.g. ``reinit: [head]``: a new classifier for a target task,
+which may then have another number of classes): their tensors are not loaded.
 """
 
 from __future__ import annotations
@@ -24,11 +26,12 @@ import torch
 from torch import nn
 
 __all__ = ["ADDITIVE", "CONFIG", "FORMAT", "WEIGHTS", "CheckpointError", "load_weights", "read_config",
-           "resolve_spec", "save_checkpoint"]
+           "LOADING", "resolve_spec", "save_checkpoint"]
 
 FORMAT = "fedkit-checkpoint/1"
 CONFIG, WEIGHTS = "config.json", "model.safetensors"
 ADDITIVE = frozenset({"prompt_tokens", "deep_prompt"})
+LOADING = ("checkpoint", "reinit")  # spec keys that say how to load, not what to build
 
 
 class CheckpointError(ValueError):
@@ -55,7 +58,7 @@ def full_spec(spec: Mapping[str, Any]) -> dict[str, Any]:
     params = list(inspect.signature(fn).parameters.values())[2:]
     defaults = {p.name: p.default for p in params if p.default is not inspect.Parameter.empty
                 and p.kind is not p.VAR_KEYWORD}
-    return {"name": spec["name"], **defaults, **{k: v for k, v in spec.items() if k not in ("name", "checkpoint")}}
+    return {"name": spec["name"], **defaults, **{k: v for k, v in spec.items() if k not in ("name", *LOADING)}}
 
 
 def save_checkpoint(
@@ -104,7 +107,7 @@ def resolve_spec(spec: Mapping[str, Any]) -> dict[str, Any]:
     if saved.get("name") != spec["name"]:
         raise CheckpointError(f"checkpoint {where!r} holds model {saved.get('name')!r}, not {spec['name']!r}")
     for key, value in spec.items():
-        if key in ("name", "checkpoint") or key in ADDITIVE or key not in saved:
+        if key in ("name", *LOADING) or key in ADDITIVE or key not in saved:
             continue
         if _canon(value) != _canon(saved[key]):
             raise CheckpointError(f"model.{key}={value!r} but checkpoint {where!r} was trained with "
@@ -116,21 +119,37 @@ def _canon(v: Any) -> Any:
     return json.loads(json.dumps(v))  # tuples and lists, ints and floats as JSON compares them
 
 
+def _reinit(spec: Mapping[str, Any]) -> list[str]:
+    names = spec.get("reinit") or []
+    if isinstance(names, str) or not all(isinstance(n, str) and n for n in names):
+        raise CheckpointError(f"model.reinit must be a list of module names, e.g. [head], got {names!r}")
+    return list(names)
+
+
 def load_weights(module: nn.Module, spec: Mapping[str, Any], input_shape: Sequence[int], num_classes: int) -> None:
-    """Load ``spec['checkpoint']``'s tensors into ``module`` (built from :func:`resolve_spec`)."""
+    """Load ``spec['checkpoint']``'s tensors into ``module`` (built from :func:`resolve_spec`),
+    except those of the modules in ``spec['reinit']``."""
+    from fedkit.registry import did_you_mean
+
     where = str(spec["checkpoint"])
     config = read_config(where)
+    fresh = _reinit(spec)
+    own = module.state_dict()
+    modules = [n for n, _ in module.named_modules() if n]
+    for name in fresh:
+        if not any(k == name or k.startswith(name + ".") for k in own):
+            raise CheckpointError(f"model.reinit: no module {name!r} in the model{did_you_mean(name, modules)}")
     if list(config.get("input_shape", [])) != [int(s) for s in input_shape]:
         raise CheckpointError(f"checkpoint {where!r} was trained on inputs of shape {tuple(config.get('input_shape', []))}, "
                               f"the scenario's data has {tuple(input_shape)}")
-    if config.get("num_classes") != int(num_classes):
+    if config.get("num_classes") != int(num_classes) and not fresh:
         raise CheckpointError(f"checkpoint {where!r} has {config.get('num_classes')} classes (outputs), "
-                              f"the scenario's data has {num_classes}")
+                              f"the scenario's data has {num_classes} (reinit: [head] starts a new head)")
     try:
         saved = _safetensors().load_file(str(Path(where) / WEIGHTS))
     except Exception as e:  # a truncated or foreign file: safetensors raises its own errors
         raise CheckpointError(f"{Path(where) / WEIGHTS}: cannot read ({e})") from None
-    own = module.state_dict()
+    saved = {k: t for k, t in saved.items() if not any(k == n or k.startswith(n + ".") for n in fresh)}
     unknown = sorted(set(saved) - set(own))
     if unknown:
         raise CheckpointError(f"checkpoint {where!r} has tensors the model lacks: {', '.join(unknown[:5])}")

@@ -6,7 +6,8 @@ importable, and a module that fails to import reports its real error.
 A factory is ``fn(input_shape, num_classes, **kwargs) -> nn.Module``. Models are described by a
 JSON-able spec (``{"name": ..., **kwargs}``) so a server can tell a device what to build. A spec
 with ``checkpoint: DIR`` builds the architecture that folder records and loads its weights
-(fedkit/models/checkpoint.py); the folder must be readable wherever the model is built.
+(fedkit/models/checkpoint.py; ``reinit: [head]`` keeps named modules freshly initialised); the
+folder must be readable wherever the model is built.
 """
 
 from __future__ import annotations
@@ -72,10 +73,10 @@ def cnn(input_shape: Sequence[int], num_classes: int, channels: Sequence[int] = 
 
 def build_model(spec: Mapping[str, Any], input_shape: Sequence[int], num_classes: int) -> nn.Module:
     """Build the module a spec describes; ``spec['name']`` is a registry name or import path."""
-    from fedkit.models.checkpoint import load_weights, resolve_spec
+    from fedkit.models.checkpoint import LOADING, load_weights, resolve_spec
 
     arch = resolve_spec(spec)
-    kwargs = {k: v for k, v in arch.items() if k not in ("name", "checkpoint")}
+    kwargs = {k: v for k, v in arch.items() if k not in ("name", *LOADING)}
     module = MODELS.lookup(str(spec["name"]))(tuple(input_shape), int(num_classes), **kwargs)
     if not isinstance(module, nn.Module):
         raise TypeError(f"model factory {spec['name']!r} returned {type(module).__name__}, not nn.Module")
