@@ -7,7 +7,7 @@ PIP    := $(PY) -m pip -q --disable-pip-version-check
 TORCH  ?= torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint proto bench bench-training bench-codecs bench-grpc bench-split-grpc bench-compression bench-events bench-secagg bench-split bench-flower bench-stragglers bench-async bench-hostile bench-wire bench-execution bench-fedprox bench-split-modes bench-dp bench-robustness bench-split-privacy clean
+.PHONY: demo test lint proto bench bench-training bench-codecs bench-grpc bench-split-grpc bench-compression bench-events bench-secagg bench-split bench-flower bench-stragglers bench-async bench-hostile bench-wire bench-execution bench-fedprox bench-split-modes bench-dp bench-robustness bench-split-privacy bench-pretrain bench-pretrain-lm clean
 
 $(VENV)/.base:
 	$(PYTHON) -m venv $(VENV)
@@ -40,7 +40,7 @@ proto: $(VENV)/.dev
 	$(PY) fedkit/transport/protogen.py
 
 # Each benchmark writes a table to benchmarks/results/.
-bench: bench-training bench-codecs bench-grpc bench-split-grpc bench-compression bench-events bench-secagg bench-split bench-flower bench-stragglers bench-async bench-hostile bench-wire bench-execution bench-fedprox bench-split-modes bench-dp bench-robustness bench-split-privacy
+bench: bench-training bench-codecs bench-grpc bench-split-grpc bench-compression bench-events bench-secagg bench-split bench-flower bench-stragglers bench-async bench-hostile bench-wire bench-execution bench-fedprox bench-split-modes bench-dp bench-robustness bench-split-privacy bench-pretrain bench-pretrain-lm
 
 bench-training: $(VENV)/.installed
 	$(PY) benchmarks/bench_training.py
@@ -101,3 +101,9 @@ bench-robustness: $(VENV)/.installed
 
 bench-split-privacy: $(VENV)/.installed
 	$(PY) benchmarks/bench_split_privacy.py
+
+bench-pretrain: $(VENV)/.installed
+	$(PY) benchmarks/bench_pretrain.py
+
+bench-pretrain-lm: $(VENV)/.installed
+	$(PY) benchmarks/bench_pretrain_lm.py

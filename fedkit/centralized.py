@@ -22,12 +22,13 @@ import numpy as np
 import torch
 
 from fedkit import rng as frng
+from fedkit.data import Dataset
 from fedkit.models import init_model
 from fedkit.models.train import LocalData, TrainConfig, evaluate, keyed_torch, sgd_train
 from fedkit.scenario import Scenario, load
 from fedkit.scenario.build import load_data
 
-__all__ = ["centralized", "main"]
+__all__ = ["centralized", "main", "train_centrally"]
 
 
 def _budget(s: Scenario) -> TrainConfig:
@@ -47,6 +48,12 @@ def centralized(s: Scenario) -> dict[str, float]:
     ``samples`` (the union's size). Batches are drawn from ``rng(seed, "centralized")`` and
     torch's draws are keyed, so the result reproduces at a given torch thread count.
     """
+    return train_centrally(s)[2]
+
+
+def train_centrally(s: Scenario) -> tuple[torch.nn.Module, Dataset, dict[str, float]]:
+    """:func:`centralized`, also returning the trained module and the dataset (``fedkit
+    pretrain`` saves the module; a causal LM's metrics add ``perplexity``)."""
     if s.train.fn is not None:
         raise ValueError("centralized: train.fn is not supported (the baseline runs the built-in sgd loop)")
     ds, parts = load_data(s)
@@ -58,8 +65,10 @@ def centralized(s: Scenario) -> dict[str, float]:
     with keyed_torch(frng.seed_int(s.seed, "torch-centralized")):
         fit = sgd_train(module, data, cfg, frng.rng(s.seed, "centralized"))
         out = evaluate(module, test)
-    return {"accuracy": out["accuracy"], "loss": out["loss"], "train_loss": fit["train_loss"],
-            "epochs": float(cfg.epochs if cfg.steps is None else 0), "steps": fit["steps"], "samples": float(len(data))}
+    extra = {k: v for k, v in out.items() if k not in ("accuracy", "loss")}
+    metrics = {"accuracy": out["accuracy"], "loss": out["loss"], **extra, "train_loss": fit["train_loss"],
+               "epochs": float(cfg.epochs if cfg.steps is None else 0), "steps": fit["steps"], "samples": float(len(data))}
+    return module, ds, metrics
 
 
 def main(argv: list[str] | None = None) -> int:

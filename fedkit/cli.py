@@ -101,6 +101,26 @@ def _on_the_wire(summary: dict[str, Any]) -> str:
     return f" (on the wire {_fmt_bytes(up)} up, {_fmt_bytes(down)} down)"
 
 
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    import torch
+
+    from fedkit.models.checkpoint import CheckpointError
+    from fedkit.pretrain import pretrain
+
+    s = load(args.scenario, args.set)
+    torch.set_num_threads(args.threads)
+    try:
+        path, metrics = pretrain(s, args.out, force=args.force)
+    except CheckpointError as e:
+        print(f"fedkit: model.checkpoint: {e}", file=sys.stderr)
+        return EXIT_INVALID
+    before, after = metrics["before"], metrics["after"]
+    keys = [k for k in ("accuracy", "loss", "perplexity") if k in after]
+    out.print(" ".join(f"{k} {before[k]:.4g} -> {after[k]:.4g}" for k in keys), markup=False)
+    out.print(f"checkpoint: {path}", markup=False)
+    return 0
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
     from fedkit.scenario.check import check_data
 
@@ -389,6 +409,14 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--force", action="store_true", help="--resume even if the scenario changed")
     r.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     r.set_defaults(fn=cmd_run)
+
+    pt = sub.add_parser("pretrain", help="train a scenario's model centrally and save a checkpoint folder")
+    pt.add_argument("scenario")
+    with_set(pt)
+    pt.add_argument("--out", help="checkpoint folder (default: <output.dir>/<name>/model)")
+    pt.add_argument("--force", action="store_true", help="overwrite a checkpoint already there")
+    pt.add_argument("--threads", type=int, default=1, help="torch threads (default 1, as fedkit run)")
+    pt.set_defaults(fn=cmd_pretrain)
 
     v = sub.add_parser("validate", help="check scenario files without running them")
     v.add_argument("scenarios", nargs="+")

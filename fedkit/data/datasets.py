@@ -192,7 +192,12 @@ def _num_classes(given: int | None, where: str, *labels: np.ndarray) -> int:
 
 @register_dataset("digits")
 def load_digits(
-    seed: int, *, test_fraction: float = 0.2, flat: bool = True, positive: list[int] | None = None
+    seed: int,
+    *,
+    test_fraction: float = 0.2,
+    flat: bool = True,
+    positive: list[int] | None = None,
+    classes: list[int] | None = None,
 ) -> Dataset:
     """sklearn's bundled 8x8 digits (1,797 images), so tests and demos run offline.
 
@@ -200,6 +205,9 @@ def load_digits(
     ``positive`` makes it a binary task: label 1 for those digits, 0 for the rest (``[0]``: one
     positive in ten, the imbalanced setting of split learning's label-leakage attack); the
     train/test split is the 10-class one.
+    ``classes`` keeps only those digits (labels unchanged, still 10 classes) in train and test,
+    after the split: a source split to pre-train on (``[0, 1, 2, 3, 4]``) and a target split to
+    fine-tune on (``[5, 6, 7, 8, 9]``) never share a sample.
     """
     from sklearn.datasets import load_digits as _sk_digits
 
@@ -209,6 +217,11 @@ def load_digits(
     if not flat:
         x = x.reshape(-1, 1, 8, 8)
     tr, te = _stratified_split(y, test_fraction, rng(seed, "digits", "split"))
+    if classes is not None:
+        bad = sorted(set(classes) - set(range(10)))
+        if bad or not classes:
+            raise ValueError(f"classes must be a non-empty list of digits 0..9, got {classes}")
+        tr, te = tr[np.isin(y[tr], classes)], te[np.isin(y[te], classes)]
     if positive is None:
         return Dataset("digits", x[tr], y[tr], x[te], y[te], num_classes=10)
     pos = sorted({int(d) for d in positive})

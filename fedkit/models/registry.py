@@ -4,7 +4,10 @@ Import paths resolve through :meth:`fedkit.registry.Registry.lookup`: the curren
 importable, and a module that fails to import reports its real error.
 
 A factory is ``fn(input_shape, num_classes, **kwargs) -> nn.Module``. Models are described by a
-JSON-able spec (``{"name": ..., **kwargs}``) so a server can tell a device what to build.
+JSON-able spec (``{"name": ..., **kwargs}``) so a server can tell a device what to build. A spec
+with ``checkpoint: DIR`` builds the architecture that folder records and loads its weights
+(fedkit/models/checkpoint.py; ``reinit: [head]`` keeps named modules freshly initialised); the
+folder must be readable wherever the model is built.
 """
 
 from __future__ import annotations
@@ -100,17 +103,23 @@ def bow(
 
 def build_model(spec: Mapping[str, Any], input_shape: Sequence[int], num_classes: int) -> nn.Module:
     """Build the module a spec describes; ``spec['name']`` is a registry name or import path."""
-    kwargs = {k: v for k, v in spec.items() if k != "name"}
+    from fedkit.models.checkpoint import LOADING, load_weights, resolve_spec
+
+    arch = resolve_spec(spec)
+    kwargs = {k: v for k, v in arch.items() if k not in ("name", *LOADING)}
     module = MODELS.lookup(str(spec["name"]))(tuple(input_shape), int(num_classes), **kwargs)
     if not isinstance(module, nn.Module):
         raise TypeError(f"model factory {spec['name']!r} returned {type(module).__name__}, not nn.Module")
+    if "checkpoint" in spec:
+        load_weights(module, spec, input_shape, num_classes)
     return module
 
 
 def init_model(
     spec: Mapping[str, Any], input_shape: Sequence[int], num_classes: int, seed: int
 ) -> nn.Module:
-    """Build with a seeded initialisation that leaves torch's global RNG untouched."""
+    """Build with a seeded initialisation that leaves torch's global RNG untouched (tensors a
+    checkpoint holds are then overwritten by it; the rest, e.g. new prompts, keep the draw)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return build_model(spec, input_shape, num_classes)

@@ -7,6 +7,12 @@ own (``train: {fn: "mypkg.train:local_step"}``), and the same function then runs
 torch's own draws (dropout, augmentation) are keyed too: the caller runs training inside
 :func:`keyed_torch`, so no draw comes from torch's global generator state.
 
+Classification and causal language modelling share the loop; the shape of the targets says
+which (:func:`task_loss`): (B,) class labels against (B, C) logits, or (B, T) next-token ids (the
+inputs shifted by one, made by the dataset; -100 marks padding) against (B, T, V) logits, where
+:func:`evaluate` adds perplexity and its accuracy is per token. Classification runs exactly the
+ops it always did.
+
 FedProx (Li et al., MLSys 2020) adds (mu/2)||w - w_global||^2 to the local loss; with mu == 0
 the term is skipped entirely, so FedProx(mu=0) is bit-identical to FedAvg.
 """
@@ -114,7 +120,7 @@ def sgd_train(
     total, steps = 0.0, 0
     for idx in batches(len(data), cfg, rng):
         opt.zero_grad(set_to_none=True)
-        loss = F.cross_entropy(module(data.x[idx]), data.y[idx])
+        loss = task_loss(module(data.x[idx]), data.y[idx])
         if anchor is not None:
             prox = sum(((w - a) ** 2).sum() for w, a in zip(weights, anchor, strict=True))
             loss = loss + 0.5 * cfg.mu * prox
@@ -123,6 +129,17 @@ def sgd_train(
         total += float(loss.detach())
         steps += 1
     return train_metrics(total, steps)
+
+
+IGNORE = -100  # a target that counts for nothing (padding); F.cross_entropy's ignore_index
+
+
+def task_loss(out: torch.Tensor, y: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """Cross entropy of (B, C) logits vs (B,) labels, or of (B, T, V) next-token logits vs
+    (B, T) targets (mean over the targets that are not :data:`IGNORE`)."""
+    if y.ndim == 2:
+        return F.cross_entropy(out.flatten(0, 1), y.flatten(), reduction=reduction)
+    return F.cross_entropy(out, y, reduction=reduction)
 
 
 def train_metrics(total_loss: float, steps: int) -> dict[str, float]:
@@ -134,8 +151,11 @@ def train_metrics(total_loss: float, steps: int) -> dict[str, float]:
 
 @torch.no_grad()
 def evaluate(module: nn.Module, data: LocalData, batch_size: int = 4096) -> dict[str, float]:
-    """Mean cross-entropy and accuracy of ``module`` (as loaded) on ``data``."""
+    """Mean cross-entropy and accuracy of ``module`` (as loaded) on ``data``; for a causal LM
+    both are per target token, and ``perplexity`` = exp(mean token loss) is added."""
     module.eval()
+    if data.y.ndim == 2:
+        return _evaluate_lm(module, data, max(1, batch_size // max(data.y.shape[1], 1)))
     loss, correct = 0.0, 0
     for i in range(0, len(data), batch_size):
         out = module(data.x[i : i + batch_size])
@@ -144,3 +164,16 @@ def evaluate(module: nn.Module, data: LocalData, batch_size: int = 4096) -> dict
         correct += int((out.argmax(1) == yb).sum())
     n = max(len(data), 1)
     return {"loss": loss / n, "accuracy": correct / n}
+
+
+def _evaluate_lm(module: nn.Module, data: LocalData, batch_size: int) -> dict[str, float]:
+    loss, correct, tokens = 0.0, 0, 0
+    for i in range(0, len(data), batch_size):
+        out = module(data.x[i : i + batch_size])
+        yb = data.y[i : i + batch_size]
+        keep = yb != IGNORE
+        loss += float(task_loss(out, yb, reduction="sum"))
+        correct += int(((out.argmax(-1) == yb) & keep).sum())
+        tokens += int(keep.sum())
+    mean = loss / max(tokens, 1)
+    return {"loss": mean, "accuracy": correct / max(tokens, 1), "perplexity": float(np.exp(mean))}

@@ -30,6 +30,7 @@ from fedkit.models import (
     keyed_torch,
     set_params,
 )
+from fedkit.models.checkpoint import CheckpointError
 from fedkit.registry import resolve_import
 from fedkit.runtime.accept import Acceptance
 from fedkit.runtime.async_policy import is_async, make_async_policy
@@ -213,7 +214,10 @@ def build_server(s: Scenario) -> tuple[Plan, Params]:
     """The server's plan and the initial parameters (split learning: of the client part)."""
     ds = _dataset(s)
     model = ModelRef(spec=dict(s.model), input_shape=tuple(ds.input_shape), num_classes=ds.num_classes)
-    module = init_model(s.model, ds.input_shape, ds.num_classes, frng.seed_int(s.seed, "init"))
+    try:
+        module = init_model(s.model, ds.input_shape, ds.num_classes, frng.seed_int(s.seed, "init"))
+    except CheckpointError as e:
+        raise DataError(f"model.checkpoint: {e}") from None
     init_params = get_params(module)
     split_plan = None
     if s.split is not None:

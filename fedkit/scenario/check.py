@@ -10,6 +10,7 @@ n >= 4f + 3). Each problem is one line naming the section.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 from fedkit.scenario.schema import Scenario
 
@@ -25,6 +26,18 @@ class DataError(ValueError):
     """The scenario's data cannot be loaded or partitioned; ``str()`` is one line."""
 
 
+def checkpoint_problems(s: Scenario, ds: Any) -> list[str]:
+    """``model.checkpoint``'s folder missing or not fitting the data, as one line."""
+    from fedkit.models import build_model
+    from fedkit.models.checkpoint import CheckpointError
+
+    try:
+        build_model(s.model, ds.input_shape, ds.num_classes)
+    except CheckpointError as e:
+        return [f"model.checkpoint: {e}"]
+    return []
+
+
 def per_round(s: Scenario) -> int:
     """Clients a round samples (before dropouts)."""
     p, n = s.clients.per_round, s.clients.count
@@ -38,10 +51,12 @@ def check_data(s: Scenario) -> list[str]:
 
     problems: list[str] = []
     try:
-        _, parts = load_data(s)
+        ds, parts = load_data(s)
     except DataError as e:
         problems.append(str(e))
     else:
+        if "checkpoint" in s.model:  # exists, and fits the data (input shape, classes, tensors)
+            problems += checkpoint_problems(s, ds)
         empty = [i for i, p in enumerate(parts) if len(p) == 0]
         if empty:
             problems.append(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import (
@@ -95,7 +96,34 @@ def partition_section(v: Any) -> dict[str, Any]:
 def model_section(v: Any) -> dict[str, Any]:
     from fedkit.models.registry import MODELS
 
+    if isinstance(v, Mapping) and "checkpoint" in v:  # fedkit's own pre-trained model (fedkit pretrain)
+        return checkpoint_model_section(v)
     return check_named(v, "model", MODELS.lookup, MODELS.names(), skip=2)
+
+
+def checkpoint_model_section(v: Mapping[str, Any]) -> dict[str, Any]:
+    """``{name, checkpoint: DIR, reinit: [module, ...], **options}`` (fedkit/models/checkpoint.py): a
+    folder that exists must fit (name, options); a missing one is a data problem (check_data), as a
+    data file is; ``reinit`` modules keep their fresh initialisation."""
+    from fedkit.models.checkpoint import CheckpointError, resolve_spec
+    from fedkit.models.registry import MODELS
+
+    ckpt, reinit = v["checkpoint"], v.get("reinit")
+    out = check_named({k: x for k, x in v.items() if k not in ("checkpoint", "reinit")}, "model", MODELS.lookup,
+                      MODELS.names(), skip=2)
+    if not isinstance(ckpt, str) or not ckpt:
+        raise ValueError(f"model.checkpoint must be a folder path, got {ckpt!r}")
+    if reinit is not None and (not isinstance(reinit, list) or not all(isinstance(n, str) and n for n in reinit)):
+        raise ValueError(f"model.reinit must be a list of module names, e.g. [head], got {reinit!r}")
+    out["checkpoint"] = ckpt
+    if reinit:
+        out["reinit"] = list(reinit)
+    if Path(ckpt).exists():
+        try:
+            resolve_spec(out)
+        except CheckpointError as e:
+            raise ValueError(str(e)) from None
+    return out
 
 
 def strategy_section(v: Any) -> dict[str, Any]:
