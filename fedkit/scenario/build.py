@@ -40,6 +40,7 @@ from fedkit.runtime.split import KIND as SPLIT_KIND
 from fedkit.runtime.split import SplitPlan
 from fedkit.runtime.task import ModelRef, SecAggField
 from fedkit.scenario.check import DataError, per_round
+from fedkit.scenario.peft import model_spec
 from fedkit.scenario.schema import Compression, Scenario, Schedule, read_examples
 from fedkit.split.endpoint import Endpoint
 from fedkit.split.schemes import initial, make_setup, whole
@@ -194,8 +195,9 @@ def _policy(s: Scenario, secagg: SecAggPlan | None = None) -> Policy:
 def build_server(s: Scenario) -> tuple[Plan, Params]:
     """The server's plan and the initial parameters (split learning: of the client part)."""
     ds = _dataset(s)
-    model = ModelRef(spec=dict(s.model), input_shape=tuple(ds.input_shape), num_classes=ds.num_classes)
-    module = init_model(s.model, ds.input_shape, ds.num_classes, frng.seed_int(s.seed, "init"))
+    spec = model_spec(s, ds.input_shape, ds.num_classes)  # a PEFT model: fedkit.peft's factory
+    model = ModelRef(spec=spec, input_shape=tuple(ds.input_shape), num_classes=ds.num_classes)
+    module = init_model(spec, ds.input_shape, ds.num_classes, frng.seed_int(s.seed, "init"))
     init_params = get_params(module)
     split_plan = None
     if s.split is not None:

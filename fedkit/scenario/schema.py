@@ -24,6 +24,7 @@ from fedkit.models.train import TrainConfig
 from fedkit.registry import did_you_mean
 from fedkit.scenario.devices import Devices
 from fedkit.scenario.participation import Participation
+from fedkit.scenario.peft import Peft, check_peft
 from fedkit.scenario.privacy import Privacy, check_privacy
 from fedkit.types import Strict
 
@@ -93,6 +94,11 @@ def partition_section(v: Any) -> dict[str, Any]:
 
 def model_section(v: Any) -> dict[str, Any]:
     from fedkit.models.registry import MODELS
+
+    if isinstance(v, Mapping) and "hf" in v:  # a pre-trained transformers folder (fedkit/scenario/peft.py)
+        from fedkit.scenario.peft import hf_model_section
+
+        return hf_model_section(v)
 
     return check_named(v, "model", MODELS.lookup, MODELS.names(), skip=2)
 
@@ -445,6 +451,7 @@ class Scenario(Strict):
     participation: Participation | None = None
     execution: Execution = Execution()
     privacy: Privacy | None = None
+    peft: Peft | None = None
     output: Output = Output()
 
     @field_validator("model", mode="before")
@@ -470,6 +477,7 @@ class Scenario(Strict):
         if s.min > self.clients.count:
             raise ValueError(f"clients.per_round.min={s.min} exceeds clients.count={self.clients.count}")
         check_split(self)
+        check_peft(self)
         if self.devices is not None and self.split is not None:
             raise ValueError("devices: split learning's per-batch messages are not charged on the "
                              "simulated clock yet; remove devices: or split:")
