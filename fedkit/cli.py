@@ -183,6 +183,23 @@ def _describe_cuts(s: Any, ds: Any) -> None:
     out.print(line, **say)
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    """A fine-tuning run as a peft adapter folder and/or a merged transformers folder."""
+    from fedkit.peft.export import export_adapter, export_merged
+
+    if not (args.adapter or args.merged):
+        raise SystemExit("fedkit export: give --adapter DIR and/or --merged DIR")
+    try:
+        if args.adapter:
+            out.print(f"adapter: {export_adapter(args.run, args.adapter, args.round)}")
+        if args.merged:
+            out.print(f"merged model: {export_merged(args.run, args.merged, args.round)}")
+    except (ValueError, FileNotFoundError) as e:
+        print(f"fedkit export: {e}", file=sys.stderr)
+        return EXIT_INVALID
+    return 0
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
     from fedkit.report import plots
     from fedkit.report.run_dir import read_metrics
@@ -437,6 +454,13 @@ def parser() -> argparse.ArgumentParser:
     ce.add_argument("--force", action="store_true", help="overwrite existing credentials")
     ce.add_argument("--days", type=int, default=365)
     ce.set_defaults(fn=cmd_certs)
+
+    ex = sub.add_parser("export", help="write a fine-tuning run as a peft adapter / merged transformers folder")
+    ex.add_argument("run", help="run directory")
+    ex.add_argument("--adapter", metavar="DIR", help="peft adapter folder (PeftModel.from_pretrained loads it)")
+    ex.add_argument("--merged", metavar="DIR", help="transformers folder with the adapters merged in")
+    ex.add_argument("--round", type=int, help="that round's adapters (default: the final model)")
+    ex.set_defaults(fn=cmd_export)
 
     c = sub.add_parser("compare", help="compare finished runs: a table and one plot")
     c.add_argument("runs", nargs="+")
