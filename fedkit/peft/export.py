@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 from torch import nn
 
@@ -107,7 +108,8 @@ def export_merged(run_dir: str | Path, out: str | Path, rnd: int | None = None) 
     inner: nn.Module = model.inner
     import peft
 
-    merged = inner.merge_and_unload() if isinstance(inner, peft.PeftModel) else inner  # bias/full: as trained
+    lora: Any = inner
+    merged = lora.merge_and_unload() if isinstance(inner, peft.PeftModel) else inner  # bias/full: as trained
     out = Path(out)
     merged.save_pretrained(str(out))
     for name in TOKENIZER_FILES:
