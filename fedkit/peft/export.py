@@ -15,8 +15,6 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from torch import nn
-
 from fedkit.models import set_params
 from fedkit.peft.model import FACTORY, Trainable, build
 from fedkit.report.run_dir import load_params, save_params
@@ -105,11 +103,10 @@ def export_merged(run_dir: str | Path, out: str | Path, rnd: int | None = None) 
     ref = model_ref(run_dir)
     folder = _base_folder(ref)
     model = load_model(run_dir, rnd)
-    inner: nn.Module = model.inner
     import peft
 
-    lora: Any = inner
-    merged = lora.merge_and_unload() if isinstance(inner, peft.PeftModel) else inner  # bias/full: as trained
+    inner: Any = model.inner
+    merged: Any = inner.merge_and_unload() if isinstance(inner, peft.PeftModel) else inner  # bias/full: as trained
     out = Path(out)
     merged.save_pretrained(str(out))
     for name in TOKENIZER_FILES:
