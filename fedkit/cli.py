@@ -146,9 +146,28 @@ def cmd_describe(args: argparse.Namespace) -> int:
         summary.add_row(key, f"{value:.3f}" if isinstance(value, float) else str(value))
     out.print(summary)
     _describe_devices(s)
+    _describe_peft(s, ds)
     if s.split is not None:
         _describe_cuts(s, ds)
     return 0
+
+
+def _describe_peft(s: Any, ds: Any) -> None:
+    """A fine-tuning scenario: trainable vs total parameters, bytes per client per round."""
+    from fedkit.scenario.peft import model_spec, uses_peft
+
+    if not uses_peft(s):
+        return
+    from fedkit.models import init_model
+    from fedkit.peft.describe import summary
+
+    module = init_model(model_spec(s, ds.input_shape, ds.num_classes), ds.input_shape, ds.num_classes, s.seed)
+    method = "full fine-tuning" if s.peft is None else f"{s.peft.method}, aggregation {s.peft.aggregation}"
+    table = Table(title=f"fine-tuning ({method})", show_header=False)
+    for key, value in summary(module).items():
+        table.add_row(key, _fmt_bytes(value) if key.startswith(("bytes", "full")) else
+                      f"{value:,}" if isinstance(value, int) else str(value))
+    out.print(table)
 
 
 def _describe_devices(s: Any) -> None:

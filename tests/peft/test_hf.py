@@ -122,3 +122,14 @@ def test_wrong_adapter_layout_is_refused_by_acceptance(tiny_bert: Path, data: Pa
         reply = Reply(task.task_id, "client-0", 1, 10, update=enc)
         with pytest.raises(Rejected):
             accept(exp.plan.acceptance, task, reply)
+
+
+def test_describe_shows_trainable_share_and_bytes(tiny_bert: Path, data: Path, tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    import yaml
+
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(hf_raw(tiny_bert, data)))
+    assert main(["describe", str(tmp_path / "s.yaml")]) == 0
+    text = capsys.readouterr().out
+    assert "trainable parameters" in text and "1,123" in text and "20,995" in text
+    assert "4.5 KB" in text and "84.0 KB" in text  # 1,123 x 4 B each way vs 20,995 x 4 B
