@@ -158,10 +158,11 @@ def _describe_peft(s: Any, ds: Any) -> None:
 
     if not uses_peft(s):
         return
-    from fedkit.models import init_model
     from fedkit.peft.describe import summary
+    from fedkit.peft.model import build
 
-    module = init_model(model_spec(s, ds.input_shape, ds.num_classes), ds.input_shape, ds.num_classes, s.seed)
+    spec = model_spec(s, ds.input_shape, ds.num_classes)
+    module = build(ds.input_shape, ds.num_classes, spec["base"], spec.get("peft"), s.seed)
     method = "full fine-tuning" if s.peft is None else f"{s.peft.method}, aggregation {s.peft.aggregation}"
     table = Table(title=f"fine-tuning ({method})", show_header=False)
     for key, value in summary(module).items():
