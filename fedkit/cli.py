@@ -352,7 +352,10 @@ def cmd_client(args: argparse.Namespace) -> int:
 
     wait_s = args.wait_s if args.wait_s > 0 else None
     try:
-        join(args.server, clients, tls=tls, insecure=args.insecure, wait_s=wait_s)
+        from fedkit.peft.join import base_capabilities
+
+        caps = base_capabilities(args.base_model)
+        join(args.server, clients, tls=tls, insecure=args.insecure, wait_s=wait_s, capabilities=caps)
     except ConnectionError as e:
         print(f"fedkit client: {e}", file=sys.stderr)
         return 1
@@ -461,6 +464,8 @@ def parser() -> argparse.ArgumentParser:
     cl.add_argument("--key", help="client private key for mutual TLS")
     cl.add_argument("--server-name", help="name to check in the server certificate")
     cl.add_argument("--insecure", action="store_true", help="plaintext, no TLS")
+    cl.add_argument("--base-model", metavar="DIR",
+                    help="the pre-trained model folder this device fine-tunes (its hash is checked at Join)")
     cl.add_argument("--wait-s", type=float, default=300.0, metavar="SECONDS",
                     help="give up (exit 1) after this long without joining; 0: keep trying (default 300)")
     cl.set_defaults(fn=cmd_client)
