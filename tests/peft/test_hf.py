@@ -133,3 +133,10 @@ def test_describe_shows_trainable_share_and_bytes(tiny_bert: Path, data: Path, t
     text = capsys.readouterr().out
     assert "trainable parameters" in text and "1,123" in text and "20,995" in text
     assert "4.5 KB" in text and "84.0 KB" in text  # 1,123 x 4 B each way vs 20,995 x 4 B
+
+
+def test_hf_without_peft_is_full_fine_tuning(tiny_bert: Path, data: Path) -> None:
+    raw = hf_raw(tiny_bert, data)
+    del raw["peft"]
+    exp = build(validate(raw))
+    assert sum(a.size for a in exp.init_params) == 20_995  # every parameter, the new head included

@@ -83,3 +83,17 @@ def test_targets_naming_no_linear_is_refused_with_candidates() -> None:
 def test_unknown_aggregation_is_refused() -> None:
     with pytest.raises(ScenarioError, match="did you mean 'fedit'"):
         validate(raw(peft={"method": "lora", "lora": {"targets": ["1"]}, "aggregation": "fedti"}))
+
+
+def test_codecs_and_error_feedback_apply_to_adapters(tmp_path: Any) -> None:
+    dense = validate(raw())
+    sparse = validate(raw(compression={"uplink": "ef:topk(ratio=0.1)"}))
+    run_scenario(dense, tmp_path / "dense")
+    run_scenario(sparse, tmp_path / "sparse")
+    up = [sum(r["bytes_up"] for r in read_metrics(tmp_path / p)) for p in ("dense", "sparse")]
+    assert up[1] < up[0] / 3
+
+
+def test_bias_method_trains_biases_and_head_only() -> None:
+    exp = build(validate(raw(peft={"method": "bias", "train_also": ["3"]})))
+    assert [a.shape for a in exp.init_params] == [(32,), (10, 32), (10,)]  # hidden bias, head
