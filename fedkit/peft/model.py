@@ -107,6 +107,23 @@ def adapter_name(name: str, adapter: str = "default") -> str:
     return name.replace(f".modules_to_save.{adapter}.", ".").replace(f".{adapter}.", ".")
 
 
+def lora_pairs(names: Sequence[str]) -> list[tuple[int, int]]:
+    """Indices (A, B) of each LoRA pair among the Params' names, found by their common prefix.
+
+    >>> lora_pairs(["m.q.lora_A.weight", "m.q.lora_B.weight", "m.head.weight"])
+    [(0, 1)]
+    """
+    index = {n: i for i, n in enumerate(names)}
+    out = []
+    for n, i in index.items():
+        if ".lora_A." in n:
+            b = n.replace(".lora_A.", ".lora_B.")
+            if b not in index:
+                raise ValueError(f"LoRA factor {n} has no matching {b}")
+            out.append((i, index[b]))
+    return out
+
+
 def module_names(model: nn.Module, kind: type[nn.Module] | None = None) -> list[str]:
     """Dotted names of ``model``'s submodules (of ``kind``, e.g. nn.Linear)."""
     return [n for n, m in model.named_modules() if n and (kind is None or isinstance(m, kind))]

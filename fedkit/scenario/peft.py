@@ -107,6 +107,22 @@ class Peft(Strict):
             raise ValueError(f"peft.lora is for method lora, not {self.method}")
 
 
+def trainable_names(s: Scenario) -> list[str]:
+    """The names of the scenario's Params in order (peft's state-dict names), e.g. for an
+    aggregation variant that pairs LoRA factors (:func:`fedkit.peft.model.lora_pairs`)."""
+    from fedkit.peft.model import build
+
+    shaped = _dataset_shape(s)
+    if shaped is None:
+        raise ValueError("the dataset cannot be read here, so the model's shapes are unknown")
+    spec = model_spec(s, *shaped)
+    if spec.get("name") != FACTORY:
+        from fedkit.models import build_model
+
+        return list(build_model(spec, *shaped).state_dict())
+    return list(build(*shaped, spec["base"], spec.get("peft"), s.seed).state_dict())
+
+
 def uses_peft(s: Scenario) -> bool:
     return s.peft is not None or "hf" in s.model
 
@@ -156,6 +172,8 @@ def check_peft(s: Scenario) -> None:
         require("peft")
     if s.split is not None:
         raise ValueError("peft: split learning of a PEFT model is not supported yet; remove split: or peft:")
+    if s.execution.kind == "stacked":
+        raise ValueError("peft: execution kind stacked is not supported for fine-tuning yet; use sequential or pool")
     if s.peft is not None and s.peft.aggregation != "fedit" and s.strategy["name"] != "fedavg":
         raise ValueError(f"peft.aggregation {s.peft.aggregation!r} brings its own aggregation; "
                          f"drop strategy {s.strategy['name']!r} (or use aggregation: fedit)")

@@ -140,3 +140,20 @@ def test_hf_without_peft_is_full_fine_tuning(tiny_bert: Path, data: Path) -> Non
     del raw["peft"]
     exp = build(validate(raw))
     assert sum(a.size for a in exp.init_params) == 20_995  # every parameter, the new head included
+
+
+def test_lora_pairs_by_common_prefix(tiny_bert: Path, data: Path) -> None:
+    from fedkit.peft.model import lora_pairs
+    from fedkit.scenario.peft import trainable_names
+
+    names = trainable_names(validate(hf_raw(tiny_bert, data)))
+    pairs = lora_pairs(names)
+    assert len(pairs) == 4  # query and value in 2 layers
+    for a, b in pairs:
+        assert names[a].replace("lora_A", "lora_B") == names[b]
+    assert names[-2:] == ["base_model.model.classifier.weight", "base_model.model.classifier.bias"]
+
+
+def test_stacked_execution_is_refused(tiny_bert: Path, data: Path) -> None:
+    with pytest.raises(ScenarioError, match="stacked"):
+        validate(hf_raw(tiny_bert, data, execution={"kind": "stacked"}))
