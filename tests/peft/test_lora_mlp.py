@@ -97,3 +97,21 @@ def test_codecs_and_error_feedback_apply_to_adapters(tmp_path: Any) -> None:
 def test_bias_method_trains_biases_and_head_only() -> None:
     exp = build(validate(raw(peft={"method": "bias", "train_also": ["3"]})))
     assert [a.shape for a in exp.init_params] == [(32,), (10, 32), (10,)]  # hidden bias, head
+
+
+def test_resumed_run_equals_a_straight_one(tmp_path: Any) -> None:
+    straight = run_scenario(validate(raw(rounds=3)), tmp_path / "straight")
+    run_scenario(validate(raw(rounds=2)), tmp_path / "resumed")
+    resumed = run_scenario(validate(raw(rounds=3)), tmp_path / "resumed", resume=True)
+    assert resumed["params_sha256"] == straight["params_sha256"]
+    kept = sorted(p.name for p in (tmp_path / "resumed" / "adapters").iterdir())
+    assert kept == ["round-0001.npz", "round-0002.npz", "round-0003.npz"]
+
+
+def test_missing_extra_names_the_install_command(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "peft" else real(name, *a))
+    with pytest.raises(ScenarioError, match=r"pip install 'fedkit\[llm\]'"):
+        validate(raw())
