@@ -58,19 +58,26 @@ def folder_sha256(folder: str | Path) -> str:
     key = (str(path.resolve()), tuple((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files))
     if key in _FOLDER_HASH:
         return _FOLDER_HASH[key]
-    tensors: dict[str, torch.Tensor] = {}
-    for f in files:
-        if f.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            tensors |= load_file(str(f))
-        else:
-            tensors |= torch.load(f, map_location="cpu", weights_only=True)
     h = hashlib.sha256()
-    for name in sorted(tensors):
-        t = tensors[name].detach().contiguous()
+
+    def add(name: str, t: torch.Tensor) -> None:
+        t = t.detach().contiguous()
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        h.update(t.reshape(-1).view(torch.uint8).numpy().data if t.numel() else b"")
+
+    if files[0].suffix == ".safetensors":  # one tensor at a time: no second copy of the model
+        from safetensors import safe_open
+
+        handles = [safe_open(str(f), framework="pt") for f in files]
+        where = {k: g for g in handles for k in g.keys()}  # noqa: SIM118 (safe_open has no iteration)
+        for name in sorted(where):
+            add(name, where[name].get_tensor(name))
+    else:
+        tensors: dict[str, torch.Tensor] = {}
+        for f in files:
+            tensors |= torch.load(f, map_location="cpu", weights_only=True)
+        for name in sorted(tensors):
+            add(name, tensors[name])
     _FOLDER_HASH[key] = h.hexdigest()
     return _FOLDER_HASH[key]
 
