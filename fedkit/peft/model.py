@@ -37,6 +37,7 @@ FACTORY = "fedkit.peft.model:build"
 """The model spec name a PEFT / pre-trained scenario's clients build (fedkit.models.build_model)."""
 
 Call = Callable[[nn.Module, torch.Tensor], torch.Tensor]
+EVAL_CHUNK = 256  # samples per forward pass without gradients
 
 
 def _plain_call(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -65,7 +66,11 @@ class Trainable(nn.Module):
         return sum(p.numel() for _, p in self._tensors)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._call(self.inner, x)
+        if torch.is_grad_enabled() or len(x) <= EVAL_CHUNK:
+            return self._call(self.inner, x)
+        # evaluation hands over whole test sets; a transformer's attention over thousands of
+        # sequences at once would hold gigabytes, so it sees them in chunks (same outputs)
+        return torch.cat([self._call(self.inner, c) for c in x.split(EVAL_CHUNK)])
 
     def train(self, mode: bool = True) -> Trainable:
         self.training = mode

@@ -115,3 +115,16 @@ def test_missing_extra_names_the_install_command(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "peft" else real(name, *a))
     with pytest.raises(ScenarioError, match=r"pip install 'fedkit\[llm\]'"):
         validate(raw())
+
+
+def test_evaluation_forward_in_chunks_gives_the_same_outputs() -> None:
+    import torch
+
+    from fedkit.models import init_model
+
+    m = init_model(build(validate(raw())).plan.model.spec, (64,), 10, 0)
+    x = torch.randn(600, 64)
+    with torch.no_grad():
+        chunked = m(x)
+    whole = m(x).detach()
+    torch.testing.assert_close(chunked, whole)
