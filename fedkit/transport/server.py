@@ -66,12 +66,12 @@ if TYPE_CHECKING:  # imported where used at run time: fedkit.split's package imp
 log = logging.getLogger("fedkit.transport")
 
 Validator = Callable[[Task, Reply], Any]
-Admit = Callable[[str, Mapping[str, str]], "str | None"]
-"""(client name, its Join capabilities) -> why it may not join (None: welcome). E.g. a device
-whose base model differs from the server's (fedkit/peft/join.py)."""
 """Called on every received reply that answers an open task; raises ValueError (with a
 message) to reject it, else returns what it made of the reply (the engine's acceptance rule
 returns the decoded update), handed to the engine as ``Arrival.accepted``."""
+Admit = Callable[[str, Mapping[str, str]], "str | None"]
+"""(client name, its Join capabilities) -> why it may not join (None: welcome). E.g. a device
+whose base model differs from the server's (fedkit/peft/join.py)."""
 
 _Result = tuple[Reply | None, str, Any]  # (reply or None, why not, accepted)
 
