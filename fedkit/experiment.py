@@ -16,6 +16,8 @@ import torch
 
 from fedkit.aggregation import state_from_arrays, state_to_arrays
 from fedkit.models import build_model, set_params
+from fedkit.peft.export import clear_rounds, save_round
+from fedkit.peft.model import FACTORY as PEFT_FACTORY
 from fedkit.report import plots
 from fedkit.report.run_dir import (
     RunDir,
@@ -136,6 +138,9 @@ def run_with_link(
     rd.write_scenario(dump(s))
     rd.write_json("model.json", plan.model.model_dump(mode="json"))
     state = resume_state(plan, init_params, rd, resume)
+    adapters = plan.model.spec.get("name") == PEFT_FACTORY
+    if adapters and not resume:
+        clear_rounds(rd.path)
     t_start = time.perf_counter()
     elapsed0 = rd.metrics()[-1].get("elapsed_s", 0.0) if resume and rd.metrics() else 0.0
 
@@ -150,6 +155,8 @@ def run_with_link(
             if st.split is not None:
                 sections["split"] = plan.split.to_arrays(st.split)
             rd.write_checkpoint(st.round, st.params, sections, {"metrics": row, "clients": rec.clients})
+        if adapters:  # fine-tuning: every round's adapters are kept (they are small)
+            save_round(rd.path, st.round, st.params)
         rd.append_rows(row, rec.clients)
         if on_round is not None:
             on_round(row)
@@ -222,6 +229,10 @@ def load_model(run_dir: str | Path) -> torch.nn.Module:
     if not (path / "model.json").exists():
         raise FileNotFoundError(f"{path}: no model.json (not a fedkit run directory?)")
     ref = ModelRef.model_validate(json.loads((path / "model.json").read_text()))
+    if ref.spec.get("name") == PEFT_FACTORY:  # a fresh module, not the process's shared base
+        from fedkit.peft.export import load_model as load_finetuned
+
+        return load_finetuned(path)
     source = path / "params.npz" if (path / "params.npz").exists() else path / "checkpoint.npz"
     if not source.exists():
         raise FileNotFoundError(f"{path}: neither params.npz nor checkpoint.npz")

@@ -151,6 +151,8 @@ def _cluster(
         for w in range(pool):
             mine = names[w::pool]
             args = ["client", "--server", addr, "--ca", str(certs["ca_cert"])]
+            if "hf" in scenario.model:  # the device declares its base at Join (fedkit/peft/join.py)
+                args += ["--base-model", str(scenario.model["hf"])]
             for n in mine:
                 args += ["--data", f"{n}={workdir / f'{n}.npz'}", "--token-file", f"{n}={token_files[n]}"]
             clients.append(_spawn(args, workdir / f"client-pool-{w}.log"))

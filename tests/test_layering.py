@@ -32,6 +32,7 @@ RULES = {
     "runtime": ("grpc", "fedkit.transport", "fedkit.scenario", "fedkit.cli", "fedkit.experiment"),
     "split": ("grpc", "fedkit.runtime", "fedkit.transport", "fedkit.scenario", "fedkit.cli"),
     "sim": ("grpc", "fedkit.transport", "fedkit.scenario", "fedkit.cli"),
+    "peft": ("grpc", "fedkit.transport", "fedkit.scenario", "fedkit.cli", "fedkit.experiment"),
     "transport": ("torch", "fedkit.runtime", "fedkit.scenario", "fedkit.models", "fedkit.cli"),
 }
 

@@ -45,6 +45,7 @@ from fedkit.runtime.task import ModelRef, SecAggField
 from fedkit.scenario.attacks import client_mods, label_flipped, with_colluders
 from fedkit.scenario.check import DataError, per_round
 from fedkit.scenario.privacy import dp_plan
+from fedkit.scenario.peft import model_spec
 from fedkit.scenario.schema import Compression, Scenario, Schedule, read_examples
 from fedkit.split.endpoint import Endpoint
 from fedkit.split.privacy import Defence, evaluate_privacy
@@ -213,9 +214,10 @@ def _policy(s: Scenario, secagg: SecAggPlan | None = None) -> Policy:
 def build_server(s: Scenario) -> tuple[Plan, Params]:
     """The server's plan and the initial parameters (split learning: of the client part)."""
     ds = _dataset(s)
-    model = ModelRef(spec=dict(s.model), input_shape=tuple(ds.input_shape), num_classes=ds.num_classes)
+    spec = model_spec(s, ds.input_shape, ds.num_classes)  # a PEFT model: fedkit.peft's factory
+    model = ModelRef(spec=spec, input_shape=tuple(ds.input_shape), num_classes=ds.num_classes)
     try:
-        module = init_model(s.model, ds.input_shape, ds.num_classes, frng.seed_int(s.seed, "init"))
+        module = init_model(spec, ds.input_shape, ds.num_classes, frng.seed_int(s.seed, "init"))
     except CheckpointError as e:
         raise DataError(f"model.checkpoint: {e}") from None
     init_params = get_params(module)

@@ -26,6 +26,7 @@ from fedkit.registry import did_you_mean
 from fedkit.scenario.attacks import Attacks
 from fedkit.scenario.devices import Devices
 from fedkit.scenario.participation import Participation
+from fedkit.scenario.peft import Peft, check_peft
 from fedkit.scenario.privacy import Privacy, check_privacy
 from fedkit.types import Strict
 
@@ -98,6 +99,11 @@ def model_section(v: Any) -> dict[str, Any]:
 
     if isinstance(v, Mapping) and "checkpoint" in v:  # fedkit's own pre-trained model (fedkit pretrain)
         return checkpoint_model_section(v)
+    if isinstance(v, Mapping) and "hf" in v:  # a pre-trained transformers folder (fedkit/scenario/peft.py)
+        from fedkit.scenario.peft import hf_model_section
+
+        return hf_model_section(v)
+
     return check_named(v, "model", MODELS.lookup, MODELS.names(), skip=2)
 
 
@@ -524,6 +530,7 @@ class Scenario(Strict):
     execution: Execution = Execution()
     privacy: Privacy = Privacy()
     attacks: Attacks = Field(default_factory=list)  # simulated malicious clients (fedkit/scenario/attacks.py)
+    peft: Peft | None = None
     output: Output = Output()
 
     @field_validator("model", mode="before")
@@ -551,6 +558,7 @@ class Scenario(Strict):
         if self.server.on_too_few == "retry" and self.clients.per_round.poisson:
             raise ValueError("clients.per_round.poisson: server.on_too_few: retry is not supported (use skip)")
         check_split(self)
+        check_peft(self)
         if self.devices is not None and self.split is not None:
             raise ValueError("devices: split learning's per-batch messages are not charged on the "
                              "simulated clock yet; remove devices: or split:")

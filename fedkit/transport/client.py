@@ -170,7 +170,7 @@ def run_client(
                 return
             code = e.code() if hasattr(e, "code") else None
             if code in _FATAL:
-                log.error("client %s: server refused credentials: %s", name, e.details())
+                log.error("client %s: server refused us: %s", name, e.details())
                 raise
             reason = f"{code.name if code else 'error'}: {e.details() if hasattr(e, 'details') else e}"
             if "Socket closed" in reason:

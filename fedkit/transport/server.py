@@ -28,7 +28,7 @@ import secrets
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -69,6 +69,9 @@ Validator = Callable[[Task, Reply], Any]
 """Called on every received reply that answers an open task; raises ValueError (with a
 message) to reject it, else returns what it made of the reply (the engine's acceptance rule
 returns the decoded update), handed to the engine as ``Arrival.accepted``."""
+Admit = Callable[[str, Mapping[str, str]], "str | None"]
+"""(client name, its Join capabilities) -> why it may not join (None: welcome). E.g. a device
+whose base model differs from the server's (fedkit/peft/join.py)."""
 
 _Result = tuple[Reply | None, str, Any]  # (reply or None, why not, accepted)
 
@@ -409,6 +412,10 @@ class _Servicer(pb_grpc.FedKitServicer):
                 grpc.StatusCode.FAILED_PRECONDITION,
                 f"client speaks {shorten(request.protocol)}; this server speaks {PROTOCOL!r}",
             )
+        refusal = None if self.srv.admit is None else self.srv.admit(name, dict(request.capabilities))
+        if refusal is not None:
+            log.warning("refused join of %s from %s: %s", name, context.peer(), refusal)
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, clip(refusal))
         if self.hub.done:
             yield pb.ServerMessage(shutdown=pb.Shutdown(reason="experiment is done"))
             return
@@ -768,7 +775,8 @@ class GrpcServer:
     ``max_sessions`` caps concurrent sessions (joins beyond it get RESOURCE_EXHAUSTED and
     retry); with ``auth`` it bounds Sybil joins on plaintext too, where tokens are the only
     enrolment. ``split`` serves the ``Split`` stream of open split tasks (None: UNIMPLEMENTED);
-    its calls run in a pool of ``split_threads`` worker threads. ``max_reply_streams`` caps the reply streams one session may have open at once
+    its calls run in a pool of ``split_threads`` worker threads. ``admit`` decides from a Join's
+    capabilities whether the client may join (refused: PERMISSION_DENIED with its reason). ``max_reply_streams`` caps the reply streams one session may have open at once
     (a fedkit client needs one). ``max_message_bytes`` defaults to 16 MiB or, when smaller,
     ``max_payload_bytes`` plus header room, so one message never buffers more than a payload.
 
@@ -794,6 +802,7 @@ class GrpcServer:
         split: SplitEndpoint | None = None,
         split_threads: int | None = None,
         max_reply_streams: int = 2,
+        admit: Admit | None = None,
     ) -> None:
         if tls is None and not insecure:
             raise ValueError("pass tls=ServerTls(...) or, for plaintext, insecure=True")
@@ -815,6 +824,7 @@ class GrpcServer:
         self.chunk_bytes = chunk_size(max_message_bytes, chunk_bytes)
         self.heartbeat_s = heartbeat_s
         self.validate = validate
+        self.admit = admit
         self.split = split
         self.split_threads = split_threads
         self._split_pool: concurrent.futures.ThreadPoolExecutor | None = None

@@ -1,0 +1,130 @@
+"""LoRA on fedkit's own MLP: only adapters (and train_also heads) form the Params, so only
+they cross the wire, and every client shares one frozen base."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+
+from fedkit.compression.frame import packed_nbytes
+from fedkit.experiment import run_scenario
+from fedkit.models import get_params
+from fedkit.report.run_dir import read_metrics
+from fedkit.scenario import ScenarioError, validate
+from fedkit.scenario.build import build
+
+pytest.importorskip("peft")
+
+
+def raw(**over: Any) -> dict[str, Any]:
+    s: dict[str, Any] = {
+        "name": "lora-mlp", "seed": 3, "rounds": 2,
+        "clients": {"count": 3},
+        "data": {"dataset": {"name": "digits"}, "partition": {"name": "iid"}},
+        "model": {"name": "mlp", "hidden": [32]},
+        "train": {"steps": 3, "batch_size": 16, "lr": 0.1},
+        "peft": {"method": "lora", "lora": {"r": 4, "alpha": 8, "targets": ["1"]}, "train_also": ["3"]},
+        "output": {"plot": False},
+    }
+    return s | over
+
+
+def test_params_are_the_adapters_and_head_only() -> None:
+    exp = build(validate(raw()))
+    names = list(exp.plan.model.spec["peft"]["lora"]["targets"])
+    assert names == ["1"]
+    shapes = [a.shape for a in exp.init_params]
+    # lora_A (r x 64), lora_B (32 x r), head weight (10 x 32), head bias (10)
+    assert shapes == [(4, 64), (32, 4), (10, 32), (10,)]
+    assert not np.any(exp.init_params[1])  # B starts at zero: the adapted model is the base
+
+
+def test_uplink_and_downlink_bytes_are_the_trainable_tensors(tmp_path: Any) -> None:
+    s = validate(raw())
+    exp = build(s)
+    trainable = sum(a.nbytes for a in exp.init_params)
+    frame = 4 + 2 + len("identity") + packed_nbytes(exp.init_params) - trainable  # magic, name, array heads
+    run_scenario(s, tmp_path / "run")
+    rows = read_metrics(tmp_path / "run")
+    for row in rows:
+        assert row["bytes_up"] == 3 * (trainable + frame)
+        assert row["bytes_down"] == 3 * (trainable + frame)
+    full = (64 * 32 + 32 + 32 * 10 + 10) * 4
+    assert trainable < full / 2
+
+
+def test_base_is_shared_and_frozen_across_rounds(tmp_path: Any) -> None:
+    s = validate(raw())
+    exp = build(s)
+    from fedkit.models import init_model
+
+    spec = exp.plan.model.spec
+    a = init_model(spec, (64,), 10, 0)
+    b = init_model(spec, (64,), 10, 1)
+    assert a is b  # one module per process and thread: clients share the frozen base
+    base = [p.detach().clone() for n, p in a.inner.named_parameters() if not p.requires_grad]
+    run_scenario(s, tmp_path / "run")
+    after = [p.detach() for n, p in a.inner.named_parameters() if not p.requires_grad]
+    assert all(bool((x == y).all()) for x, y in zip(base, after, strict=True))
+    # a cache hit hands back the initial adapters, not what the last task left behind
+    assert all(np.array_equal(x, y) for x, y in zip(get_params(init_model(spec, (64,), 10, 0)),
+                                                    exp.init_params, strict=True))
+
+
+def test_targets_naming_no_linear_is_refused_with_candidates() -> None:
+    with pytest.raises(ScenarioError) as e:
+        validate(raw(peft={"method": "lora", "lora": {"r": 4, "targets": ["11"]}}))
+    msg = str(e.value)
+    assert "'11' names no Linear module" in msg and "did you mean '1'" in msg and "1, 3" in msg
+
+
+def test_unknown_aggregation_is_refused() -> None:
+    with pytest.raises(ScenarioError, match="did you mean 'fedit'"):
+        validate(raw(peft={"method": "lora", "lora": {"targets": ["1"]}, "aggregation": "fedti"}))
+
+
+def test_codecs_and_error_feedback_apply_to_adapters(tmp_path: Any) -> None:
+    dense = validate(raw())
+    sparse = validate(raw(compression={"uplink": "ef:topk(ratio=0.1)"}))
+    run_scenario(dense, tmp_path / "dense")
+    run_scenario(sparse, tmp_path / "sparse")
+    up = [sum(r["bytes_up"] for r in read_metrics(tmp_path / p)) for p in ("dense", "sparse")]
+    assert up[1] < up[0] / 3
+
+
+def test_bias_method_trains_biases_and_head_only() -> None:
+    exp = build(validate(raw(peft={"method": "bias", "train_also": ["3"]})))
+    assert [a.shape for a in exp.init_params] == [(32,), (10, 32), (10,)]  # hidden bias, head
+
+
+def test_resumed_run_equals_a_straight_one(tmp_path: Any) -> None:
+    straight = run_scenario(validate(raw(rounds=3)), tmp_path / "straight")
+    run_scenario(validate(raw(rounds=2)), tmp_path / "resumed")
+    resumed = run_scenario(validate(raw(rounds=3)), tmp_path / "resumed", resume=True)
+    assert resumed["params_sha256"] == straight["params_sha256"]
+    kept = sorted(p.name for p in (tmp_path / "resumed" / "adapters").iterdir())
+    assert kept == ["round-0001.npz", "round-0002.npz", "round-0003.npz"]
+
+
+def test_missing_extra_names_the_install_command(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "peft" else real(name, *a))
+    with pytest.raises(ScenarioError, match=r"pip install 'fedkit\[llm\]'"):
+        validate(raw())
+
+
+def test_evaluation_forward_in_chunks_gives_the_same_outputs() -> None:
+    import torch
+
+    from fedkit.models import init_model
+
+    m = init_model(build(validate(raw())).plan.model.spec, (64,), 10, 0)
+    x = torch.randn(600, 64)
+    with torch.no_grad():
+        chunked = m(x)
+    whole = m(x).detach()
+    torch.testing.assert_close(chunked, whole)
