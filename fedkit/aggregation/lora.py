@@ -51,14 +51,13 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from types import MappingProxyType
 from typing import Any
 
 import numpy as np
 
 from fedkit.aggregation.base import ServerOpt, State, cast_like, check_int, check_like
 from fedkit.aggregation.server_opt import SGD
-from fedkit.registry import unknown
+from fedkit.registry import Registry
 from fedkit.rng import rng
 from fedkit.types import Params, Update
 
@@ -460,21 +459,23 @@ class LoraVariant:
 
 _AB, _A, _B = frozenset("AB"), frozenset("A"), frozenset("B")
 
-LORA_AGGREGATIONS: Mapping[str, LoraVariant] = MappingProxyType({
-    "fedit": LoraVariant("fedit", fedit, _AB, _AB),
-    "ffa": LoraVariant("ffa", ffa, _B, _B),
-    "fedsa": LoraVariant("fedsa", fedsa, _AB, _A, personal=_B),
-    "fedex": LoraVariant("fedex", fedex, _AB, _AB, opt="exact", base=True),
-    "flora": LoraVariant("flora", flora, _AB, _AB, opt="exact", base=True, ranks=True),
-    "flexlora": LoraVariant("flexlora", flexlora, _AB, _AB, opt="exact", ranks=True),
-    "fedsvd": LoraVariant("fedsvd", fedsvd, _B, _B, opt="sgd"),
-})
+LORA_AGGREGATIONS: Registry[LoraVariant] = Registry("LoRA aggregation")
 """``peft.aggregation`` name -> variant (function, factor roles, composable server steps)."""
+
+for _v in (
+    LoraVariant("fedit", fedit, _AB, _AB),
+    LoraVariant("ffa", ffa, _B, _B),
+    LoraVariant("fedsa", fedsa, _AB, _A, personal=_B),
+    LoraVariant("fedex", fedex, _AB, _AB, opt="exact", base=True),
+    LoraVariant("flora", flora, _AB, _AB, opt="exact", base=True, ranks=True),
+    LoraVariant("flexlora", flexlora, _AB, _AB, opt="exact", ranks=True),
+    LoraVariant("fedsvd", fedsvd, _B, _B, opt="sgd"),
+):
+    LORA_AGGREGATIONS.register(_v.name)(_v)
 
 
 def lora_variant(name: str) -> LoraVariant:
-    if name not in LORA_AGGREGATIONS:
-        raise unknown("LoRA aggregation", name, LORA_AGGREGATIONS)
+    """The registered variant (an unknown name: a ValueError with a "did you mean")."""
     return LORA_AGGREGATIONS[name]
 
 
