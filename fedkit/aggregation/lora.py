@@ -495,6 +495,39 @@ def check_server_opt(variant: LoraVariant, server_opt: ServerOpt) -> None:
         )
 
 
+# --- DP-LoRA ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LoraDP:
+    """DP-LoRA (Liu et al., arXiv 2312.17493) as central DP-FedAvg over the uplink tensors only:
+    each client's uploaded delta clipped to L2 norm ``clip_norm``, summed, divided by
+    ``expected_clients`` and noised with std ``noise_multiplier * clip_norm / expected_clients``
+    (:func:`fedkit.secure.dp.dp_mean`, noise keyed by ``(seed, "dp-noise", round)``; account it
+    with :func:`fedkit.secure.accountant.epsilon`). Tensors that do not travel get no noise, so
+    ffa's and fedsvd's A stay exactly shared; one-factor variants spend the whole budget on B
+    (REFERENCES.md §E4/E5: noising both factors multiplies noise in the product)."""
+
+    clip_norm: float
+    noise_multiplier: float
+    expected_clients: int
+
+
+def dp_lora_delta(layout: LoraLayout, variant: LoraVariant, deltas: Sequence[Params], dp: LoraDP,
+                  *, seed: int, round: int) -> Params:
+    """The DP mean of the clients' deltas on ``variant.uplink`` tensors; zeros elsewhere."""
+    from fedkit.secure.dp import dp_mean  # fedkit.secure imports fedkit.aggregation.base
+
+    up = [k for k, n in enumerate(layout.names) if n in set(variant.uplink(layout.names))]
+    mean = dp_mean([[d[k] for k in up] for d in deltas], clip_norm=dp.clip_norm,
+                   noise_multiplier=dp.noise_multiplier, expected_clients=dp.expected_clients,
+                   seed=seed, round=round)
+    out = [np.zeros(np.shape(a), dtype=np.asarray(a).dtype) for a in deltas[0]]
+    for k, m in zip(up, mean, strict=True):
+        out[k] = m
+    return out
+
+
 # --- the engine seam -----------------------------------------------------------------------------
 
 _BASE, _ROUND = "lora.base.", "lora.round"
@@ -517,9 +550,13 @@ class LoraAggregator:
     seed: int = 0
     ranks: Mapping[str, int] = field(default_factory=dict)
     options: Mapping[str, Any] = field(default_factory=dict)  # fedsvd: period, warmup
+    dp: LoraDP | None = None  # DP-LoRA: clip + noise the uplink tensors (fedit, ffa, fedsa, fedsvd)
 
     def __post_init__(self) -> None:
         check_server_opt(self.variant, self.server_opt)
+        if self.dp is not None and self.variant.opt == "exact":
+            raise ValueError(f"DP-LoRA is a noised mean of factor deltas; {self.variant.name!r} "
+                             "does not average factors (use fedit, ffa, fedsa or fedsvd)")
         if self.ranks and not self.variant.ranks:
             raise ValueError(f"LoRA aggregation {self.variant.name!r} needs one rank for all clients; "
                              "per-client ranks need flexlora or flora")
@@ -599,13 +636,19 @@ class LoraAggregator:
         """One aggregation with the variant's whole result (base offsets, per-client params)."""
         rnd = int(state[_ROUND][0])
         clients = self.clients_of(params, updates)
-        weights = [u.num_examples for u in updates]
-        fn = ffa if self.variant.name == "fedsvd" else self.variant.fn  # svd after the server step
-        out = fn(
-            self.layout, clients, weights, global_params=params, seed=self.seed, round=rnd,
-            client_ids=[u.client for u in updates], ranks=[self.rank_of(u.client) for u in updates],
-            **self.options,
-        )
+        if self.dp is not None:  # the DP mean replaces the weighted mean of the factors
+            deltas = [[_f64(c) - _f64(g) for c, g in zip(local, params, strict=True)]
+                      for local in clients]
+            d = dp_lora_delta(self.layout, self.variant, deltas, self.dp, seed=self.seed, round=rnd)
+            out = LoraOut([cast_like(_f64(g) + _f64(x), np.asarray(g).dtype)
+                           for g, x in zip(params, d, strict=True)])
+        else:
+            fn = ffa if self.variant.name == "fedsvd" else self.variant.fn  # svd after the server step
+            out = fn(
+                self.layout, clients, [u.num_examples for u in updates], global_params=params,
+                seed=self.seed, round=rnd, client_ids=[u.client for u in updates],
+                ranks=[self.rank_of(u.client) for u in updates], **self.options,
+            )
         new = dict(state)
         new[_ROUND] = [np.array(rnd + 1, dtype=np.int64)]
         for i, pair in enumerate(self.layout.pairs):
@@ -639,6 +682,7 @@ def make_lora_aggregator(
     server_opt: ServerOpt | None = None,
     seed: int = 0,
     ranks: Mapping[str, int] | None = None,
+    dp: LoraDP | None = None,
     **options: Any,
 ) -> LoraAggregator:
     """Build ``peft.aggregation: NAME`` over the travelling tensors ``names`` / ``shapes``.
@@ -656,7 +700,7 @@ def make_lora_aggregator(
     if "warmup" in options:
         check_int("warmup", options["warmup"], lo=0)
     return LoraAggregator(variant, lora_layout(names, shapes, alpha), server_opt or SGD(),
-                          seed, dict(ranks or {}), dict(options))
+                          seed, dict(ranks or {}), dict(options), dp)
 
 
 def ranks_from_devices(profile_of: Mapping[str, str], profile_ranks: Mapping[str, int]

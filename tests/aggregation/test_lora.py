@@ -252,3 +252,32 @@ def test_fedex_base_offsets_accumulate_in_checkpointable_state():
     back = state_from_arrays(state_to_arrays(state))
     np.testing.assert_array_equal(agg.base_offsets(back)[pair.prefix], agg.base_offsets(state)[pair.prefix])
     assert int(back["lora.round"][0]) == 3
+
+
+def test_dp_lora_noises_only_what_travels_and_bounds_each_client():
+    from fedkit.aggregation.lora import LoraDP
+
+    lay = _layout(d_in=64, d_out=256)
+    init = _clients(lay, 1, seed=6)[0]
+    names = lay.names
+    # z = 0: one client's enormous update moves the model by at most clip_norm / n
+    dp = LoraDP(clip_norm=1.0, noise_multiplier=0.0, expected_clients=4)
+    agg = make_lora_aggregator("fedit", names, lay.shapes, dp=dp)
+    huge = [1e6 * np.ones_like(a) for a in init]
+    _, p = agg.step(agg.init(init), init, [Update("c0", huge, 1)])
+    moved = np.sqrt(sum(np.sum((a - b) ** 2) for a, b in zip(p, init, strict=True)))
+    assert moved == pytest.approx(1.0 / 4, rel=1e-9)
+    # z > 0 under ffa: A untouched (exactly shared), B carries noise of std z C / n
+    dp = LoraDP(clip_norm=2.0, noise_multiplier=1.5, expected_clients=3)
+    agg = make_lora_aggregator("ffa", names, lay.shapes, dp=dp, seed=1)
+    zero = [np.zeros_like(a) for a in init]
+    _, p = agg.step(agg.init(init), init, [Update(c, zero, 1) for c in ("a", "b", "c")])
+    np.testing.assert_array_equal(p[0], init[0])
+    noise = (p[1] - init[1]).ravel()
+    assert np.std(noise) == pytest.approx(1.5 * 2.0 / 3, rel=0.1)
+    # fedit noises both factors
+    agg = make_lora_aggregator("fedit", names, lay.shapes, dp=dp, seed=1)
+    _, p = agg.step(agg.init(init), init, [Update(c, zero, 1) for c in ("a", "b", "c")])
+    assert not np.array_equal(p[0], init[0])
+    with pytest.raises(ValueError, match="DP-LoRA.*'fedex' does not average factors"):
+        make_lora_aggregator("fedex", names, lay.shapes, dp=dp)
