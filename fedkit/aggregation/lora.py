@@ -703,6 +703,42 @@ def make_lora_aggregator(
                           seed, dict(ranks or {}), dict(options), dp)
 
 
+def wire_bytes(agg: LoraAggregator, clients: Sequence[str], itemsize: int = 4
+               ) -> dict[str, dict[str, int]]:
+    """Payload bytes (tensor data, no framing) per client in one round where ``clients`` take
+    part: ``{client: {"up": ..., "down": ...}}``.
+
+    up: the tensors the variant uploads, at the client's rank. down: what the client must
+    receive: ffa the B's and heads (A never changes), fedsa A and heads (B is personal), fedsvd
+    both factors (A changes when it re-factorises), fedex the factors plus each pair's dense
+    residual for the base, flora the stack of every participant's factors (rank sum r_k: grows
+    with the number of clients; the fresh adapter is seeded, not sent), flexlora the factors at
+    the client's rank."""
+    lay, v = agg.layout, agg.variant
+    heads = sum(int(np.prod(lay.shapes[k])) for k in lay.others)
+
+    def factors(r: int, which: str) -> int:
+        return sum(r * (p.d_in if f == "A" else p.d_out) for p in lay.pairs for f in which)
+
+    stack_rank = sum(agg.rank_of(c) for c in clients)
+    out = {}
+    for c in clients:
+        r = agg.rank_of(c)
+        up = heads + factors(r, "".join(sorted(v.up)))
+        if v.name == "ffa":
+            down = heads + factors(r, "B")
+        elif v.name == "fedsa":
+            down = heads + factors(r, "A")
+        elif v.name == "fedex":
+            down = heads + factors(r, "AB") + sum(p.d_in * p.d_out for p in lay.pairs)
+        elif v.name == "flora":
+            down = heads + factors(stack_rank, "AB")
+        else:
+            down = heads + factors(r, "AB")
+        out[c] = {"up": up * itemsize, "down": down * itemsize}
+    return out
+
+
 def ranks_from_devices(profile_of: Mapping[str, str], profile_ranks: Mapping[str, int]
                        ) -> dict[str, int]:
     """client -> rank from each client's device profile (``devices:``) and a rank per profile.

@@ -281,3 +281,22 @@ def test_dp_lora_noises_only_what_travels_and_bounds_each_client():
     assert not np.array_equal(p[0], init[0])
     with pytest.raises(ValueError, match="DP-LoRA.*'fedex' does not average factors"):
         make_lora_aggregator("fedex", names, lay.shapes, dp=dp)
+
+
+def test_wire_bytes_per_variant():
+    from fedkit.aggregation.lora import wire_bytes
+
+    lay = _layout(d_in=64, d_out=64, r=4)  # one pair: A, B 4 x 64 = 256 values each; head 192
+    cs = ["a", "b", "c"]
+
+    def wb(name, **kw):
+        return wire_bytes(make_lora_aggregator(name, lay.names, lay.shapes, **kw), cs)
+
+    assert wb("fedit")["a"] == {"up": (512 + 192) * 4, "down": (512 + 192) * 4}
+    assert wb("ffa")["a"] == {"up": (256 + 192) * 4, "down": (256 + 192) * 4}  # A never travels
+    assert wb("fedsa")["a"] == {"up": (256 + 192) * 4, "down": (256 + 192) * 4}
+    assert wb("fedsvd")["a"]["up"] == (256 + 192) * 4
+    assert wb("fedex")["a"]["down"] == (512 + 192 + 64 * 64) * 4
+    assert wb("flora")["a"]["down"] == (3 * 512 + 192) * 4  # the stack of three clients
+    flex = wb("flexlora", ranks={"a": 1, "b": 2})
+    assert flex["a"]["up"] == (128 + 192) * 4 and flex["c"]["up"] == (512 + 192) * 4
