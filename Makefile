@@ -7,7 +7,7 @@ PIP    := $(PY) -m pip -q --disable-pip-version-check
 TORCH  ?= torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint proto bench bench-training bench-codecs bench-grpc bench-split-grpc bench-compression bench-events bench-secagg bench-split bench-flower bench-stragglers bench-async bench-hostile bench-wire bench-execution bench-fedprox bench-split-modes clean
+.PHONY: demo test lint proto bench bench-training bench-codecs bench-grpc bench-split-grpc bench-compression bench-events bench-secagg bench-split bench-flower bench-stragglers bench-async bench-hostile bench-wire bench-execution bench-fedprox bench-split-modes bench-lora clean
 
 $(VENV)/.base:
 	$(PYTHON) -m venv $(VENV)
@@ -38,7 +38,7 @@ proto: $(VENV)/.dev
 	$(PY) -m fedkit.transport.protogen
 
 # Each benchmark writes a table to benchmarks/results/.
-bench: bench-training bench-codecs bench-grpc bench-split-grpc bench-compression bench-events bench-secagg bench-split bench-flower bench-stragglers bench-async bench-hostile bench-wire bench-execution bench-fedprox bench-split-modes
+bench: bench-training bench-codecs bench-grpc bench-split-grpc bench-compression bench-events bench-secagg bench-split bench-flower bench-stragglers bench-async bench-hostile bench-wire bench-execution bench-fedprox bench-split-modes bench-lora
 
 bench-training: $(VENV)/.installed
 	$(PY) benchmarks/bench_training.py
@@ -97,3 +97,6 @@ bench-fedprox: $(VENV)/.installed
 
 bench-split-modes: $(VENV)/.installed
 	$(PY) benchmarks/bench_split_modes.py
+
+bench-lora: $(VENV)/.installed  # needs peft (the fedkit[llm] extra)
+	$(PY) benchmarks/bench_lora.py
