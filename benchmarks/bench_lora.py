@@ -218,6 +218,8 @@ def run_full(w: dict[str, Any], rounds: int, steps: int) -> dict[str, float]:
 
 
 def mean_sd(xs: list[float]) -> str:
+    if all(math.isnan(x) for x in xs):
+        return "-"
     return f"{np.mean(xs):.3f} ± {np.std(xs):.3f}" if len(xs) > 1 else f"{xs[0]:.3f}"
 
 
