@@ -44,8 +44,8 @@ from fedkit.runtime.split import SplitPlan
 from fedkit.runtime.task import ModelRef, SecAggField
 from fedkit.scenario.attacks import client_mods, label_flipped, with_colluders
 from fedkit.scenario.check import DataError, per_round
-from fedkit.scenario.privacy import dp_plan
 from fedkit.scenario.peft import model_spec
+from fedkit.scenario.privacy import dp_plan
 from fedkit.scenario.schema import Compression, Scenario, Schedule, read_examples
 from fedkit.split.endpoint import Endpoint
 from fedkit.split.privacy import Defence, evaluate_privacy
