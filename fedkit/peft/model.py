@@ -216,7 +216,11 @@ def wrap(model: nn.Module, peft: Mapping[str, Any] | None, seed: int) -> tuple[n
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)  # LoRA A's random init: the same in every process
         pm = hf_peft.get_peft_model(model, cfg)
-    return pm, [(adapter_name(n), p) for n, p in pm.named_parameters() if p.requires_grad]
+    tensors = [(adapter_name(n), p) for n, p in pm.named_parameters() if p.requires_grad]
+    for n, p in tensors:  # frozen factors (ffa, fedsvd: lora_A) travel but never train
+        if any(f".{f}." in n for f in peft.get("frozen") or ()):
+            p.requires_grad_(False)
+    return pm, tensors
 
 
 _LOCAL = threading.local()

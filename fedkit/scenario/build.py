@@ -238,6 +238,14 @@ def build_server(s: Scenario) -> tuple[Plan, Params]:
     per = s.clients.per_round
     secagg = _secagg_plan(s, init_params)
     policy, aggregator = _policy_and_aggregator(s, secagg)
+    if s.peft is not None and s.peft.method == "lora" and s.privacy.dp is None:  # fedkit/aggregation/lora.py
+        from fedkit.aggregation.lora import make_lora_aggregator
+
+        aggregator = make_lora_aggregator(
+            s.peft.aggregation, list(module.state_dict()), [a.shape for a in init_params],
+            alpha=s.peft.lora.alpha if s.peft.lora else None, server_opt=aggregator.server_opt,
+            seed=s.seed,
+        )
     dp = dp_plan(s, aggregator)
     if dp is not None and dp.aggregator is not None:  # central DP: the noised mean replaces the reduce
         aggregator = dp.aggregator

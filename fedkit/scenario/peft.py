@@ -135,6 +135,11 @@ def model_spec(s: Scenario, shape: tuple[int, ...] | None = None, classes: int |
     spec: dict[str, Any] = {"name": FACTORY, "base": dict(s.model), "seed": s.seed}
     if s.peft is not None:
         spec["peft"] = s.peft.model_dump(exclude={"aggregation"})
+        from fedkit.aggregation.lora import LORA_AGGREGATIONS
+
+        frozen = sorted(set("AB") - LORA_AGGREGATIONS[s.peft.aggregation].train)
+        if frozen:
+            spec["peft"]["frozen"] = [f"lora_{f}" for f in frozen]
     if "hf" in s.model:
         from fedkit.peft.hf import folder_sha256
 
@@ -161,6 +166,15 @@ def _dataset_shape(s: Scenario) -> tuple[tuple[int, ...], int] | None:
     return ds.input_shape, ds.num_classes
 
 
+UNWIRED = {
+    "fedsa": "personal B kept on each client between rounds",
+    "fedex": "the residual sent to clients and folded into their frozen base",
+    "flora": "per-client downlinks of a growing rank",
+    "flexlora": "per-client ranks and downlinks",
+}
+"""Variants fedkit.aggregation.lora computes (and tests) whose client side the engine lacks."""
+
+
 def check_peft(s: Scenario) -> None:
     """What the PEFT section needs from the rest of the scenario, and targets that exist
     (the model is built to list its modules; skipped where the data cannot be read here)."""
@@ -174,6 +188,13 @@ def check_peft(s: Scenario) -> None:
         raise ValueError("peft: split learning of a PEFT model is not supported yet; remove split: or peft:")
     if s.execution.kind == "stacked":
         raise ValueError("peft: execution kind stacked is not supported for fine-tuning yet; use sequential or pool")
+    if s.peft is not None and s.peft.aggregation in UNWIRED:
+        raise ValueError(f"peft.aggregation {s.peft.aggregation!r} is not run by the round engine yet "
+                         f"(it needs {UNWIRED[s.peft.aggregation]}); use one of fedit, ffa, fedsvd, or call "
+                         "fedkit.aggregation.lora directly")
+    if s.peft is not None and s.peft.aggregation != "fedit" and s.privacy.dp is not None:
+        raise ValueError(f"peft.aggregation {s.peft.aggregation!r} with privacy.dp is not wired yet; "
+                         "use aggregation: fedit (DP-FedAvg of the adapters)")
     if s.peft is not None and s.peft.aggregation != "fedit" and s.strategy["name"] != "fedavg":
         raise ValueError(f"peft.aggregation {s.peft.aggregation!r} brings its own aggregation; "
                          f"drop strategy {s.strategy['name']!r} (or use aggregation: fedit)")

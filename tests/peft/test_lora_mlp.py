@@ -11,7 +11,7 @@ import pytest
 from fedkit.compression.frame import packed_nbytes
 from fedkit.experiment import run_scenario
 from fedkit.models import get_params
-from fedkit.report.run_dir import read_metrics
+from fedkit.report.run_dir import RunDir, read_metrics
 from fedkit.scenario import ScenarioError, validate
 from fedkit.scenario.build import build
 
@@ -128,3 +128,28 @@ def test_evaluation_forward_in_chunks_gives_the_same_outputs() -> None:
         chunked = m(x)
     whole = m(x).detach()
     torch.testing.assert_close(chunked, whole)
+
+
+def test_ffa_keeps_a_at_its_shared_initialisation_through_the_engine(tmp_path: Any) -> None:
+    s = validate(raw(peft={**raw()["peft"], "aggregation": "ffa"}))
+    exp = build(s)
+    run_scenario(s, tmp_path / "run")
+    final = RunDir(tmp_path / "run", resume=True).read_checkpoint()
+    assert final is not None and final.round == 2
+    assert np.array_equal(final.params[0], exp.init_params[0])  # lora_A never moves
+    assert not np.array_equal(final.params[1], exp.init_params[1])  # lora_B trains
+
+
+def test_fedsvd_leaves_orthonormal_a_through_the_engine(tmp_path: Any) -> None:
+    s = validate(raw(peft={**raw()["peft"], "aggregation": "fedsvd"}))
+    run_scenario(s, tmp_path / "run")
+    final = RunDir(tmp_path / "run", resume=True).read_checkpoint()
+    assert final is not None
+    a = final.params[0].astype(np.float64)
+    assert np.allclose(a @ a.T, np.eye(a.shape[0]), atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["fedsa", "fedex", "flora", "flexlora"])
+def test_variants_the_engine_cannot_run_yet_are_refused(name: str) -> None:
+    with pytest.raises(ScenarioError, match=f"{name}.*not run by the round engine yet"):
+        validate(raw(peft={**raw()["peft"], "aggregation": name}))
