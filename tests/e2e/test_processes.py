@@ -169,10 +169,11 @@ def test_ctrl_c_leaves_no_process_behind(tmp_path: Path) -> None:
     raw = tiny_raw(rounds=50, train={"steps": 2000, "batch_size": 32})
     scen = tmp_path / "s.yaml"
     scen.write_text(yaml.safe_dump(raw))
-    run = tmp_path / "run"
+    run, tmp = tmp_path / "run", tmp_path / "tmp"
+    tmp.mkdir()  # this run's fedkit-procs-* dir lands here: other runs on the machine do not count
     driver = subprocess.Popen(
         [sys.executable, "-m", "fedkit", "run", str(scen), "--mode", "processes", "--out", str(run), "-q"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=dict(os.environ, TMPDIR=str(tmp)),
     )
     try:
         _wait(lambda: _rows(run) >= 1, 120, "round 1")
@@ -181,19 +182,9 @@ def test_ctrl_c_leaves_no_process_behind(tmp_path: Path) -> None:
     finally:
         if driver.poll() is None:
             driver.kill()
-    def leftovers() -> list[str]:
-        out = []
-        for pid in os.listdir("/proc"):
-            if pid.isdigit():
-                try:
-                    cmd = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
-                except OSError:
-                    continue
-                if str(run) in cmd or "fedkit-procs-" in cmd:
-                    out.append(cmd)
-        return out
-    _wait(lambda: not leftovers(), 10, "children to exit")
+    _wait(lambda: not [c for c in _cmdlines().values() if str(run) in c or str(tmp) in c], 10, "children to exit")
     assert (run / "checkpoint.npz").exists()  # committed rounds survive the interrupt
+    assert not list(tmp.glob("fedkit-procs-*")), "the temp dir with the CA key and tokens is left"
 
 
 def _cmdlines() -> dict[int, str]:
