@@ -17,7 +17,8 @@ the sequential loop and the no-framework floor of bench_training.py.
 Every run is a fresh process; wall = the run after imports (data generation, worker start-up,
 training, aggregation, the final evaluation). Medians of --repeats runs, interleaved.
 
-    python benchmarks/bench_execution.py [--repeats 3] [--only stacked,pool,ray]
+    python benchmarks/bench_execution.py [--repeats 3] [--only stacked,pool,ray]   (--only pool
+    reruns that section of results/execution.md and keeps the others)
 """
 
 from __future__ import annotations
@@ -363,23 +364,45 @@ def main() -> None:
     import numpy
     import torch
 
-    lines = [
+    header = [
         "# Client executors: stacked, pool, ray",
         "",
         f"torch {torch.__version__}, numpy {numpy.__version__}, Python {platform.python_version()}, "
-        f"{os.cpu_count()} cores. Median of {args.repeats} runs, each in a fresh process, interleaved; "
-        "wall = the run after imports (data generation, worker start-up, training, aggregation, the "
-        f"final evaluation). Machine at the start: {_load()}.",
+        f"{os.cpu_count()} cores. Each run in a fresh process, interleaved; wall = the run after imports "
+        "(data generation, worker start-up, training, aggregation, the final evaluation). Each section "
+        "says when it was measured: `--only` reruns some and keeps the others.",
         "",
     ]
+    blocks = _sections(Path(args.out))
     for name in args.only.split(","):
-        lines += [*SECTIONS[name](args.repeats), ""]
-    lines.append(f"Machine at the end: {_load()}.")
-    text = "\n".join(lines) + "\n"
+        start = f"Measured {time.strftime('%Y-%m-%d %H:%M')}, median of {args.repeats} run(s); machine at the start: {_load()}"
+        body = SECTIONS[name](args.repeats)
+        blocks[name] = [*body, "", f"{start}, at the end: {_load()}."]
+    lines = [*header]
+    for name in SECTIONS:
+        if name in blocks:
+            lines += [*blocks[name], ""]
+    text = "\n".join(lines).rstrip("\n") + "\n"
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(text)
     print(text)
 
+
+def _sections(path: Path) -> dict[str, list[str]]:
+    """The sections of an existing results file, by executor (``## `pool` ...`` -> pool)."""
+    if not path.exists():
+        return {}
+    out: dict[str, list[str]] = {}
+    name = None
+    for line in path.read_text().splitlines():
+        if line.startswith("## `"):
+            name = line.split("`")[1]
+            out[name] = []
+        elif line.startswith("Machine at the end:"):
+            name = None  # the old single footer
+        if name is not None:
+            out[name].append(line)
+    return {k: [*v[:-1]] if v and not v[-1] else v for k, v in out.items() if k in SECTIONS}
 
 if __name__ == "__main__":
     main()
