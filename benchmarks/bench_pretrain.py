@@ -141,9 +141,9 @@ def main() -> int:
     for name, t in tuned.items():
         lines.append(f"| {name} | {t[3][1]:,} | " + " | ".join(f"{t[e][0]:.3f}" for e in (3, 10, 30)) + " |")
     lines += ["", "Same seed, initialisation draw and batches for both starts; only the weights loaded from the "
-              "checkpoint differ, the head included: its rows 5-9 were never a target in pre-training, so the "
-              "pre-trained model first predicts source digits only (accuracy 0 on 5-9) and gains once the head "
-              "has moved. With enough epochs both starts reach the same accuracy centrally: pre-training buys "
+              "checkpoint differ. After one round of one epoch on label-skewed clients the pre-trained model "
+              "still predicts source digits only (accuracy 0 on 5-9), with a fresh head too; it overtakes "
+              "from round 3. With enough epochs both starts reach the same accuracy centrally: pre-training buys "
               "speed on a small budget, and under federated label skew it is the difference between a usable "
               "model and one barely above chance after 10 rounds. Frozen features learnt from five digits carry a linear probe "
               "only so far; prompt tokens (VPT) add to it at 2% of the parameters, full fine-tuning is best."]
