@@ -178,6 +178,18 @@ def _base(input_shape: Sequence[int], num_classes: int, base: Mapping[str, Any],
     return model, _plain_call, state_sha256(model)
 
 
+def _train_only(model: nn.Module, picked: Callable[[str], bool], train_also: Sequence[str]) -> list[tuple[str, nn.Parameter]]:
+    """Freeze every parameter but the picked ones and those of the ``train_also`` modules."""
+    out = []
+    for name, p in model.named_parameters():
+        owner = name.rsplit(".", 1)[0]
+        trains = picked(name) or any(matches([owner], t) for t in train_also)
+        p.requires_grad_(trains)
+        if trains:
+            out.append((name, p))
+    return out
+
+
 def wrap(model: nn.Module, peft: Mapping[str, Any] | None, seed: int) -> tuple[nn.Module, list[tuple[str, nn.Parameter]]]:
     """``model`` with the PEFT method applied and its trainable tensors by exchange name;
     ``peft=None``: full fine-tuning (every parameter trains)."""
@@ -190,17 +202,17 @@ def wrap(model: nn.Module, peft: Mapping[str, Any] | None, seed: int) -> tuple[n
     if train_also:
         check_targets(model, train_also, "peft.train_also", None)
     if method == "bias":  # BitFit: biases (and train_also modules) only, no library needed
-        keep = set(train_also)
-        out = []
-        for name, p in model.named_parameters():
-            owner = name.rsplit(".", 1)[0]
-            trains = name.endswith("bias") or any(matches([owner], t) for t in keep)
-            p.requires_grad_(trains)
-            if trains:
-                out.append((name, p))
-        return model, out
+        return model, _train_only(model, lambda name: name.endswith("bias"), train_also)
+    if method == "prompt":  # prompt tuning (VPT): the model's prompt tokens and train_also only
+        from fedkit.models.tiny_transformers import prompt_names
+
+        prompts = set(prompt_names(model))
+        if not prompts:
+            raise ValueError("peft.method prompt: the model has no prompt tokens; give it some "
+                             "(e.g. model: {name: vit_tiny, prompt_tokens: 8})")
+        return model, _train_only(model, prompts.__contains__, train_also)
     if method != "lora":
-        raise ValueError(f"peft.method {method!r} is not supported yet; known: lora, bias")
+        raise ValueError(f"peft.method {method!r} is not supported yet; known: lora, bias, prompt")
     from fedkit.peft.hf import require
 
     require("peft")

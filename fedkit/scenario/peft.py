@@ -3,7 +3,7 @@ pre-trained model where only the trainable tensors travel (fedkit/peft/).
 
     model: {hf: models/minilm, task: sequence-classification, num_labels: 8}
     peft:
-      method: lora                 # lora | bias
+      method: lora                 # lora | bias | prompt (a model's prompt tokens, e.g. vit_tiny prompt_tokens: 8)
       lora: {r: 8, alpha: 16, dropout: 0.0, targets: [query, value]}
       train_also: [classifier]     # modules trained and exchanged in full
       aggregation: fedit           # fedit, or a variant of fedkit/aggregation/lora.py
@@ -85,7 +85,7 @@ def aggregation_names() -> list[str]:
 class Peft(Strict):
     """What trains and travels when fine-tuning a pre-trained model."""
 
-    method: Literal["lora", "bias"] = "lora"
+    method: Literal["lora", "bias", "prompt"] = "lora"
     lora: Lora | None = None
     train_also: list[str] = Field(default_factory=list)
     aggregation: str = "fedit"
@@ -105,6 +105,8 @@ class Peft(Strict):
             raise ValueError("peft.method lora needs a lora: {r, alpha, dropout, targets} section")
         if self.method != "lora" and self.lora is not None:
             raise ValueError(f"peft.lora is for method lora, not {self.method}")
+        if self.method != "lora" and self.aggregation != "fedit":
+            raise ValueError(f"peft.aggregation {self.aggregation!r} is for LoRA factors; method {self.method} uses fedit")
 
 
 def trainable_names(s: Scenario) -> list[str]:
