@@ -33,7 +33,7 @@ from torch import nn
 
 from fedkit.models.registry import MODELS
 
-__all__ = ["CharLM", "TinyViT", "char_lm", "prompt_names", "vit_tiny"]
+__all__ = ["CharLM", "TinyViT", "prompt_names"]
 
 
 class Attention(nn.Module):
@@ -97,7 +97,8 @@ def _image_shape(input_shape: Sequence[int], what: str) -> tuple[int, int, int]:
 
 
 class TinyViT(nn.Module):
-    """A small ViT classifier; see the module docstring."""
+    """A tiny ViT for small images (8x8 digits: 16 patches of 2x2 by default); see the module
+    docstring."""
 
     def __init__(
         self,
@@ -151,7 +152,8 @@ class TinyViT(nn.Module):
 
 
 class CharLM(nn.Module):
-    """A small causal transformer LM over token ids; see the module docstring."""
+    """A causal character LM: input (T,) token ids, ``num_classes`` = the vocabulary size; see
+    the module docstring."""
 
     def __init__(
         self,
@@ -182,33 +184,8 @@ class CharLM(nn.Module):
         return self.head(self.norm(h))
 
 
-@MODELS.register("vit_tiny")
-def vit_tiny(
-    input_shape: Sequence[int],
-    num_classes: int,
-    patch: int = 2,
-    dim: int = 32,
-    depth: int = 2,
-    heads: int = 4,
-    mlp_ratio: float = 2.0,
-    prompt_tokens: int = 0,
-    deep_prompt: bool = False,
-) -> nn.Module:
-    """A tiny ViT for small images (8x8 digits: 16 patches of 2x2 by default), ~18 k parameters."""
-    return TinyViT(input_shape, num_classes, patch, dim, depth, heads, mlp_ratio, prompt_tokens, deep_prompt)
-
-
-@MODELS.register("char_lm")
-def char_lm(
-    input_shape: Sequence[int],
-    num_classes: int,
-    dim: int = 64,
-    depth: int = 2,
-    heads: int = 4,
-    mlp_ratio: float = 4.0,
-) -> nn.Module:
-    """A causal character LM: input (T,) token ids, ``num_classes`` = the vocabulary size."""
-    return CharLM(input_shape, num_classes, dim, depth, heads, mlp_ratio)
+MODELS.register("vit_tiny")(TinyViT)  # ~18 k parameters for 8x8 digits (16 patches of 2x2)
+MODELS.register("char_lm")(CharLM)  # input (T,) token ids, num_classes = the vocabulary size
 
 
 def prompt_names(module: nn.Module) -> list[str]:
