@@ -61,6 +61,7 @@ class ClientState:
     codec: Mapping[str, Any] = field(default_factory=dict)
     held: tuple[int, Params] | None = None
     secagg: secagg.Held | None = None
+    personal: Mapping[int, np.ndarray] = field(default_factory=dict)  # tensors kept here (FedSA's B)
 
     @classmethod
     def from_arrays(
@@ -155,17 +156,36 @@ def _receive(state: ClientState, task: Task, ctx: Context) -> tuple[ClientState,
     return dataclasses.replace(state, held=held), params
 
 
+def _personal(module: torch.nn.Module, spec: Mapping[str, Any]) -> list[int]:
+    """Positions of the tensors a client keeps instead of the sent ones (``spec['peft']['personal']``:
+    name parts such as ``lora_B``, FedSA-LoRA's personal factor); none for other models."""
+    parts = (spec.get("peft") or {}).get("personal") or ()
+    if not parts:
+        return []
+    return [i for i, n in enumerate(module.state_dict()) if any(f".{p}." in f".{n}." for p in parts)]
+
+
+def _with_personal(params: Params, state: ClientState, keep: Sequence[int]) -> Params:
+    """The sent params with this client's own tensors in place (the sent ones before its first task)."""
+    return [state.personal[i] if i in keep and i in state.personal else a for i, a in enumerate(params)]
+
+
 def handle_train(state: ClientState, task: Task, ctx: Context) -> tuple[ClientState, Reply]:
-    """Local training from the sent model; the reply carries the raw delta (local - global)."""
+    """Local training from the sent model; the reply carries the raw delta (local - global).
+    Tensors the client keeps (FedSA's B) train from its own copy and travel as a zero delta."""
     t0 = time.perf_counter()
     state, params = _receive(state, task, ctx)
     cfg: tasks.TrainTask = ctx.config
     module = ctx.models.get(cfg.model)
-    set_params(module, params)
+    keep = _personal(module, cfg.model.spec)
+    set_params(module, _with_personal(params, state, keep))
     with keyed_torch(ctx.seed_int("torch-train")):
         fn = ctx.train or train_fn(cfg.train)
         metrics = dict(fn(module, state.train, cfg.train, ctx.rng("train")))
-    delta = [n - p for n, p in zip(get_params(module), params, strict=True)]
+    local = get_params(module)
+    delta = [np.zeros_like(p) if i in keep else n - p for i, (n, p) in enumerate(zip(local, params, strict=True))]
+    if keep:
+        state = dataclasses.replace(state, personal={i: local[i] for i in keep})
     metrics["compute_s"] = time.perf_counter() - t0
     n = int(metrics.pop("num_examples", state.num_train))
     reply = Reply(task.task_id, state.id, task.round, n, metrics=metrics, version=task.version, delta=delta)
@@ -179,7 +199,7 @@ def handle_evaluate(state: ClientState, task: Task, ctx: Context) -> tuple[Clien
     if state.test is None or len(state.test) == 0:
         return state, reply
     module = ctx.models.get(ctx.config.model)
-    set_params(module, params)
+    set_params(module, _with_personal(params, state, _personal(module, ctx.config.model.spec)))  # personalised
     with keyed_torch(ctx.seed_int("torch-eval")):
         metrics = evaluate(module, state.test)
     return state, dataclasses.replace(reply, num_examples=len(state.test), metrics=metrics)

@@ -139,9 +139,12 @@ def model_spec(s: Scenario, shape: tuple[int, ...] | None = None, classes: int |
         spec["peft"] = s.peft.model_dump(exclude={"aggregation"})
         from fedkit.aggregation.lora import LORA_AGGREGATIONS
 
-        frozen = sorted(set("AB") - LORA_AGGREGATIONS[s.peft.aggregation].train)
-        if frozen:
+        variant = LORA_AGGREGATIONS[s.peft.aggregation]
+        frozen = sorted(set("AB") - variant.train)
+        if frozen:  # ffa, fedsvd: A travels but never trains
             spec["peft"]["frozen"] = [f"lora_{f}" for f in frozen]
+        if variant.personal:  # fedsa: each client keeps its own B (fedkit/runtime/client.py)
+            spec["peft"]["personal"] = [f"lora_{f}" for f in sorted(variant.personal)]
     if "hf" in s.model:
         from fedkit.peft.hf import folder_sha256
 
@@ -169,7 +172,6 @@ def _dataset_shape(s: Scenario) -> tuple[tuple[int, ...], int] | None:
 
 
 UNWIRED = {
-    "fedsa": "personal B kept on each client between rounds",
     "fedex": "the residual sent to clients and folded into their frozen base",
     "flora": "per-client downlinks of a growing rank",
     "flexlora": "per-client ranks and downlinks",
@@ -192,7 +194,7 @@ def check_peft(s: Scenario) -> None:
         raise ValueError("peft: execution kind stacked is not supported for fine-tuning yet; use sequential or pool")
     if s.peft is not None and s.peft.aggregation in UNWIRED:
         raise ValueError(f"peft.aggregation {s.peft.aggregation!r} is not run by the round engine yet "
-                         f"(it needs {UNWIRED[s.peft.aggregation]}); use one of fedit, ffa, fedsvd, or call "
+                         f"(it needs {UNWIRED[s.peft.aggregation]}); use one of fedit, ffa, fedsa, fedsvd, or call "
                          "fedkit.aggregation.lora directly")
     if s.peft is not None and s.peft.aggregation != "fedit" and s.privacy.dp is not None:
         raise ValueError(f"peft.aggregation {s.peft.aggregation!r} with privacy.dp is not wired yet; "
