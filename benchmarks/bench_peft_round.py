@@ -14,9 +14,11 @@ batch 16 per round. A round is what a simulated client and the server do:
 
 Round 1 pays first-use costs on both sides (torch's optimizer imports, allocator warm-up), so
 the table reports the median of rounds 2..N. Both sides run in this process, one after the
-other, with the same torch thread count. Usage::
+other, on one torch thread: fedkit pins every client to one thread in every mode (the same
+kernels everywhere, hence bit-identical params across modes), so the hand loop gets the same.
+Usage::
 
-    python benchmarks/bench_peft_round.py [--rounds 4] [--steps 5] [--threads 2]
+    python benchmarks/bench_peft_round.py [--rounds 6] [--steps 5]
 """
 
 from __future__ import annotations
@@ -107,12 +109,11 @@ def hand_rounds(rounds: int, steps: int) -> list[float]:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--rounds", type=int, default=4)
+    ap.add_argument("--rounds", type=int, default=6)
     ap.add_argument("--steps", type=int, default=5)
-    ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=str(HERE / "results" / "peft_round.md"))
     args = ap.parse_args()
-    torch.set_num_threads(args.threads)
+    torch.set_num_threads(1)  # what run_scenario sets for the fedkit side
     load0 = os.getloadavg()
     hand = hand_rounds(args.rounds, args.steps)
     fk = fedkit_rounds(args.rounds, args.steps)
@@ -120,10 +121,10 @@ def main() -> None:
     lines = [
         "# fedkit's LoRA round on MiniLM-L6 against a hand-written peft loop",
         "",
-        f"`python benchmarks/bench_peft_round.py --rounds {args.rounds} --steps {args.steps} --threads {args.threads}`"
+        f"`python benchmarks/bench_peft_round.py --rounds {args.rounds} --steps {args.steps}`"
         f" (`make bench-peft-round`): one client, {args.steps} Adam steps of batch {BATCH} x {SEQ} tokens per round,"
         " LoRA r=8 query/value + classifier; see the script's docstring for what a round includes.",
-        f"torch {torch.__version__}, Python {platform.python_version()}, {args.threads} threads, CPU only (no GPU lent);"
+        f"torch {torch.__version__}, Python {platform.python_version()}, 1 torch thread on both sides, CPU only (no GPU lent);"
         f" load average {load0[0]:.1f} at the start, {os.getloadavg()[0]:.1f} at the end.",
         "",
         "| side | round 1 s | median round 2..N s | vs hand loop | target |",
