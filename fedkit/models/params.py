@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import torch
 from torch import nn
@@ -22,6 +24,13 @@ def set_params(module: nn.Module, params: Params) -> None:
             if tuple(t.shape) != a.shape:
                 raise ValueError(f"{name}: model shape {tuple(t.shape)}, got {a.shape}")
             t.copy_(torch.from_numpy(np.require(a, requirements="W")))
+
+
+def named_by(names: Sequence[str], parts: Sequence[str]) -> list[int]:
+    """Positions of the dotted ``names`` that contain one of ``parts`` as a whole component
+    (``lora_A`` picks ``1.lora_A.weight``, not ``1.lora_AB``): how a PEFT spec names the
+    factors that stay frozen or stay on the client."""
+    return [i for i, n in enumerate(names) if any(f".{p}." in f".{n}." for p in parts)]
 
 
 def param_specs(params: Params) -> list[tuple[tuple[int, ...], np.dtype]]:

@@ -33,6 +33,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from fedkit.models.params import named_by
+
 FACTORY = "fedkit.peft.model:build"
 """The model spec name a PEFT / pre-trained scenario's clients build (fedkit.models.build_model)."""
 
@@ -229,9 +231,8 @@ def wrap(model: nn.Module, peft: Mapping[str, Any] | None, seed: int) -> tuple[n
         torch.manual_seed(seed)  # LoRA A's random init: the same in every process
         pm = hf_peft.get_peft_model(model, cfg)
     tensors = [(adapter_name(n), p) for n, p in pm.named_parameters() if p.requires_grad]
-    for n, p in tensors:  # frozen factors (ffa, fedsvd: lora_A) travel but never train
-        if any(f".{f}." in n for f in peft.get("frozen") or ()):
-            p.requires_grad_(False)
+    for i in named_by([n for n, _ in tensors], peft.get("frozen") or ()):
+        tensors[i][1].requires_grad_(False)  # frozen factors (ffa, fedsvd: lora_A) travel but never train
     return pm, tensors
 
 

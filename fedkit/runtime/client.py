@@ -34,6 +34,7 @@ from torch import nn
 from fedkit import rng as frng
 from fedkit.compression import make
 from fedkit.models import LocalData, build_model, evaluate, get_params, keyed_torch, set_params
+from fedkit.models.params import named_by
 from fedkit.models.train import TrainConfig, TrainFn, sgd_train
 from fedkit.registry import resolve_import
 from fedkit.runtime import secagg
@@ -160,9 +161,7 @@ def _personal(module: torch.nn.Module, spec: Mapping[str, Any]) -> list[int]:
     """Positions of the tensors a client keeps instead of the sent ones (``spec['peft']['personal']``:
     name parts such as ``lora_B``, FedSA-LoRA's personal factor); none for other models."""
     parts = (spec.get("peft") or {}).get("personal") or ()
-    if not parts:
-        return []
-    return [i for i, n in enumerate(module.state_dict()) if any(f".{p}." in f".{n}." for p in parts)]
+    return named_by(list(module.state_dict()), parts) if parts else []
 
 
 def _with_personal(params: Params, state: ClientState, keep: Sequence[int]) -> Params:
