@@ -171,12 +171,13 @@ def _dataset_shape(s: Scenario) -> tuple[tuple[int, ...], int] | None:
     return ds.input_shape, ds.num_classes
 
 
-UNWIRED = {
-    "fedex": "the residual sent to clients and folded into their frozen base",
-    "flora": "per-client downlinks of a growing rank",
-    "flexlora": "per-client ranks and downlinks",
-}
-"""Variants fedkit.aggregation.lora computes (and tests) whose client side the engine lacks."""
+def _engine_lacks(aggregation: str) -> str:
+    """What a LoRA variant needs of clients that the engine does not do yet ('' for none)."""
+    from fedkit.aggregation.lora import LORA_AGGREGATIONS
+
+    v = LORA_AGGREGATIONS[aggregation]
+    return " and ".join(w for flag, w in ((v.base, "the residual folded into each client's frozen base"),
+                                            (v.ranks, "per-client ranks and downlinks")) if flag)
 
 
 def check_peft(s: Scenario) -> None:
@@ -192,9 +193,9 @@ def check_peft(s: Scenario) -> None:
         raise ValueError("peft: split learning of a PEFT model is not supported yet; remove split: or peft:")
     if s.execution.kind == "stacked":
         raise ValueError("peft: execution kind stacked is not supported for fine-tuning yet; use sequential or pool")
-    if s.peft is not None and s.peft.aggregation in UNWIRED:
+    if s.peft is not None and (needs := _engine_lacks(s.peft.aggregation)):
         raise ValueError(f"peft.aggregation {s.peft.aggregation!r} is not run by the round engine yet "
-                         f"(it needs {UNWIRED[s.peft.aggregation]}); use one of fedit, ffa, fedsa, fedsvd, or call "
+                         f"(it needs {needs}); use one of fedit, ffa, fedsa, fedsvd, or call "
                          "fedkit.aggregation.lora directly")
     if s.peft is not None and s.peft.aggregation != "fedit" and s.privacy.dp is not None:
         raise ValueError(f"peft.aggregation {s.peft.aggregation!r} with privacy.dp is not wired yet; "
