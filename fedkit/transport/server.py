@@ -368,10 +368,13 @@ class _SplitRpc:
             return None
 
     async def closed_by(self, reason: str) -> None:
-        """:meth:`close`, returning once the endpoint has heard it (before the status goes)."""
+        """:meth:`close`, returning once the endpoint has heard it (before the status goes).
+
+        Shielded: a client that dies now cancels this RPC's coroutine, and a cancelled wrapper
+        would cancel the queued close with it, so the endpoint would never hear."""
         done = self.close(reason)
         if done is not None:
-            await asyncio.wrap_future(done)
+            await asyncio.shield(asyncio.wrap_future(done))
 
 
 class _Servicer(pb_grpc.FedKitServicer):
