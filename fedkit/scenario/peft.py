@@ -19,6 +19,7 @@ an error carrying the install command.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field, field_validator
@@ -204,7 +205,8 @@ def check_peft(s: Scenario) -> None:
         raise ValueError(f"peft.aggregation {s.peft.aggregation!r} brings its own aggregation; "
                          f"drop strategy {s.strategy['name']!r} (or use aggregation: fedit)")
     shaped = _dataset_shape(s)
-    if shaped is None:
+    ckpt = s.model.get("checkpoint")
+    if shaped is None or (ckpt is not None and not Path(ckpt).exists()):  # data problems: check_data's
         return
     shape, classes = shaped
     labels = s.model.get("num_labels")
