@@ -171,9 +171,14 @@ def _base(input_shape: Sequence[int], num_classes: int, base: Mapping[str, Any],
     if "hf" in base:
         from fedkit.peft.hf import folder_sha256, hf_call, load_hf
 
-        model = load_hf(base["hf"], str(base.get("task", "sequence-classification")),
-                        int(base.get("num_labels") or num_classes), seed)
-        return model, hf_call(model), folder_sha256(base["hf"])
+        task = str(base.get("task", "sequence-classification"))
+        model = load_hf(base["hf"], task, int(base.get("num_labels") or num_classes), seed)
+        vocab = getattr(model.config, "vocab_size", None)
+        if task == "causal-lm" and vocab is not None and num_classes > int(vocab):
+            raise ValueError(f"model.hf: the data's vocabulary has {num_classes} token ids but the causal LM "
+                             f"{base['hf']} has {vocab}; tokenise with the model folder's tokenizer "
+                             f"(data.dataset.tokenizer: {base['hf']})")
+        return model, hf_call(model, task), folder_sha256(base["hf"])
     from fedkit.models import init_model
 
     model = init_model(base, input_shape, num_classes, seed)
@@ -213,8 +218,15 @@ def wrap(model: nn.Module, peft: Mapping[str, Any] | None, seed: int) -> tuple[n
             raise ValueError("peft.method prompt: the model has no prompt tokens; give it some "
                              "(e.g. model: {name: vit_tiny, prompt_tokens: 8})")
         return model, _train_only(model, prompts.__contains__, train_also)
+    if method == "adapter":  # Houlsby bottleneck adapters after the targets (fedkit/peft/adapter.py)
+        from fedkit.peft.adapter import add_adapters, is_adapter
+
+        spec = dict(peft.get("adapter") or {})
+        add_adapters(model, list(spec.get("targets") or []), int(spec.get("dim", 16)),
+                     str(spec.get("activation", "gelu")), seed)
+        return model, _train_only(model, is_adapter, train_also)
     if method != "lora":
-        raise ValueError(f"peft.method {method!r} is not supported yet; known: lora, bias, prompt")
+        raise ValueError(f"peft.method {method!r} is not supported; known: lora, bias, prompt, adapter")
     from fedkit.peft.hf import require
 
     require("peft")

@@ -3,8 +3,9 @@ pre-trained model where only the trainable tensors travel (fedkit/peft/).
 
     model: {hf: models/minilm, task: sequence-classification, num_labels: 8}
     peft:
-      method: lora                 # lora | bias | prompt (a model's prompt tokens, e.g. vit_tiny prompt_tokens: 8)
+      method: lora                 # lora | bias | prompt (a model's prompt tokens, e.g. vit_tiny prompt_tokens: 8) | adapter
       lora: {r: 8, alpha: 16, dropout: 0.0, targets: [query, value]}
+      # adapter: {dim: 16, targets: [attention.output.dense, output.dense], activation: gelu}
       train_also: [classifier]     # modules trained and exchanged in full
       aggregation: fedit           # fedit, or a variant of fedkit/aggregation/lora.py
 
@@ -67,6 +68,15 @@ class Lora(Strict):
     targets: list[str] = Field(min_length=1)
 
 
+class Adapter(Strict):
+    """Bottleneck adapters (Houlsby et al., ICML 2019) after the ``targets`` modules:
+    ``h + up(act(down(h)))`` of width ``dim``, up zero-initialised (fedkit/peft/adapter.py)."""
+
+    dim: int = Field(default=16, ge=1)
+    targets: list[str] = Field(min_length=1)
+    activation: Literal["gelu", "relu", "tanh"] = "gelu"
+
+
 def aggregation_names() -> list[str]:
     """``fedit`` (FedAvg of adapter tensors: the scenario's strategy as it is) plus the
     variants fedkit/aggregation/lora.py registers, when that module exists."""
@@ -85,8 +95,9 @@ def aggregation_names() -> list[str]:
 class Peft(Strict):
     """What trains and travels when fine-tuning a pre-trained model."""
 
-    method: Literal["lora", "bias", "prompt"] = "lora"
+    method: Literal["lora", "bias", "prompt", "adapter"] = "lora"
     lora: Lora | None = None
+    adapter: Adapter | None = None
     train_also: list[str] = Field(default_factory=list)
     aggregation: str = "fedit"
 
@@ -105,6 +116,9 @@ class Peft(Strict):
             raise ValueError("peft.method lora needs a lora: {r, alpha, dropout, targets} section")
         if self.method != "lora" and self.lora is not None:
             raise ValueError(f"peft.lora is for method lora, not {self.method}")
+        if (self.method == "adapter") != (self.adapter is not None):
+            raise ValueError("peft.method adapter needs an adapter: {dim, targets} section" if self.adapter is None
+                             else f"peft.adapter is for method adapter, not {self.method}")
         if self.method != "lora" and self.aggregation != "fedit":
             raise ValueError(f"peft.aggregation {self.aggregation!r} is for LoRA factors; method {self.method} uses fedit")
 
