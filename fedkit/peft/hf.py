@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -149,17 +150,8 @@ def hf_call(model: nn.Module, task: str = "sequence-classification") -> Callable
     if task == "causal-lm":
         return lambda m, x: m(input_ids=x.long()).logits
     if task == "image-classification":
-        c = int(getattr(model.config, "num_channels", 3))
-        size = getattr(model.config, "image_size", 224)
-        h, w = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
-
-        def pixels(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
-            if x[0].numel() != c * h * w:
-                raise ValueError(f"model.task image-classification: the model takes {c}x{h}x{w} images "
-                                 f"({c * h * w} values), the data has {tuple(x.shape[1:])} per sample")
-            return m(pixel_values=x.float().reshape(len(x), c, h, w)).logits
-
-        return pixels
+        c, h, w = image_shape(model)
+        return lambda m, x: m(pixel_values=x.float().reshape(len(x), c, h, w)).logits
     pad = getattr(model.config, "pad_token_id", None)
     pad = 0 if pad is None else int(pad)
 
@@ -169,3 +161,25 @@ def hf_call(model: nn.Module, task: str = "sequence-classification") -> Callable
         return out.logits
 
     return call
+
+
+def image_shape(model: nn.Module) -> tuple[int, int, int]:
+    """(channels, height, width) an image classifier's config expects."""
+    c = int(getattr(model.config, "num_channels", 3))
+    size = getattr(model.config, "image_size", 224)
+    h, w = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+    return c, h, w
+
+
+def check_inputs(model: nn.Module, task: str, input_shape: Sequence[int], num_classes: int) -> None:
+    """Refuse data the task's model cannot take: images of another size, token ids outside a
+    causal LM's vocabulary (``num_classes`` is the data's vocabulary there)."""
+    if task == "image-classification":
+        c, h, w = image_shape(model)
+        if math.prod(input_shape) != c * h * w:
+            raise ValueError(f"model.task image-classification: the model takes {c}x{h}x{w} images "
+                             f"({c * h * w} values), the data has {'x'.join(map(str, input_shape))} per sample")
+    vocab = getattr(model.config, "vocab_size", None)
+    if task == "causal-lm" and vocab is not None and num_classes > int(vocab):
+        raise ValueError(f"model.hf: the data's vocabulary has {num_classes} token ids but the causal LM has "
+                         f"{vocab}; tokenise with the model folder's tokenizer (data.dataset.tokenizer: <model folder>)")

@@ -169,15 +169,11 @@ def state_sha256(module: nn.Module) -> str:
 def _base(input_shape: Sequence[int], num_classes: int, base: Mapping[str, Any], seed: int) -> tuple[nn.Module, Call, str]:
     """The frozen base, how to call it, and its content hash."""
     if "hf" in base:
-        from fedkit.peft.hf import folder_sha256, hf_call, load_hf
+        from fedkit.peft.hf import check_inputs, folder_sha256, hf_call, load_hf
 
         task = str(base.get("task", "sequence-classification"))
         model = load_hf(base["hf"], task, int(base.get("num_labels") or num_classes), seed)
-        vocab = getattr(model.config, "vocab_size", None)
-        if task == "causal-lm" and vocab is not None and num_classes > int(vocab):
-            raise ValueError(f"model.hf: the data's vocabulary has {num_classes} token ids but the causal LM "
-                             f"{base['hf']} has {vocab}; tokenise with the model folder's tokenizer "
-                             f"(data.dataset.tokenizer: {base['hf']})")
+        check_inputs(model, task, input_shape, num_classes)
         return model, hf_call(model, task), folder_sha256(base["hf"])
     from fedkit.models import init_model
 
@@ -271,7 +267,8 @@ def build(input_shape: Sequence[int], num_classes: int, base: Mapping[str, Any],
             raise ValueError(base_mismatch(base_sha256, base_key))
     else:
         base_key = json.dumps([dict(base), list(input_shape), num_classes], sort_keys=True)
-    key = json.dumps([base_key, dict(peft or {}), seed, dict(base)], sort_keys=True, default=str)
+    key = json.dumps([base_key, dict(peft or {}), seed, dict(base), list(input_shape), num_classes],
+                     sort_keys=True, default=str)
     hit = _cache().get(key) if cache else None
     if hit is not None:
         module, initial = hit
