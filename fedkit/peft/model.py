@@ -74,6 +74,12 @@ class Trainable(nn.Module):
         # sequences at once would hold gigabytes, so it sees them in chunks (same outputs)
         return torch.cat([self._call(self.inner, c) for c in x.split(EVAL_CHUNK)])
 
+    def _apply(self, fn: Any, recurse: bool = True) -> Trainable:  # type: ignore[override]
+        """``.to(device)`` etc. reach the model (the trainable tensors are its parameters and
+        stay the same objects: torch converts parameters in place)."""
+        self.inner._apply(fn, recurse)
+        return self
+
     def train(self, mode: bool = True) -> Trainable:
         self.training = mode
         self.inner.train(mode)
