@@ -137,7 +137,17 @@ def lora_pairs(names: Sequence[str]) -> list[tuple[int, int]]:
     return out
 
 
-def module_names(model: nn.Module, kind: type[nn.Module] | None = None) -> list[str]:
+def linear_kinds() -> tuple[type[nn.Module], ...]:
+    """The module types LoRA adapts: nn.Linear, and transformers' Conv1D (GPT-2's projections,
+    a Linear with its weight transposed) where transformers is installed."""
+    try:
+        from transformers.pytorch_utils import Conv1D
+    except ImportError:
+        return (nn.Linear,)
+    return (nn.Linear, Conv1D)
+
+
+def module_names(model: nn.Module, kind: type[nn.Module] | tuple[type[nn.Module], ...] | None = None) -> list[str]:
     """Dotted names of ``model``'s submodules (of ``kind``, e.g. nn.Linear)."""
     return [n for n, m in model.named_modules() if n and (kind is None or isinstance(m, kind))]
 
@@ -147,7 +157,8 @@ def matches(names: Sequence[str], target: str) -> list[str]:
     return [n for n in names if n == target or n.endswith("." + target)]
 
 
-def check_targets(model: nn.Module, targets: Sequence[str], what: str, kind: type[nn.Module] | None) -> None:
+def check_targets(model: nn.Module, targets: Sequence[str], what: str,
+                  kind: type[nn.Module] | tuple[type[nn.Module], ...] | None) -> None:
     """Every target names at least one module; else a ValueError listing the candidates."""
     from fedkit.registry import did_you_mean
 
@@ -155,7 +166,7 @@ def check_targets(model: nn.Module, targets: Sequence[str], what: str, kind: typ
     short = sorted({n.rsplit(".", 1)[-1] for n in names})
     for t in targets:
         if not matches(names, t):
-            noun = "Linear module" if kind is nn.Linear else "module"
+            noun = "module" if kind is None else "Linear module"
             raise ValueError(
                 f"{what}: {t!r} names no {noun} of the model{did_you_mean(t, short + names)}; "
                 f"its {noun} names: {', '.join(short)}"
@@ -236,10 +247,14 @@ def wrap(model: nn.Module, peft: Mapping[str, Any] | None, seed: int) -> tuple[n
 
     lora = dict(peft.get("lora") or {})
     targets = list(lora.get("targets") or [])
-    check_targets(model, targets, "peft.lora.targets", nn.Linear)
+    kinds = linear_kinds()
+    check_targets(model, targets, "peft.lora.targets", kinds)
+    modules = dict(model.named_modules())
+    conv1d = any(not isinstance(modules[n], nn.Linear) for t in targets for n in matches(module_names(model, kinds), t))
     cfg = hf_peft.LoraConfig(
         r=int(lora.get("r", 8)), lora_alpha=int(lora.get("alpha", 16)), lora_dropout=float(lora.get("dropout", 0.0)),
         target_modules=targets, modules_to_save=train_also or None,
+        fan_in_fan_out=conv1d,  # GPT-2's Conv1D stores its weight transposed
     )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)  # LoRA A's random init: the same in every process

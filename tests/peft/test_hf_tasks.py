@@ -92,6 +92,25 @@ def test_causal_lm_refuses_a_tokenizer_larger_than_the_model(tiny_llama: Path, c
         validate(raw)
 
 
+def test_gpt2_conv1d_projections_take_lora_and_adapters(tmp_path: Path, corpus: Path) -> None:
+    """GPT-2's projections are transformers' Conv1D, not nn.Linear: both methods adapt them."""
+    from transformers import BertTokenizer, GPT2Config, GPT2LMHeadModel
+
+    BertTokenizer(vocab={w: i for i, w in enumerate(WORDS)}).save_pretrained(str(tmp_path / "gpt2"))
+    torch.manual_seed(0)
+    GPT2LMHeadModel(GPT2Config(vocab_size=len(WORDS), n_embd=32, n_layer=2, n_head=2, n_positions=64)
+                    ).save_pretrained(str(tmp_path / "gpt2"))
+    raw = lm_raw(tmp_path / "gpt2", corpus, rounds=1)
+    raw["peft"]["lora"]["targets"] = ["c_attn"]
+    run_scenario(validate(raw), tmp_path / "lora")
+    assert read_metrics(tmp_path / "lora")[0]["test_perplexity"] < len(WORDS)
+    raw["peft"] = {"method": "adapter", "adapter": {"dim": 4, "targets": ["mlp.c_proj"]}}
+    from fedkit.scenario.build import build
+
+    exp = build(validate(raw))
+    assert [a.shape for a in exp.init_params] == [(4, 32), (4,), (32, 4), (32,)] * 2  # after c_proj, 2 layers
+
+
 @pytest.fixture(scope="module")
 def tiny_vit(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from transformers import ViTConfig, ViTForImageClassification
