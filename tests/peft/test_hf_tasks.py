@@ -87,7 +87,7 @@ def test_causal_lm_lora_lowers_perplexity_and_merged_export_loads_back(
 
 def test_causal_lm_refuses_a_tokenizer_larger_than_the_model(tiny_llama: Path, corpus: Path) -> None:
     raw = lm_raw(tiny_llama, corpus)
-    raw["data"]["dataset"]["tokenizer"] = "char"  # fedkit's 98-id vocabulary, the model has 59
+    raw["data"]["dataset"]["tokenizer"] = "char"  # fedkit's 98-id vocabulary, the model has 61
     with pytest.raises(ScenarioError, match="vocabulary has 98 token ids"):
         validate(raw)
 
