@@ -20,6 +20,7 @@ an error carrying the install command.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field, field_validator
@@ -53,6 +54,8 @@ def hf_model_section(v: Mapping[str, Any]) -> dict[str, Any]:
 
     require("transformers", "safetensors")
     m = HFModel.model_validate(dict(v))
+    if m.task == "causal-lm" and m.num_labels is not None:
+        raise ValueError("model.num_labels is for classification tasks; a causal LM predicts its vocabulary")
     if m.task not in TASKS:
         raise ValueError(f"model.task {m.task!r} is not supported yet; known: {', '.join(TASKS)}")
     check_config(m.hf, m.task)
@@ -169,9 +172,14 @@ def model_spec(s: Scenario, shape: tuple[int, ...] | None = None, classes: int |
 
 
 def _own_base_sha256(spec: Mapping[str, Any], shape: tuple[int, ...], classes: int) -> str:
+    from fedkit.models.checkpoint import CheckpointError
     from fedkit.peft.model import build
+    from fedkit.scenario.check import DataError
 
-    return build(shape, classes, spec["base"], spec.get("peft"), int(spec["seed"])).base_sha256
+    try:
+        return build(shape, classes, spec["base"], spec.get("peft"), int(spec["seed"])).base_sha256
+    except CheckpointError as e:  # not written yet: a data problem, reported as one line
+        raise DataError(f"model.checkpoint: {e}") from None
 
 
 def _dataset_shape(s: Scenario) -> tuple[tuple[int, ...], int] | None:
@@ -218,8 +226,8 @@ def check_peft(s: Scenario) -> None:
         raise ValueError(f"peft.aggregation {s.peft.aggregation!r} brings its own aggregation; "
                          f"drop strategy {s.strategy['name']!r} (or use aggregation: fedit)")
     shaped = _dataset_shape(s)
-    if shaped is None:
-        return
+    if shaped is None or not Path(s.model.get("checkpoint", ".")).exists():
+        return  # unreadable data, a checkpoint not written yet: data problems (check_data) of a run
     shape, classes = shaped
     labels = s.model.get("num_labels")
     if labels is not None and labels != classes:

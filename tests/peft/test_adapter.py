@@ -105,3 +105,13 @@ def test_merged_export_of_adapters_is_refused(tmp_path: Path, capsys: pytest.Cap
     assert main(["export", str(tmp_path / "run"), "--merged", str(tmp_path / "m")]) == 2
     err = capsys.readouterr().err
     assert "cannot be folded into the base weights" in err and "--adapter" in err
+
+
+def test_adapter_on_a_checkpoint_not_written_yet_is_a_data_problem(tmp_path: Path) -> None:
+    from fedkit.scenario.check import DataError
+
+    raw = mlp_raw(model={"name": "vit_tiny", "checkpoint": str(tmp_path / "none")},
+                  peft={"method": "adapter", "adapter": {"dim": 4, "targets": ["mlp.fc2"]}, "train_also": ["head"]})
+    s = validate(raw)  # validation, like a missing data file, leaves it to the run
+    with pytest.raises(DataError, match="no checkpoint folder"):
+        build(s)

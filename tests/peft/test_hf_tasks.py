@@ -90,6 +90,8 @@ def test_causal_lm_refuses_a_tokenizer_larger_than_the_model(tiny_llama: Path, c
     raw["data"]["dataset"]["tokenizer"] = "char"  # fedkit's 98-id vocabulary, the model has 61
     with pytest.raises(ScenarioError, match="vocabulary has 98 token ids"):
         validate(raw)
+    with pytest.raises(ScenarioError, match="num_labels is for classification"):
+        validate(lm_raw(tiny_llama, corpus, model={"hf": str(tiny_llama), "task": "causal-lm", "num_labels": 3}))
 
 
 def test_gpt2_conv1d_projections_take_lora_and_adapters(tmp_path: Path, corpus: Path) -> None:
