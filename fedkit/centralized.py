@@ -66,7 +66,7 @@ def train_centrally(s: Scenario) -> tuple[torch.nn.Module, Dataset, dict[str, fl
     cfg = _budget(s)
     with keyed_torch(frng.seed_int(s.seed, "torch-centralized")):
         fit = sgd_train(module, data, cfg, frng.rng(s.seed, "centralized"))
-        out = evaluate(module, test)
+        out = evaluate(module, test, device=cfg.device)
     extra = {k: v for k, v in out.items() if k not in ("accuracy", "loss")}
     metrics = {"accuracy": out["accuracy"], "loss": out["loss"], **extra, "train_loss": fit["train_loss"],
                "epochs": float(cfg.epochs if cfg.steps is None else 0), "steps": fit["steps"], "samples": float(len(data))}

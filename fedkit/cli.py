@@ -199,7 +199,7 @@ def _describe_peft(s: Any, ds: Any) -> None:
     module = build(ds.input_shape, ds.num_classes, spec["base"], spec.get("peft"), s.seed)
     method = "full fine-tuning" if s.peft is None else f"{s.peft.method}, aggregation {s.peft.aggregation}"
     table = Table(title=f"fine-tuning ({method})", show_header=False)
-    for key, value in summary(module).items():
+    for key, value in summary(module, None if s.peft is None else s.peft.aggregation).items():
         table.add_row(key, _fmt_bytes(value) if key.startswith(("bytes", "full")) else
                       f"{value:,}" if isinstance(value, int) else str(value))
     out.print(table)

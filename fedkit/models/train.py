@@ -13,6 +13,18 @@ inputs shifted by one, made by the dataset; -100 marks padding) against (B, T, V
 :func:`evaluate` adds perplexity and its accuracy is per token. Classification runs exactly the
 ops it always did.
 
+Where it runs (``train.device``): ``cpu`` (the default: a scenario's results then do not depend
+on the machine that runs it, and fedkit's small models are faster on CPU than a GPU's transfers
+allow), ``cuda``, or ``auto`` (cuda when ``torch.cuda.is_available()``, else cpu). The module
+moves to the device for the task and back to CPU after it, and each batch moves as it is drawn,
+so params always come back as CPU numpy arrays and nothing else in fedkit sees the device. On
+CPU no tensor moves at all: ``cpu`` and ``auto`` on a machine without a GPU run the same ops,
+bit-identical. The seeded RNG contract holds on the GPU too (the CUDA generator is seeded with
+the task's torch seed, :func:`on_device`), but CUDA kernels differ from CPU ones and some are
+non-deterministic: cuda results are reproducible in distribution, not bit-identical to cpu.
+``cuda`` without a GPU is an error naming the problem, raised where training runs (a server
+without a GPU may coordinate devices that have one).
+
 FedProx (Li et al., MLSys 2020) adds (mu/2)||w - w_global||^2 to the local loss; with mu == 0
 the term is skipped entirely, so FedProx(mu=0) is bit-identical to FedAvg.
 """
@@ -45,6 +57,7 @@ class TrainConfig(Strict):
     weight_decay: float = Field(default=0.0, ge=0)
     mu: float = Field(default=0.0, ge=0, description="FedProx proximal term (set by strategy fedprox)")
     fn: str | None = Field(default=None, description="custom training function 'package.module:function'")
+    device: Literal["cpu", "cuda", "auto"] = Field(default="cpu", description="where local training runs")
 
 
 @dataclass(frozen=True)
@@ -71,6 +84,40 @@ def keyed_torch(seed: int) -> Iterator[None]:
     with torch.random.fork_rng(devices=[]):
         torch.random.default_generator.manual_seed(seed)
         yield
+
+
+def resolve_device(name: str) -> torch.device:
+    """``cpu`` | ``cuda`` | ``auto`` (cuda when one is visible) as a torch device; ``cuda``
+    without a GPU: a ValueError saying so."""
+    if name == "cpu":
+        return torch.device("cpu")
+    if name not in ("cuda", "auto"):
+        raise ValueError(f"train.device {name!r}; known: cpu, cuda, auto")
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if name == "auto":
+        return torch.device("cpu")
+    build = f"built for CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
+    raise ValueError(f"train.device cuda: no CUDA GPU is visible here (torch.cuda.is_available() is False; "
+                     f"torch {torch.__version__} is {build}); use device: auto or cpu")
+
+
+@contextlib.contextmanager
+def on_device(module: nn.Module, device: torch.device) -> Iterator[None]:
+    """``module`` on ``device`` for a block, back on CPU after it (nothing moves for cpu). The
+    device's generator is seeded with the block's torch seed (:func:`keyed_torch`'s), so GPU
+    draws (dropout) are keyed like CPU ones, and restored afterwards."""
+    if device.type == "cpu":
+        yield
+        return
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    with torch.random.fork_rng(devices=[index], device_type=device.type):
+        torch.cuda.manual_seed(torch.initial_seed())
+        module.to(device)
+        try:
+            yield
+        finally:
+            module.to("cpu")
 
 
 def _optimizer(cfg: TrainConfig, params: Sequence[torch.Tensor]) -> torch.optim.Optimizer:
@@ -112,22 +159,28 @@ def batches(n: int, cfg: TrainConfig, rng: np.random.Generator) -> list[torch.Te
 def sgd_train(
     module: nn.Module, data: LocalData, cfg: TrainConfig, rng: np.random.Generator
 ) -> dict[str, float]:
-    """Minibatch cross-entropy training in place; returns mean batch loss and steps taken."""
-    module.train()
-    weights = list(module.parameters())
-    opt = _optimizer(cfg, weights)
-    anchor = [w.detach().clone() for w in weights] if cfg.mu > 0 else None
-    total, steps = 0.0, 0
-    for idx in batches(len(data), cfg, rng):
-        opt.zero_grad(set_to_none=True)
-        loss = task_loss(module(data.x[idx]), data.y[idx])
-        if anchor is not None:
-            prox = sum(((w - a) ** 2).sum() for w, a in zip(weights, anchor, strict=True))
-            loss = loss + 0.5 * cfg.mu * prox
-        loss.backward()
-        opt.step()
-        total += float(loss.detach())
-        steps += 1
+    """Minibatch cross-entropy training in place (on ``cfg.device``); returns mean batch loss
+    and steps taken."""
+    device = resolve_device(cfg.device)
+    with on_device(module, device):
+        module.train()
+        weights = list(module.parameters())
+        opt = _optimizer(cfg, weights)
+        anchor = [w.detach().clone() for w in weights] if cfg.mu > 0 else None
+        total, steps = 0.0, 0
+        for idx in batches(len(data), cfg, rng):
+            opt.zero_grad(set_to_none=True)
+            x, y = data.x[idx], data.y[idx]
+            if device.type != "cpu":
+                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            loss = task_loss(module(x), y)
+            if anchor is not None:
+                prox = sum(((w - a) ** 2).sum() for w, a in zip(weights, anchor, strict=True))
+                loss = loss + 0.5 * cfg.mu * prox
+            loss.backward()
+            opt.step()
+            total += float(loss.detach())
+            steps += 1
     return train_metrics(total, steps)
 
 
@@ -150,27 +203,34 @@ def train_metrics(total_loss: float, steps: int) -> dict[str, float]:
 
 
 @torch.no_grad()
-def evaluate(module: nn.Module, data: LocalData, batch_size: int = 4096) -> dict[str, float]:
+def evaluate(module: nn.Module, data: LocalData, batch_size: int = 4096, device: str = "cpu") -> dict[str, float]:
     """Mean cross-entropy and accuracy of ``module`` (as loaded) on ``data``; for a causal LM
-    both are per target token, and ``perplexity`` = exp(mean token loss) is added."""
-    module.eval()
-    if data.y.ndim == 2:
-        return _evaluate_lm(module, data, max(1, batch_size // max(data.y.shape[1], 1)))
-    loss, correct = 0.0, 0
-    for i in range(0, len(data), batch_size):
-        out = module(data.x[i : i + batch_size])
-        yb = data.y[i : i + batch_size]
-        loss += float(F.cross_entropy(out, yb, reduction="sum"))
-        correct += int((out.argmax(1) == yb).sum())
-    n = max(len(data), 1)
-    return {"loss": loss / n, "accuracy": correct / n}
+    both are per target token, and ``perplexity`` = exp(mean token loss) is added. ``device``:
+    as ``train.device``."""
+    dev = resolve_device(device)
+    with on_device(module, dev):
+        module.eval()
+        if data.y.ndim == 2:
+            return _evaluate_lm(module, data, max(1, batch_size // max(data.y.shape[1], 1)), dev)
+        loss, correct = 0.0, 0
+        for i in range(0, len(data), batch_size):
+            xb, yb = _to(data.x[i : i + batch_size], dev), _to(data.y[i : i + batch_size], dev)
+            out = module(xb)
+            loss += float(F.cross_entropy(out, yb, reduction="sum"))
+            correct += int((out.argmax(1) == yb).sum())
+        n = max(len(data), 1)
+        return {"loss": loss / n, "accuracy": correct / n}
 
 
-def _evaluate_lm(module: nn.Module, data: LocalData, batch_size: int) -> dict[str, float]:
+def _to(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    return t if device.type == "cpu" else t.to(device, non_blocking=True)
+
+
+def _evaluate_lm(module: nn.Module, data: LocalData, batch_size: int, device: torch.device) -> dict[str, float]:
     loss, correct, tokens = 0.0, 0, 0
     for i in range(0, len(data), batch_size):
-        out = module(data.x[i : i + batch_size])
-        yb = data.y[i : i + batch_size]
+        yb = _to(data.y[i : i + batch_size], device)
+        out = module(_to(data.x[i : i + batch_size], device))
         keep = yb != IGNORE
         loss += float(task_loss(out, yb, reduction="sum"))
         correct += int(((out.argmax(-1) == yb) & keep).sum())

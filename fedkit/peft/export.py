@@ -3,7 +3,8 @@
 ``fedkit export RUN --adapter DIR`` writes what ``peft.PeftModel.from_pretrained(base, DIR)``
 loads (adapter_config.json + adapter_model.safetensors, peft's own writer); ``--merged DIR`` a
 folder ``transformers`` loads on its own (the adapters folded into the base weights, plus the
-base folder's tokenizer files). :func:`load_model` returns the fine-tuned model of a run
+base folder's tokenizer files; bottleneck adapters have no merged form, their ``--adapter`` folder is
+fedkit's own, :mod:`fedkit.peft.adapter`). :func:`load_model` returns the fine-tuned model of a run
 directory: its final params, or its last checkpoint's, or those of round ``round`` (a PEFT run
 keeps every round's adapters under ``adapters/``: they are small).
 """
@@ -90,6 +91,15 @@ def export_adapter(run_dir: str | Path, out: str | Path, rnd: int | None = None)
     import peft
 
     model = load_model(run_dir, rnd)
+    spec = model_ref(run_dir).spec
+    if (spec.get("peft") or {}).get("method") == "adapter":  # fedkit's own bottleneck adapters
+        from fedkit.peft.adapter import save_adapter
+
+        return save_adapter(out, model.state_dict(), {
+            "method": "adapter", "adapter": spec["peft"]["adapter"],
+            "train_also": spec["peft"].get("train_also") or [], "base": spec["base"],
+            "base_sha256": model.base_sha256, "load_with": "fedkit.peft.adapter.load_adapter(base_model, DIR)",
+        })
     if not isinstance(model.inner, peft.PeftModel):
         raise ValueError(f"{run_dir}: no peft adapters to export (full or bias fine-tuning); use --merged")
     out = Path(out)
@@ -101,6 +111,10 @@ def export_merged(run_dir: str | Path, out: str | Path, rnd: int | None = None) 
     """A transformers folder with the adapters merged into the base weights, plus the base
     folder's tokenizer files (``AutoModelFor...from_pretrained(out)`` loads it)."""
     ref = model_ref(run_dir)
+    if (ref.spec.get("peft") or {}).get("method") == "adapter":
+        raise ValueError("--merged: bottleneck adapters are non-linear modules after their targets and cannot be "
+                         "folded into the base weights; use --adapter DIR (fedkit.peft.adapter.load_adapter "
+                         "puts it onto the base model)")
     folder = _base_folder(ref)
     model = load_model(run_dir, rnd)
     import peft

@@ -3,16 +3,25 @@ and the content hash of the folder's weights.
 
 Nothing here downloads: ``from_pretrained`` runs with ``local_files_only=True`` on a folder the
 user already has (or a tiny model a test wrote with ``save_pretrained``). Inputs arrive as
-fedkit's float32 sample arrays holding token ids (exact for vocabularies below 2**24); the
-attention mask is computed from the model's pad id, so a dataset of padded token ids is all a
-client needs.
+fedkit's float32 sample arrays. One entry of :data:`TASKS` per ``model.task``, saying which
+``AutoModelFor...`` loads the folder and how fedkit's loops call it:
+
+- ``sequence-classification``: token ids (exact below 2**24) -> (B, C) logits; the attention
+  mask is computed from the model's pad id, so padded token ids are all a client needs.
+- ``causal-lm``: token ids -> (B, T, V) next-token logits, fedkit's causal-LM path
+  (fedkit/models/train.py: the loss of (B, T) targets, perplexity in evaluation). The blocks of
+  ``text_lm`` / ``docstrings_lm`` are unpadded, so no mask is passed (the pad id of a GPT-2 style
+  tokenizer is often its eos, a real token inside a stream).
+- ``image-classification``: pixels (B, C*H*W) or (B, C, H, W) reshaped to the config's
+  ``num_channels`` x ``image_size`` x ``image_size`` -> (B, C) logits (e.g. a ViT on digits).
 """
 
 from __future__ import annotations
 
 import hashlib
 import importlib.util
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +29,10 @@ import torch
 from torch import nn
 
 INSTALL = "pip install 'fedkit[llm]'  (transformers, peft, safetensors)"
-TASKS = ("sequence-classification",)  # causal-lm and image-classification: not yet
+TASKS = ("sequence-classification", "causal-lm", "image-classification")
+_AUTO = {"sequence-classification": "AutoModelForSequenceClassification",
+         "causal-lm": "AutoModelForCausalLM", "image-classification": "AutoModelForImageClassification"}
+LABELLED = ("sequence-classification", "image-classification")  # tasks with a num_labels head
 
 
 def require(*modules: str) -> None:
@@ -85,15 +97,15 @@ def folder_sha256(folder: str | Path) -> str:
 def _auto(task: str) -> Any:
     import transformers
 
-    if task != "sequence-classification":
-        raise ValueError(f"model.task {task!r} is not supported yet; known: {', '.join(TASKS)}")
-    return transformers.AutoModelForSequenceClassification
+    if task not in _AUTO:
+        raise ValueError(f"model.task {task!r} is not supported; known: {', '.join(TASKS)}")
+    return getattr(transformers, _AUTO[task])
 
 
 def load_hf(folder: str | Path, task: str, num_labels: int, seed: int) -> nn.Module:
-    """The folder's model for ``task``, with ``num_labels`` outputs. Weights the checkpoint
-    lacks (a new classification head) are initialised from ``seed``, so every process that
-    loads the folder builds the same model."""
+    """The folder's model for ``task``, with ``num_labels`` outputs (a classification task;
+    a causal LM keeps its vocabulary). Weights the checkpoint lacks (a new classification head)
+    are initialised from ``seed``, so every process that loads the folder builds the same model."""
     require("transformers")
     path = check_folder(folder)
     auto = _auto(task)
@@ -106,7 +118,8 @@ def load_hf(folder: str | Path, task: str, num_labels: int, seed: int) -> nn.Mod
             hf_logging.set_verbosity_error()  # "newly initialised head" is expected here
             hf_logging.disable_progress_bar()
             try:
-                model = auto.from_pretrained(str(path), num_labels=num_labels, local_files_only=True)
+                labels = {"num_labels": num_labels} if task in LABELLED else {}
+                model = auto.from_pretrained(str(path), local_files_only=True, **labels)
             finally:
                 hf_logging.set_verbosity(verbosity)
         except (ValueError, OSError, KeyError) as e:
@@ -132,8 +145,13 @@ def check_config(folder: str | Path, task: str) -> None:
         )
 
 
-def hf_call(model: nn.Module) -> Callable[[nn.Module, torch.Tensor], torch.Tensor]:
-    """How fedkit's loops call a sequence classifier: token ids in, logits out (mask from pad)."""
+def hf_call(model: nn.Module, task: str = "sequence-classification") -> Callable[[nn.Module, torch.Tensor], torch.Tensor]:
+    """How fedkit's loops call the model of ``task``: fedkit's inputs in, logits out."""
+    if task == "causal-lm":
+        return lambda m, x: m(input_ids=x.long()).logits
+    if task == "image-classification":
+        c, h, w = image_shape(model)
+        return lambda m, x: m(pixel_values=x.float().reshape(len(x), c, h, w)).logits
     pad = getattr(model.config, "pad_token_id", None)
     pad = 0 if pad is None else int(pad)
 
@@ -143,3 +161,25 @@ def hf_call(model: nn.Module) -> Callable[[nn.Module, torch.Tensor], torch.Tenso
         return out.logits
 
     return call
+
+
+def image_shape(model: nn.Module) -> tuple[int, int, int]:
+    """(channels, height, width) an image classifier's config expects."""
+    c = int(getattr(model.config, "num_channels", 3))
+    size = getattr(model.config, "image_size", 224)
+    h, w = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+    return c, h, w
+
+
+def check_inputs(model: nn.Module, task: str, input_shape: Sequence[int], num_classes: int) -> None:
+    """Refuse data the task's model cannot take: images of another size, token ids outside a
+    causal LM's vocabulary (``num_classes`` is the data's vocabulary there)."""
+    if task == "image-classification":
+        c, h, w = image_shape(model)
+        if math.prod(input_shape) != c * h * w:
+            raise ValueError(f"model.task image-classification: the model takes {c}x{h}x{w} images "
+                             f"({c * h * w} values), the data has {'x'.join(map(str, input_shape))} per sample")
+    vocab = getattr(model.config, "vocab_size", None)
+    if task == "causal-lm" and vocab is not None and num_classes > int(vocab):
+        raise ValueError(f"model.hf: the data's vocabulary has {num_classes} token ids but the causal LM has "
+                         f"{vocab}; tokenise with the model folder's tokenizer (data.dataset.tokenizer: <model folder>)")

@@ -74,6 +74,12 @@ class Trainable(nn.Module):
         # sequences at once would hold gigabytes, so it sees them in chunks (same outputs)
         return torch.cat([self._call(self.inner, c) for c in x.split(EVAL_CHUNK)])
 
+    def _apply(self, fn: Any, recurse: bool = True) -> Trainable:  # type: ignore[override]
+        """``.to(device)`` etc. reach the model (the trainable tensors are its parameters and
+        stay the same objects: torch converts parameters in place)."""
+        self.inner._apply(fn, recurse)
+        return self
+
     def train(self, mode: bool = True) -> Trainable:
         self.training = mode
         self.inner.train(mode)
@@ -131,7 +137,17 @@ def lora_pairs(names: Sequence[str]) -> list[tuple[int, int]]:
     return out
 
 
-def module_names(model: nn.Module, kind: type[nn.Module] | None = None) -> list[str]:
+def linear_kinds() -> tuple[type[nn.Module], ...]:
+    """The module types LoRA adapts: nn.Linear, and transformers' Conv1D (GPT-2's projections,
+    a Linear with its weight transposed) where transformers is installed."""
+    try:
+        from transformers.pytorch_utils import Conv1D
+    except ImportError:
+        return (nn.Linear,)
+    return (nn.Linear, Conv1D)
+
+
+def module_names(model: nn.Module, kind: type[nn.Module] | tuple[type[nn.Module], ...] | None = None) -> list[str]:
     """Dotted names of ``model``'s submodules (of ``kind``, e.g. nn.Linear)."""
     return [n for n, m in model.named_modules() if n and (kind is None or isinstance(m, kind))]
 
@@ -141,7 +157,8 @@ def matches(names: Sequence[str], target: str) -> list[str]:
     return [n for n in names if n == target or n.endswith("." + target)]
 
 
-def check_targets(model: nn.Module, targets: Sequence[str], what: str, kind: type[nn.Module] | None) -> None:
+def check_targets(model: nn.Module, targets: Sequence[str], what: str,
+                  kind: type[nn.Module] | tuple[type[nn.Module], ...] | None) -> None:
     """Every target names at least one module; else a ValueError listing the candidates."""
     from fedkit.registry import did_you_mean
 
@@ -149,7 +166,7 @@ def check_targets(model: nn.Module, targets: Sequence[str], what: str, kind: typ
     short = sorted({n.rsplit(".", 1)[-1] for n in names})
     for t in targets:
         if not matches(names, t):
-            noun = "Linear module" if kind is nn.Linear else "module"
+            noun = "module" if kind is None else "Linear module"
             raise ValueError(
                 f"{what}: {t!r} names no {noun} of the model{did_you_mean(t, short + names)}; "
                 f"its {noun} names: {', '.join(short)}"
@@ -169,11 +186,12 @@ def state_sha256(module: nn.Module) -> str:
 def _base(input_shape: Sequence[int], num_classes: int, base: Mapping[str, Any], seed: int) -> tuple[nn.Module, Call, str]:
     """The frozen base, how to call it, and its content hash."""
     if "hf" in base:
-        from fedkit.peft.hf import folder_sha256, hf_call, load_hf
+        from fedkit.peft.hf import check_inputs, folder_sha256, hf_call, load_hf
 
-        model = load_hf(base["hf"], str(base.get("task", "sequence-classification")),
-                        int(base.get("num_labels") or num_classes), seed)
-        return model, hf_call(model), folder_sha256(base["hf"])
+        task = str(base.get("task", "sequence-classification"))
+        model = load_hf(base["hf"], task, int(base.get("num_labels") or num_classes), seed)
+        check_inputs(model, task, input_shape, num_classes)
+        return model, hf_call(model, task), folder_sha256(base["hf"])
     from fedkit.models import init_model
 
     model = init_model(base, input_shape, num_classes, seed)
@@ -213,8 +231,15 @@ def wrap(model: nn.Module, peft: Mapping[str, Any] | None, seed: int) -> tuple[n
             raise ValueError("peft.method prompt: the model has no prompt tokens; give it some "
                              "(e.g. model: {name: vit_tiny, prompt_tokens: 8})")
         return model, _train_only(model, prompts.__contains__, train_also)
+    if method == "adapter":  # Houlsby bottleneck adapters after the targets (fedkit/peft/adapter.py)
+        from fedkit.peft.adapter import add_adapters, is_adapter
+
+        spec = dict(peft.get("adapter") or {})
+        add_adapters(model, list(spec.get("targets") or []), int(spec.get("dim", 16)),
+                     str(spec.get("activation", "gelu")), seed)
+        return model, _train_only(model, is_adapter, train_also)
     if method != "lora":
-        raise ValueError(f"peft.method {method!r} is not supported yet; known: lora, bias, prompt")
+        raise ValueError(f"peft.method {method!r} is not supported; known: lora, bias, prompt, adapter")
     from fedkit.peft.hf import require
 
     require("peft")
@@ -222,10 +247,14 @@ def wrap(model: nn.Module, peft: Mapping[str, Any] | None, seed: int) -> tuple[n
 
     lora = dict(peft.get("lora") or {})
     targets = list(lora.get("targets") or [])
-    check_targets(model, targets, "peft.lora.targets", nn.Linear)
+    kinds = linear_kinds()
+    check_targets(model, targets, "peft.lora.targets", kinds)
+    modules = dict(model.named_modules())
+    conv1d = any(not isinstance(modules[n], nn.Linear) for t in targets for n in matches(module_names(model, kinds), t))
     cfg = hf_peft.LoraConfig(
         r=int(lora.get("r", 8)), lora_alpha=int(lora.get("alpha", 16)), lora_dropout=float(lora.get("dropout", 0.0)),
         target_modules=targets, modules_to_save=train_also or None,
+        fan_in_fan_out=conv1d,  # GPT-2's Conv1D stores its weight transposed
     )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)  # LoRA A's random init: the same in every process
@@ -259,7 +288,8 @@ def build(input_shape: Sequence[int], num_classes: int, base: Mapping[str, Any],
             raise ValueError(base_mismatch(base_sha256, base_key))
     else:
         base_key = json.dumps([dict(base), list(input_shape), num_classes], sort_keys=True)
-    key = json.dumps([base_key, dict(peft or {}), seed, dict(base)], sort_keys=True, default=str)
+    key = json.dumps([base_key, dict(peft or {}), seed, dict(base), list(input_shape), num_classes],
+                     sort_keys=True, default=str)
     hit = _cache().get(key) if cache else None
     if hit is not None:
         module, initial = hit

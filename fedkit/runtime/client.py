@@ -200,7 +200,7 @@ def handle_evaluate(state: ClientState, task: Task, ctx: Context) -> tuple[Clien
     module = ctx.models.get(ctx.config.model)
     set_params(module, _with_personal(params, state, _personal(module, ctx.config.model.spec)))  # personalised
     with keyed_torch(ctx.seed_int("torch-eval")):
-        metrics = evaluate(module, state.test)
+        metrics = evaluate(module, state.test, device=ctx.config.device)
     return state, dataclasses.replace(reply, num_examples=len(state.test), metrics=metrics)
 
 

@@ -244,7 +244,7 @@ def make_tasks(
     else:  # evaluation sees the server's model exactly, and leaves clients' references alone
         _, enc = make("identity").encode(None, state.params)
         out = dl.Outgoing(state.downlink, {c: enc for c in clients}, {})
-        configs = {c: EvaluateTask(seed=plan.seed, model=plan.model) for c in clients}
+        configs = {c: EvaluateTask(seed=plan.seed, model=plan.model, device=plan.train(rnd).device) for c in clients}
     tasks = [
         Task(rnd, c, kind, out.payloads[c], configs[c], version=state.version,
              task_id=f"r{rnd}.{attempt}.{kind}.{c}" + (f".{repeat[c]}" if repeat.get(c) else ""))

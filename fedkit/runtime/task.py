@@ -63,6 +63,7 @@ class EvaluateTask(Strict):
     schema_version: Literal[1] = 1
     seed: int
     model: ModelRef
+    device: Literal["cpu", "cuda", "auto"] = "cpu"  # train.device: where the client evaluates
     downlink: DownlinkRef = DownlinkRef()
 
 

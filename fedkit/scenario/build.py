@@ -149,7 +149,7 @@ def _server_eval(s: Scenario, module: torch.nn.Module, ds: Dataset) -> Callable[
             if custom is not None:
                 module.eval()
                 return {k: float(v) for k, v in custom(module, test).items()}
-            return evaluate(module, test)
+            return evaluate(module, test, device=s.train.device)
 
     return central_eval
 

@@ -3,8 +3,9 @@ pre-trained model where only the trainable tensors travel (fedkit/peft/).
 
     model: {hf: models/minilm, task: sequence-classification, num_labels: 8}
     peft:
-      method: lora                 # lora | bias | prompt (a model's prompt tokens, e.g. vit_tiny prompt_tokens: 8)
+      method: lora                 # lora | bias | prompt (a model's prompt tokens, e.g. vit_tiny prompt_tokens: 8) | adapter
       lora: {r: 8, alpha: 16, dropout: 0.0, targets: [query, value]}
+      # adapter: {dim: 16, targets: [attention.output.dense, output.dense], activation: gelu}
       train_also: [classifier]     # modules trained and exchanged in full
       aggregation: fedit           # fedit, or a variant of fedkit/aggregation/lora.py
 
@@ -53,6 +54,8 @@ def hf_model_section(v: Mapping[str, Any]) -> dict[str, Any]:
 
     require("transformers", "safetensors")
     m = HFModel.model_validate(dict(v))
+    if m.task == "causal-lm" and m.num_labels is not None:
+        raise ValueError("model.num_labels is for classification tasks; a causal LM predicts its vocabulary")
     if m.task not in TASKS:
         raise ValueError(f"model.task {m.task!r} is not supported yet; known: {', '.join(TASKS)}")
     check_config(m.hf, m.task)
@@ -66,6 +69,15 @@ class Lora(Strict):
     alpha: int = Field(default=16, ge=1)
     dropout: float = Field(default=0.0, ge=0, lt=1)
     targets: list[str] = Field(min_length=1)
+
+
+class Adapter(Strict):
+    """Bottleneck adapters (Houlsby et al., ICML 2019) after the ``targets`` modules:
+    ``h + up(act(down(h)))`` of width ``dim``, up zero-initialised (fedkit/peft/adapter.py)."""
+
+    dim: int = Field(default=16, ge=1)
+    targets: list[str] = Field(min_length=1)
+    activation: Literal["gelu", "relu", "tanh"] = "gelu"
 
 
 def aggregation_names() -> list[str]:
@@ -86,8 +98,9 @@ def aggregation_names() -> list[str]:
 class Peft(Strict):
     """What trains and travels when fine-tuning a pre-trained model."""
 
-    method: Literal["lora", "bias", "prompt"] = "lora"
+    method: Literal["lora", "bias", "prompt", "adapter"] = "lora"
     lora: Lora | None = None
+    adapter: Adapter | None = None
     train_also: list[str] = Field(default_factory=list)
     aggregation: str = "fedit"
 
@@ -106,6 +119,9 @@ class Peft(Strict):
             raise ValueError("peft.method lora needs a lora: {r, alpha, dropout, targets} section")
         if self.method != "lora" and self.lora is not None:
             raise ValueError(f"peft.lora is for method lora, not {self.method}")
+        if (self.method == "adapter") != (self.adapter is not None):
+            raise ValueError("peft.method adapter needs an adapter: {dim, targets} section" if self.adapter is None
+                             else f"peft.adapter is for method adapter, not {self.method}")
         if self.method != "lora" and self.aggregation != "fedit":
             raise ValueError(f"peft.aggregation {self.aggregation!r} is for LoRA factors; method {self.method} uses fedit")
 
@@ -156,9 +172,14 @@ def model_spec(s: Scenario, shape: tuple[int, ...] | None = None, classes: int |
 
 
 def _own_base_sha256(spec: Mapping[str, Any], shape: tuple[int, ...], classes: int) -> str:
+    from fedkit.models.checkpoint import CheckpointError
     from fedkit.peft.model import build
+    from fedkit.scenario.check import DataError
 
-    return build(shape, classes, spec["base"], spec.get("peft"), int(spec["seed"])).base_sha256
+    try:
+        return build(shape, classes, spec["base"], spec.get("peft"), int(spec["seed"])).base_sha256
+    except CheckpointError as e:  # not written yet: a data problem, reported as one line
+        raise DataError(f"model.checkpoint: {e}") from None
 
 
 def _dataset_shape(s: Scenario) -> tuple[tuple[int, ...], int] | None:
@@ -205,9 +226,8 @@ def check_peft(s: Scenario) -> None:
         raise ValueError(f"peft.aggregation {s.peft.aggregation!r} brings its own aggregation; "
                          f"drop strategy {s.strategy['name']!r} (or use aggregation: fedit)")
     shaped = _dataset_shape(s)
-    ckpt = s.model.get("checkpoint")
-    if shaped is None or (ckpt is not None and not Path(ckpt).exists()):  # data problems: check_data's
-        return
+    if shaped is None or not Path(s.model.get("checkpoint", ".")).exists():
+        return  # unreadable data, a checkpoint not written yet: data problems (check_data) of a run
     shape, classes = shaped
     labels = s.model.get("num_labels")
     if labels is not None and labels != classes:

@@ -559,6 +559,9 @@ class Scenario(Strict):
             raise ValueError("clients.per_round.poisson: server.on_too_few: retry is not supported (use skip)")
         check_split(self)
         check_peft(self)
+        if self.train.device != "cpu" and (self.split is not None or self.execution.kind == "stacked"):
+            raise ValueError(f"train.device {self.train.device}: split learning and execution kind stacked "
+                             "train on CPU only; use device: cpu")
         if self.devices is not None and self.split is not None:
             raise ValueError("devices: split learning's per-batch messages are not charged on the "
                              "simulated clock yet; remove devices: or split:")
