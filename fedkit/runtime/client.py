@@ -46,6 +46,7 @@ from fedkit.split.client import ClientConfig as SplitClientConfig
 from fedkit.split.client import train_split
 from fedkit.split.privacy import Defence
 from fedkit.split.schemes import SplitSetup, make_setup
+from fedkit.split.sfprompt import SFPrompt
 from fedkit.split.wire import SplitConnect
 from fedkit.types import ClientId, Params, Reply, Task
 
@@ -216,7 +217,8 @@ def handle_split_train(state: ClientState, task: Task, ctx: Context) -> tuple[Cl
     half = ClientHalf(cfg.activations, state.id, seed=cfg.seed, round=task.round)
     stream = ctx.connect(task)
     channel = StreamChannel(stream, half, expect_reply=setup.scheme.gradients_down, body_shape=setup.body_shape)
-    ccfg = SplitClientConfig(cfg.scheme, setup.client_modules, cfg.train, cfg.seed, Defence(cfg.nopeek, cfg.noise))
+    sfp = None if cfg.sfprompt is None else SFPrompt(cfg.sfprompt.gamma, cfg.sfprompt.local_epochs)
+    ccfg = SplitClientConfig(cfg.scheme, setup.client_modules, cfg.train, cfg.seed, Defence(cfg.nopeek, cfg.noise), sfp)
     try:
         new, m = train_split(ccfg, params, state.train.x, state.train.y, channel, ctx.rng("train"),
                              round=task.round, client=state.id)
@@ -225,7 +227,8 @@ def handle_split_train(state: ClientState, task: Task, ctx: Context) -> tuple[Cl
         raise
     stream.close()
     delta = [n - p for n, p in zip(new, params, strict=True)]
-    metrics = {"train_loss": m["loss"], "steps": m["steps"], "compute_s": time.perf_counter() - t0}
+    metrics: dict[str, float] = {"train_loss": m["loss"], "steps": m["steps"], "compute_s": time.perf_counter() - t0}
+    metrics |= {k: m[k] for k in ("kept", "local_loss") if k in m}  # sfprompt's pruning and local step
     reply = Reply(task.task_id, state.id, task.round, state.num_train, metrics=metrics, version=task.version,
                   delta=delta)
     return state, reply
