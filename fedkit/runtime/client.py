@@ -217,7 +217,7 @@ def handle_split_train(state: ClientState, task: Task, ctx: Context) -> tuple[Cl
     half = ClientHalf(cfg.activations, state.id, seed=cfg.seed, round=task.round)
     stream = ctx.connect(task)
     channel = StreamChannel(stream, half, expect_reply=setup.scheme.gradients_down, body_shape=setup.body_shape)
-    sfp = None if cfg.sfprompt is None else SFPrompt(cfg.sfprompt.gamma, cfg.sfprompt.local_epochs)
+    sfp = None if cfg.sfprompt is None else SFPrompt(**cfg.sfprompt.model_dump())
     ccfg = SplitClientConfig(cfg.scheme, setup.client_modules, cfg.train, cfg.seed, Defence(cfg.nopeek, cfg.noise), sfp)
     try:
         new, m = train_split(ccfg, params, state.train.x, state.train.y, channel, ctx.rng("train"),

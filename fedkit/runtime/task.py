@@ -68,10 +68,12 @@ class EvaluateTask(Strict):
 
 class SFPromptTask(Strict):
     """SFPrompt's knobs (fedkit/split/sfprompt.py): keep the hardest ``gamma`` of each client's
-    samples (EL2N) for split training; ``local_epochs`` of the body-skipping local-loss step."""
+    samples (EL2N, scored by the whole ``model`` over the wire or the ``local`` head -> tail) for
+    split training; ``local_epochs`` of the body-skipping local-loss step."""
 
     gamma: float = Field(default=0.5, gt=0, le=1, allow_inf_nan=False)
     local_epochs: int = Field(default=1, ge=0)
+    score: Literal["model", "local"] = "model"  # EL2N through the whole model (over the wire) or head -> tail
 
 
 class SplitTrainTask(Strict):

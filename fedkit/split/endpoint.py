@@ -7,7 +7,8 @@ The round engine drives it from one side, a transport from the other::
     transport                 open(client, task) -> exchange(client, task, frame)* -> close(...)
 
 Per frame the endpoint checks that the task is open and was sent to this client, that the step
-comes in order, decodes the tensors bounded by the cut's shape and the batch size
+comes in order (sfprompt: a step's activations may follow the previous step's activations, a
+forward-only step of its EL2N scoring), decodes the tensors bounded by the cut's shape and the batch size
 (:meth:`Endpoint.max_frame_bytes` bounds the whole frame), validates and steps the server part
 (:class:`fedkit.split.server.LocalServer`, which trains the parts in place between values),
 and encodes the reply with the gradients codec (memory per task and kind, one Generator per

@@ -24,7 +24,10 @@ Per task (one client, one round), :func:`train_sfprompt` runs three phases:
    but would score a different model than the one being trained; we pay for the real score.
    On the wire these are U-shape's activations frames; the scheme lets the next step's
    activations follow a step's activations (``Scheme.forward_only``), which is how the server
-   knows no backward is coming.
+   knows no backward is coming. ``gamma: 1`` keeps every sample and skips scoring (and its bytes).
+   ``score: local`` scores with head -> tail instead (the model the local-loss step trains): free
+   on the wire, but a proxy. At ``gamma`` g, wire scoring costs 2 frames per sample against the
+   4 g a split step saves, so it pays for itself in bytes only below g = 0.5.
 2. **Split training** on the kept samples: ushape's step (:func:`fedkit.split.client._ushape`)
    for ``train.epochs`` (or ``train.steps``); the server runs the frozen body forward and passes
    ``dL/dH`` back; nothing on the server changes.
@@ -76,12 +79,16 @@ __all__ = ["SFPrompt", "constants", "el2n", "keep_hardest", "score", "sfprompt_p
 @dataclass(frozen=True)
 class SFPrompt:
     """The scheme's knobs: keep the hardest ``gamma`` of each client's samples for split
-    training; ``local_epochs`` of the body-skipping local-loss step (0: none)."""
+    training, scored by the whole ``model`` or the ``local`` body-skipping one; ``local_epochs``
+    of the body-skipping local-loss step (0: none)."""
 
     gamma: float = 0.5
     local_epochs: int = 1
+    score: str = "model"  # "model": head -> body (over the wire) -> tail; "local": head -> tail
 
     def __post_init__(self) -> None:
+        if self.score not in ("model", "local"):
+            raise ValueError(f"sfprompt.score must be 'model' or 'local', got {self.score!r}")
         if not 0 < self.gamma <= 1:
             raise ValueError(f"sfprompt.gamma must be in (0, 1] (the share of samples kept), got {self.gamma}")
         if self.local_epochs < 0:
@@ -194,22 +201,23 @@ def _skip_body(call: Call, tr: list[list[torch.Tensor]], xb: torch.Tensor, yb: t
 
 def score(
     cfg: ClientConfig, lives: Sequence[LivePart], x: torch.Tensor, y: torch.Tensor, channel: SplitChannel,
-    *, round: int, client: ClientId,
+    *, round: int, client: ClientId, local: bool = False,
 ) -> tuple[np.ndarray, int]:
     """Phase 1: EL2N of every sample through head -> body (over ``channel``) -> tail, in batches of
     ``train.batch_size`` (what the server's frames are sized for), steps 0, 1, ...; (scores,
-    steps used)."""
+    steps used). ``local``: through head -> tail with the body skipped, as the local-loss step
+    runs the model: no message, 0 steps used."""
     guard = Guard(cfg.defence, cfg.seed, round, client)
     out: list[np.ndarray] = []
     bs, step = cfg.train.batch_size, 0
     with torch.no_grad():
-        for lo in range(0, len(y), bs):
-            xb = x[lo : lo + bs]
-            h = lives[0].forward(xb, (cfg.seed, "sfprompt-score", round, client, step, 0))[0]
-            b, _ = _reply(channel, SplitBatch(step, "activations", [guard.smash(h, step)]), "activations")
-            logits = lives[1].forward(b, (cfg.seed, "sfprompt-score", round, client, step, 1))[0]
-            out.append(el2n(logits, y[lo : lo + bs]))
-            step += 1
+        for k, lo in enumerate(range(0, len(y), bs)):
+            key = (cfg.seed, "sfprompt-score", round, client, k)
+            h = lives[0].forward(x[lo : lo + bs], (*key, 0))[0]
+            if not local:
+                h, _ = _reply(channel, SplitBatch(step, "activations", [guard.smash(h, step)]), "activations")
+                step += 1
+            out.append(el2n(lives[1].forward(h, (*key, 1))[0], y[lo : lo + bs]))
     return (np.concatenate(out) if out else np.zeros(0)), step
 
 
@@ -233,8 +241,11 @@ def train_sfprompt(
     opts = cfg.sfprompt or SFPrompt()
     lives = live_parts(cfg, params)
     anchor = anchor_of(cfg, lives)
-    scores, first = score(cfg, lives, x, y, channel, round=round, client=client)
-    keep = torch.from_numpy(keep_hardest(scores, opts.gamma))
+    if opts.gamma < 1:
+        scores, first = score(cfg, lives, x, y, channel, round=round, client=client, local=opts.score == "local")
+        keep = torch.from_numpy(keep_hardest(scores, opts.gamma))
+    else:  # every sample is kept: nothing to score, nothing to send for it
+        first, keep = 0, torch.arange(len(y))
     total, steps, samples = run_steps(cfg, lives, _ushape, x[keep], y[keep], channel, rng, cfg.train,
                                       round=round, client=client, anchor=anchor, first=first)
     local_total, local_steps = 0.0, 0

@@ -128,6 +128,10 @@ def test_one_task_labels_stay_home_body_never_changes_local_step_is_silent(ckpt:
     # scoring: one forward over the wire per batch; training: two round trips per step
     assert len(seen) == 2 * m["score_steps"] + 4 * m["steps"]
     assert all(s.labels is None for s in seen) and ch.bytes.labels_up == 0
+    bad = SplitBatch(99, "activations", [np.zeros((2, *exp.plan.split.setup.activation_shape), np.float32)],
+                     np.zeros(2, np.int64))
+    with pytest.raises(ValueError, match="keeps labels on the client"):  # the server refuses them outright
+        box.handle("c0", bad)
     init = exp.plan.split.initial.shared.params
     assert all(np.array_equal(a, b) for a, b in zip(box.state.shared.params, init, strict=True))
     assert all(not np.array_equal(a, b) for a, b in zip(new, exp.init_params, strict=True))  # prompts + tail moved
@@ -135,6 +139,10 @@ def test_one_task_labels_stay_home_body_never_changes_local_step_is_silent(ckpt:
     new0, m0, seen0, _, (_, ch0) = _task(ckpt, SFPrompt(0.5, 0), n)
     assert m0["local_steps"] == 0 and len(seen0) == len(seen) and ch0.bytes == ch.bytes
     assert all(not np.array_equal(a, b) for a, b in zip(new, new0, strict=True))
+    _, m1, seen1, _, _ = _task(ckpt, SFPrompt(1.0, 0), n)  # keeps all: no scoring
+    assert m1["kept"] == n and m1["score_steps"] == 0 and len(seen1) == 4 * m1["steps"]
+    _, ml, seenl, _, _ = _task(ckpt, SFPrompt(0.5, 1, "local"), n)  # scored by head -> tail: no frames
+    assert ml["kept"] == kept and ml["score_steps"] == 0 and len(seenl) == 4 * ml["steps"]
 
 
 def test_run_aggregates_prompts_and_tail_and_describe_shows_flops(
@@ -166,6 +174,7 @@ def test_run_aggregates_prompts_and_tail_and_describe_shows_flops(
         ({"sfprompt": {"gamma": 0.0}}, "gamma"),
         ({"sfprompt": {"gamma": 1.5}}, "gamma"),
         ({"sfprompt": {"local_epochs": -1}}, "local_epochs"),
+        ({"sfprompt": {"score": "body"}}, "score"),
         ({"cuts": ["embed", "blocks.1"]}, "prompt tokens fall in the body"),
         ({"cuts": ["blocks.0"]}, "takes 2 cut"),
         ({"bottleneck": {"dim": 4}}, "bottleneck"),
