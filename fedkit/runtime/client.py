@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -89,6 +90,10 @@ class ClientState:
         return len(self.train)
 
 
+_SETUPS: dict[str, SplitSetup] = {}  # split parts by task config, one cut per process
+_SETUPS_LOCK = threading.Lock()
+
+
 class ModelCache:
     """One module per model spec per process: clients share it instead of rebuilding it (and
     one split of it per split configuration)."""
@@ -108,13 +113,20 @@ class ModelCache:
         return self._models[key]
 
     def split_setup(self, cfg: tasks.SplitTrainTask) -> SplitSetup:
-        """The parts of ``cfg``'s model (architecture only: weights come with each task)."""
+        """The parts of ``cfg``'s model (architecture only: weights come with each task), cut once
+        per process: torch.fx patches ``nn.Module.__call__`` process-wide while it traces, so a
+        trace in one client thread would capture another thread's forward; the parts are safe
+        to share (each thread runs its own copy, fedkit.split.optim)."""
         key = json.dumps(cfg.model_dump(mode="json", include={"model", "scheme", "cuts", "bottleneck", "seed"}),
                          sort_keys=True)
         if key not in self._setups:
-            m = cfg.model
-            self._setups[key] = make_setup(cfg.scheme, self.get(m), cfg.cuts, m.input_shape, m.num_classes,
-                                           seed=cfg.seed, bottleneck=cfg.bottleneck)
+            with _SETUPS_LOCK:
+                setup = _SETUPS.get(key)
+                if setup is None:
+                    m = cfg.model
+                    setup = _SETUPS[key] = make_setup(cfg.scheme, self.get(m), cfg.cuts, m.input_shape,
+                                                      m.num_classes, seed=cfg.seed, bottleneck=cfg.bottleneck)
+            self._setups[key] = setup
         return self._setups[key]
 
 
