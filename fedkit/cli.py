@@ -235,6 +235,14 @@ def _describe_cuts(s: Any, ds: Any) -> None:
         wire = (s.split.bottleneck.dim, *first.activation_shape[1:])
         line += f", bottleneck dim {wire[0]}: {'x'.join(map(str, wire))} ({4 * math.prod(wire)} B/sample) on the wire"
     out.print(line, **say)
+    if len(s.split.cut_list) == 2:  # U-shape, SFPrompt: the client runs head and tail
+        from fedkit.split.describe import ushape_flops
+
+        f = ushape_flops(build_model(s.model, ds.input_shape, ds.num_classes), s.split.cut_list, ds.input_shape)
+        share = (f["head"] + f["tail"]) / max(f["whole"], 1.0)
+        out.print(f"client's share of forward FLOPs (head + tail vs whole model): {100 * share:.1f}% "
+                  f"(per sample: head {f['head']:,.0f}, body {f['body']:,.0f}, tail {f['tail']:,.0f}, "
+                  f"whole {f['whole']:,.0f})", **say)
 
 
 def cmd_export(args: argparse.Namespace) -> int:

@@ -199,11 +199,13 @@ def _base(input_shape: Sequence[int], num_classes: int, base: Mapping[str, Any],
 
 
 def _train_only(model: nn.Module, picked: Callable[[str], bool], train_also: Sequence[str]) -> list[tuple[str, nn.Parameter]]:
-    """Freeze every parameter but the picked ones and those of the ``train_also`` modules."""
+    """Freeze every parameter but the picked ones and those of the ``train_also`` modules (with
+    everything inside them: ``blocks.3`` trains the whole block)."""
     out = []
     for name, p in model.named_parameters():
-        owner = name.rsplit(".", 1)[0]
-        trains = picked(name) or any(matches([owner], t) for t in train_also)
+        parts = name.split(".")[:-1]
+        owners = [".".join(parts[:i]) for i in range(1, len(parts) + 1)]  # the module and its parents
+        trains = picked(name) or any(matches(owners, t) for t in train_also)
         p.requires_grad_(trains)
         if trains:
             out.append((name, p))

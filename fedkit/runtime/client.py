@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -46,6 +47,7 @@ from fedkit.split.client import ClientConfig as SplitClientConfig
 from fedkit.split.client import train_split
 from fedkit.split.privacy import Defence
 from fedkit.split.schemes import SplitSetup, make_setup
+from fedkit.split.sfprompt import SFPrompt
 from fedkit.split.wire import SplitConnect
 from fedkit.types import ClientId, Params, Reply, Task
 
@@ -88,6 +90,10 @@ class ClientState:
         return len(self.train)
 
 
+_SETUPS: dict[str, SplitSetup] = {}  # split parts by task config, one cut per process
+_SETUPS_LOCK = threading.Lock()
+
+
 class ModelCache:
     """One module per model spec per process: clients share it instead of rebuilding it (and
     one split of it per split configuration)."""
@@ -107,13 +113,20 @@ class ModelCache:
         return self._models[key]
 
     def split_setup(self, cfg: tasks.SplitTrainTask) -> SplitSetup:
-        """The parts of ``cfg``'s model (architecture only: weights come with each task)."""
+        """The parts of ``cfg``'s model (architecture only: weights come with each task), cut once
+        per process: torch.fx patches ``nn.Module.__call__`` process-wide while it traces, so a
+        trace in one client thread would capture another thread's forward; the parts are safe
+        to share (each thread runs its own copy, fedkit.split.optim)."""
         key = json.dumps(cfg.model_dump(mode="json", include={"model", "scheme", "cuts", "bottleneck", "seed"}),
                          sort_keys=True)
         if key not in self._setups:
-            m = cfg.model
-            self._setups[key] = make_setup(cfg.scheme, self.get(m), cfg.cuts, m.input_shape, m.num_classes,
-                                           seed=cfg.seed, bottleneck=cfg.bottleneck)
+            with _SETUPS_LOCK:
+                setup = _SETUPS.get(key)
+                if setup is None:
+                    m = cfg.model
+                    setup = _SETUPS[key] = make_setup(cfg.scheme, self.get(m), cfg.cuts, m.input_shape,
+                                                      m.num_classes, seed=cfg.seed, bottleneck=cfg.bottleneck)
+            self._setups[key] = setup
         return self._setups[key]
 
 
@@ -216,7 +229,8 @@ def handle_split_train(state: ClientState, task: Task, ctx: Context) -> tuple[Cl
     half = ClientHalf(cfg.activations, state.id, seed=cfg.seed, round=task.round)
     stream = ctx.connect(task)
     channel = StreamChannel(stream, half, expect_reply=setup.scheme.gradients_down, body_shape=setup.body_shape)
-    ccfg = SplitClientConfig(cfg.scheme, setup.client_modules, cfg.train, cfg.seed, Defence(cfg.nopeek, cfg.noise))
+    sfp = None if cfg.sfprompt is None else SFPrompt(**cfg.sfprompt.model_dump())
+    ccfg = SplitClientConfig(cfg.scheme, setup.client_modules, cfg.train, cfg.seed, Defence(cfg.nopeek, cfg.noise), sfp)
     try:
         new, m = train_split(ccfg, params, state.train.x, state.train.y, channel, ctx.rng("train"),
                              round=task.round, client=state.id)
@@ -225,7 +239,8 @@ def handle_split_train(state: ClientState, task: Task, ctx: Context) -> tuple[Cl
         raise
     stream.close()
     delta = [n - p for n, p in zip(new, params, strict=True)]
-    metrics = {"train_loss": m["loss"], "steps": m["steps"], "compute_s": time.perf_counter() - t0}
+    metrics: dict[str, float] = {"train_loss": m["loss"], "steps": m["steps"], "compute_s": time.perf_counter() - t0}
+    metrics |= {k: m[k] for k in ("kept", "local_loss") if k in m}  # sfprompt's pruning and local step
     reply = Reply(task.task_id, state.id, task.round, state.num_train, metrics=metrics, version=task.version,
                   delta=delta)
     return state, reply

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from fedkit.runtime.task import SplitTrainTask, TrainTask
+from fedkit.runtime.task import SFPromptTask, SplitTrainTask, TrainTask
 from fedkit.split.endpoint import Endpoint
 from fedkit.split.local import LocalConnect
 from fedkit.split.privacy import Defence
@@ -58,6 +58,7 @@ class SplitPlan:
     evaluate: Callable[[Params, Params], Mapping[str, float]] | None = None  # (client, server)
     defence: Defence = Defence()  # the clients' NoPeek weight and activation noise
     privacy: Callable[[Params, Params], Mapping[str, float]] | None = None  # reconstruction attack
+    sfprompt: SFPromptTask | None = None  # scheme sfprompt: gamma, local epochs
 
     @property
     def scheme(self) -> str:
@@ -68,7 +69,7 @@ class SplitPlan:
         return SplitTrainTask(
             seed=t.seed, model=t.model, scheme=self.scheme, cuts=self.cuts, activations=self.activations,  # type: ignore[arg-type]
             gradients=self.gradients, bottleneck=self.bottleneck, nopeek=self.defence.nopeek,
-            noise=self.defence.noise, train=t.train, uplink=t.uplink, downlink=t.downlink,
+            noise=self.defence.noise, train=t.train, uplink=t.uplink, downlink=t.downlink, sfprompt=self.sfprompt,
         )
 
     def begin(self, state: ServerState, rnd: int) -> None:

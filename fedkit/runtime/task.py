@@ -67,6 +67,16 @@ class EvaluateTask(Strict):
     downlink: DownlinkRef = DownlinkRef()
 
 
+class SFPromptTask(Strict):
+    """SFPrompt's knobs (fedkit/split/sfprompt.py): keep the hardest ``gamma`` of each client's
+    samples (EL2N, scored by the whole ``model`` over the wire or the ``local`` head -> tail) for
+    split training; ``local_epochs`` of the body-skipping local-loss step."""
+
+    gamma: float = Field(default=0.5, gt=0, le=1, allow_inf_nan=False)
+    local_epochs: int = Field(default=1, ge=0)
+    score: Literal["model", "local"] = "model"  # EL2N through the whole model (over the wire) or head -> tail
+
+
 class SplitTrainTask(Strict):
     """One client's local epochs of split learning (fedkit/split/): the client part comes as
     the payload, batches go over the task's split stream, the reply carries the client part's
@@ -76,8 +86,9 @@ class SplitTrainTask(Strict):
     schema_version: Literal[1] = 1
     seed: int
     model: ModelRef
-    scheme: Literal["vanilla", "splitfed_v1", "splitfed_v2", "ushape", "local_loss"]
+    scheme: Literal["vanilla", "splitfed_v1", "splitfed_v2", "ushape", "local_loss", "sfprompt"]
     cuts: tuple[str, ...] = Field(min_length=1, max_length=2)
+    sfprompt: SFPromptTask | None = None  # scheme sfprompt only
     activations: str = "identity"
     gradients: str = "identity"
     bottleneck: int | None = Field(default=None, ge=1)

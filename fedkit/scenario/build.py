@@ -41,7 +41,7 @@ from fedkit.runtime.secagg import SecAggPlan, SecAggRound
 from fedkit.runtime.server import Plan, ServerState, default_metrics
 from fedkit.runtime.split import KIND as SPLIT_KIND
 from fedkit.runtime.split import SplitPlan
-from fedkit.runtime.task import ModelRef, SecAggField
+from fedkit.runtime.task import ModelRef, SecAggField, SFPromptTask
 from fedkit.scenario.attacks import client_mods, label_flipped, with_colluders
 from fedkit.scenario.check import DataError, per_round
 from fedkit.scenario.peft import model_spec
@@ -178,8 +178,9 @@ def _split_plan(s: Scenario, module: torch.nn.Module, ds: Dataset) -> tuple[Spli
             raise ValueError("split: privacy_eval reconstruction needs train inputs (the attacker's) and a test set")
         data = (ds.x_train, ds.x_test)  # the attacker's auxiliary inputs, the inputs it decodes
         privacy = lambda c, p: evaluate_privacy(setup, c, p, data, defence=defence, seed=s.seed)  # noqa: E731
+    sfprompt = (sp.sfprompt or SFPromptTask()) if sp.scheme == "sfprompt" else None
     plan = SplitPlan(setup, endpoint, server_init(endpoint.cfg, server), sp.cut_list, sp.activations,
-                     sp.gradients, dim, evaluate, defence, privacy)
+                     sp.gradients, dim, evaluate, defence, privacy, sfprompt)
     return plan, client
 
 
@@ -199,7 +200,7 @@ def _policy(s: Scenario, secagg: SecAggPlan | None = None) -> Policy:
         assert s.privacy.secagg is not None
         stage = s.privacy.secagg.deadline_s or s.server.deadline_s
         return SecAggRound(secagg, s.server.deadline_s, stage, s.server.min_replies)
-    if s.split is None or s.split.scheme == "splitfed_v1":
+    if s.split is None or s.split.scheme in ("splitfed_v1", "sfprompt"):  # clients in parallel
         return SyncRound(
             deadline_s=s.server.deadline_s,
             min_replies=s.server.min_replies,

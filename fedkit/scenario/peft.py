@@ -211,8 +211,9 @@ def check_peft(s: Scenario) -> None:
 
     if s.peft is not None and s.peft.method == "lora":
         require("peft")
-    if s.split is not None:
-        raise ValueError("peft: split learning of a PEFT model is not supported yet; remove split: or peft:")
+    if s.split is not None and s.split.scheme != "sfprompt":
+        raise ValueError(f"peft: split learning of a PEFT model runs scheme sfprompt (prompts + tail on the client, "
+                         f"frozen body on the server), not {s.split.scheme}; use split.scheme: sfprompt or remove split:")
     if s.execution.kind == "stacked":
         raise ValueError("peft: execution kind stacked is not supported for fine-tuning yet; use sequential or pool")
     if s.peft is not None and (needs := _engine_lacks(s.peft.aggregation)):
@@ -225,6 +226,8 @@ def check_peft(s: Scenario) -> None:
     if s.peft is not None and s.peft.aggregation != "fedit" and s.strategy["name"] != "fedavg":
         raise ValueError(f"peft.aggregation {s.peft.aggregation!r} brings its own aggregation; "
                          f"drop strategy {s.strategy['name']!r} (or use aggregation: fedit)")
+    if "checkpoint" in s.model and not Path(s.model["checkpoint"]).exists():
+        return  # a missing checkpoint is a data problem (check_data), as a missing data file is
     shaped = _dataset_shape(s)
     if shaped is None or not Path(s.model.get("checkpoint", ".")).exists():
         return  # unreadable data, a checkpoint not written yet: data problems (check_data) of a run

@@ -23,6 +23,7 @@ from pydantic import (
 
 from fedkit.models.train import TrainConfig
 from fedkit.registry import did_you_mean
+from fedkit.runtime.task import SFPromptTask
 from fedkit.scenario.attacks import Attacks
 from fedkit.scenario.devices import Devices
 from fedkit.scenario.participation import Participation
@@ -335,7 +336,7 @@ class Compression(Strict):
         return self
 
 
-SCHEMES = ("vanilla", "splitfed_v1", "splitfed_v2", "ushape", "local_loss")
+SCHEMES = ("vanilla", "splitfed_v1", "splitfed_v2", "ushape", "local_loss", "sfprompt")
 SEQUENTIAL = ("vanilla", "splitfed_v2", "ushape", "local_loss")  # one client after another
 
 
@@ -390,9 +391,10 @@ class Split(Strict):
     the client trains its part, the server the rest. ``activations`` / ``gradients`` are the
     codec specs of client -> server and server -> client tensors. ``defence`` protects the
     smashed data (NoPeek, noise); ``privacy_eval`` runs attacks on the final model and reports
-    ``privacy_*`` in summary.json (fedkit/split/privacy.py)."""
+    ``privacy_*`` in summary.json (fedkit/split/privacy.py). ``sfprompt``: SFPrompt's gamma and
+    local epochs (scheme sfprompt, with ``peft: {method: prompt}``; fedkit/split/sfprompt.py)."""
 
-    scheme: Literal["vanilla", "splitfed_v1", "splitfed_v2", "ushape", "local_loss"]
+    scheme: Literal["vanilla", "splitfed_v1", "splitfed_v2", "ushape", "local_loss", "sfprompt"]
     cut: str | None = None
     cuts: list[str] | None = None
     server: SplitServer = SplitServer()
@@ -401,6 +403,7 @@ class Split(Strict):
     bottleneck: Bottleneck | None = None
     defence: SplitDefence | None = None
     privacy_eval: list[Literal["label_leakage", "reconstruction"]] = []
+    sfprompt: SFPromptTask | None = None
 
     @property
     def cut_list(self) -> tuple[str, ...]:
@@ -411,9 +414,10 @@ class Split(Strict):
         from fedkit.compression import make
 
         if (self.cut is None) == (self.cuts is None):
-            want = "cuts: [a, b] (head/body and body/tail)" if self.scheme == "ushape" else "cut: <module name>"
+            u = self.scheme in ("ushape", "sfprompt")
+            want = "cuts: [a, b] (head/body and body/tail)" if u else "cut: <module name>"
             raise ValueError(f"give either 'cut' or 'cuts', not {'both' if self.cut else 'neither'}; {self.scheme} takes {want}")
-        need = 2 if self.scheme == "ushape" else 1
+        need = 2 if self.scheme in ("ushape", "sfprompt") else 1
         if len(self.cut_list) != need:
             raise ValueError(f"scheme {self.scheme} takes {need} cut(s), got {list(self.cut_list)}")
         for field in ("activations", "gradients"):
@@ -423,10 +427,14 @@ class Split(Strict):
                 raise ValueError(f"{field}: {e}") from None
         if self.scheme == "local_loss" and self.gradients != "identity":
             raise ValueError("local_loss sends no gradients to the client; drop 'gradients'")
+        if self.sfprompt is not None and self.scheme != "sfprompt":
+            raise ValueError(f"the sfprompt: section is for scheme sfprompt, not {self.scheme}")
+        if self.scheme == "sfprompt" and self.bottleneck is not None:
+            raise ValueError("scheme sfprompt cuts a pre-trained model; a bottleneck does not apply (drop 'bottleneck')")
         if len(set(self.privacy_eval)) != len(self.privacy_eval):
             raise ValueError(f"privacy_eval lists an attack twice: {self.privacy_eval}")
-        if "label_leakage" in self.privacy_eval and self.scheme in ("ushape", "local_loss"):
-            why = "keeps the labels on the client" if self.scheme == "ushape" else "sends no gradients down"
+        if "label_leakage" in self.privacy_eval and self.scheme in ("ushape", "local_loss", "sfprompt"):
+            why = "sends no gradients down" if self.scheme == "local_loss" else "keeps the labels on the client"
             raise ValueError(f"privacy_eval: label_leakage measures the gradients the server sends down for the "
                              f"labels it gets; {self.scheme} {why} (drop label_leakage)")
         return self
@@ -451,6 +459,10 @@ def check_split(s: Scenario) -> None:
             raise ValueError(f"split: {sp.scheme} runs clients one after another; server.on_too_few: retry is not supported")
         if s.compression.downlink_mode == "delta":
             raise ValueError(f"split: {sp.scheme} runs clients one after another; use compression.downlink_mode: full")
+    if sp.scheme == "sfprompt" and (s.peft is None or s.peft.method != "prompt"):
+        got = "no peft: section" if s.peft is None else f"peft.method {s.peft.method}"
+        raise ValueError(f"split: scheme sfprompt tunes the prompts + tail of a pre-trained model; it needs "
+                         f"peft: {{method: prompt, train_also: [<tail modules>]}} (got {got})")
     built = _split_model(s)
     if built is None:
         return
@@ -463,6 +475,8 @@ def check_split(s: Scenario) -> None:
             raise ValueError(f"split: unknown cut {cut!r}{did_you_mean(cut, names)}; valid cuts: {', '.join(names)}")
     try:
         parts = split(model, sp.cut_list)
+        if sp.scheme == "sfprompt":  # what trains comes from peft: build the PEFT model and cut it
+            _sfprompt_setup(s, shape, classes)
         if sp.bottleneck is not None:
             with_bottleneck(parts, shape, sp.bottleneck.dim)
     except ValueError as e:
@@ -472,6 +486,18 @@ def check_split(s: Scenario) -> None:
                          f"{classes}; e.g. dataset: {{name: digits, positive: [0]}}")
 
 
+def _sfprompt_setup(s: Scenario, shape: tuple[int, ...], classes: int) -> None:
+    """Cut the PEFT-wrapped model as the run will: a trainable body or a head output the tail
+    cannot take is refused here, naming the cuts."""
+    from fedkit.models import build_model
+    from fedkit.scenario.peft import model_spec
+    from fedkit.split.schemes import make_setup
+
+    assert s.split is not None
+    module = build_model(model_spec(s), shape, classes)
+    make_setup("sfprompt", module, s.split.cut_list, shape, classes, seed=s.seed)
+
+
 def _split_model(s: Scenario) -> tuple[Any, tuple[int, ...], int] | None:
     """The scenario's model, built to list its cuts; None when the data cannot be read here
     (a deployed server without the files): ``split()`` refuses a bad cut at build time then."""
@@ -479,6 +505,8 @@ def _split_model(s: Scenario) -> tuple[Any, tuple[int, ...], int] | None:
     from fedkit.models import build_model
 
     params = {k: v for k, v in s.data.dataset.items() if k != "name"}
+    if "checkpoint" in s.model and not Path(s.model["checkpoint"]).exists():
+        return None  # a missing checkpoint is a data problem (check_data), as a missing data file is
     try:
         ds = load_dataset(s.data.dataset["name"], s.seed, **params)
     except (OSError, ValueError):

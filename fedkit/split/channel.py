@@ -10,10 +10,11 @@ Message sequence per step (``up`` = client -> server, ``down`` = server -> clien
                                         down gradients   [dL/dA]  + metrics {loss}
     local_loss                          up   activations [A]      + labels y
                                         (no reply: the client never waits)
-    ushape                              up   activations [H]      (no labels, ever)
+    ushape, sfprompt                    up   activations [H]      (no labels, ever)
                                         down activations [B]      body output
                                         up   gradients   [dL/dB]
                                         down gradients   [dL/dH]
+    sfprompt's EL2N scoring             up   activations [H], down activations [B] (no backward)
 
 This maps one-to-one onto the proto's ``SplitMessage``: ``kind`` is the ``activations`` /
 ``gradients`` arm of the oneof, the direction is the side of the ``Split`` stream, ``tensors`` is

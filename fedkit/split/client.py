@@ -2,7 +2,7 @@
 :class:`~fedkit.split.channel.SplitChannel` and returns its updated part(s) as ``Params``.
 
 The client's part is one ``Params`` list so any FL aggregator can average it: the client part
-(vanilla, splitfed_v1/v2), head + tail (ushape), or client part + auxiliary head (local_loss),
+(vanilla, splitfed_v1/v2), head + tail (ushape, sfprompt), or client part + auxiliary head (local_loss),
 each module's state_dict in turn. Batches are those of :func:`fedkit.models.train` for the same
 ``TrainConfig`` and numpy Generator (``fedkit.rng.rng(seed, "train", round, client)``), so a split
 run sees exactly the batches an FL run would; dropout draws are keyed by (seed, round, client,
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -32,18 +33,22 @@ from fedkit.split.optim import LivePart
 from fedkit.split.privacy import Defence, Guard
 from fedkit.types import ClientId, Params
 
+if TYPE_CHECKING:
+    from fedkit.split.sfprompt import SFPrompt
+
 __all__ = ["ClientConfig", "client_params", "train_split"]
 
 
 @dataclass(frozen=True, eq=False)
 class ClientConfig:
-    """``modules``: (client,) | (head, tail) for ushape | (client, aux_head) for local_loss."""
+    """``modules``: (client,) | (head, tail) for ushape and sfprompt | (client, aux_head) for local_loss."""
 
     scheme: str
     modules: tuple[nn.Module, ...]
     train: TrainConfig = TrainConfig()
     seed: int = 0
     defence: Defence = Defence()  # NoPeek and activation noise (fedkit.split.privacy)
+    sfprompt: SFPrompt | None = None  # scheme sfprompt: gamma and local epochs (None: defaults)
 
 
 def client_params(modules: Sequence[nn.Module]) -> Params:
@@ -134,7 +139,7 @@ STEPS: dict[str, Step] = {
     "ushape": _ushape,
     "local_loss": _local_loss,
 }
-_ROLES = {"ushape": 2, "local_loss": 2}  # modules the client holds; others: 1
+_ROLES = {"ushape": 2, "local_loss": 2, "sfprompt": 2}  # modules the client holds; others: 1
 
 
 def train_split(
@@ -151,36 +156,74 @@ def train_split(
     """Local split training from ``params``: (new client params, {loss, steps, samples}).
 
     ``loss`` is the mean batch loss the client sees: the server's (from reply metrics) where the
-    server holds the loss, the tail's in ushape, the auxiliary head's in local_loss.
+    server holds the loss, the tail's in ushape, the auxiliary head's in local_loss. SFPrompt's
+    three phases run in :func:`fedkit.split.sfprompt.train_sfprompt`.
     """
+    if cfg.scheme == "sfprompt":
+        from fedkit.split.sfprompt import train_sfprompt
+
+        return train_sfprompt(cfg, params, x, y, channel, rng, round=round, client=client)
     if cfg.scheme not in STEPS:
-        raise ValueError(f"unknown split scheme {cfg.scheme!r}; known: {', '.join(STEPS)}")
-    if len(cfg.modules) != _ROLES.get(cfg.scheme, 1):
-        raise ValueError(f"scheme {cfg.scheme} needs {_ROLES.get(cfg.scheme, 1)} client modules, got {len(cfg.modules)}")
-    lives = _live(cfg.modules, cfg.train, list(params))
+        raise ValueError(f"unknown split scheme {cfg.scheme!r}; known: {', '.join([*STEPS, 'sfprompt'])}")
+    lives = live_parts(cfg, params)
+    total, steps, samples = run_steps(cfg, lives, STEPS[cfg.scheme], x, y, channel, rng, cfg.train,
+                                      round=round, client=client, anchor=anchor_of(cfg, lives))
+    params = [a for lp in lives for a in lp.params(copy=False)]
+    if cfg.scheme in _ROLES and not np.isfinite(total):
+        raise FloatingPointError("split training diverged (loss is NaN or Inf); lower the lr")
+    return params, {"loss": total / max(steps, 1), "steps": float(steps), "samples": float(samples)}
+
+
+def live_parts(cfg: ClientConfig, params: Params) -> list[LivePart]:
+    """The client's modules as live parts holding ``params`` (one optimizer for the whole task)."""
+    roles = _ROLES.get(cfg.scheme, 1)
+    if len(cfg.modules) != roles:
+        raise ValueError(f"scheme {cfg.scheme} needs {roles} client modules, got {len(cfg.modules)}")
+    return _live(cfg.modules, cfg.train, list(params))
+
+
+def anchor_of(cfg: ClientConfig, lives: Sequence[LivePart]) -> list[torch.Tensor] | None:
+    """FedProx's anchor: the trainable tensors as the task started (None without ``mu``)."""
+    return [t.detach().clone() for lp in lives for t in lp.train] if cfg.train.mu > 0 else None
+
+
+def run_steps(
+    cfg: ClientConfig,
+    lives: Sequence[LivePart],
+    step_fn: Step,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    channel: SplitChannel,
+    rng: np.random.Generator,
+    train: TrainConfig,
+    *,
+    round: int,
+    client: ClientId,
+    anchor: list[torch.Tensor] | None = None,
+    first: int = 0,
+) -> tuple[float, int, int]:
+    """``step_fn`` over the batches of ``train`` (epochs or steps, drawn from ``rng``), updating
+    ``lives`` in place; steps are numbered from ``first``. (summed loss, steps, samples)."""
     trains = [lp.train for lp in lives]
-    anchor = [t.detach().clone() for ts in trains for t in ts] if cfg.train.mu > 0 else None
     guard = Guard(cfg.defence, cfg.seed, round, client)
     total, steps, samples = 0.0, 0, 0
-    for step, idx in enumerate(batches(len(y), cfg.train, rng)):
+    for k, idx in enumerate(batches(len(y), train, rng)):
+        step = first + k
         ran: list[dict[str, torch.Tensor] | None] = [None] * len(lives)
 
         def call(i: int, inp: torch.Tensor, step: int = step, ran: list = ran) -> torch.Tensor:  # type: ignore[type-arg]
             out, ran[i] = lives[i].forward(inp, (cfg.seed, "split-client", round, client, step, i))
             return out
 
-        grads, loss = STEPS[cfg.scheme](call, trains, x[idx], y[idx], channel, step, guard)
+        grads, loss = step_fn(call, trains, x[idx], y[idx], channel, step, guard)
         if anchor is not None:
             flat = [t for ts in trains for t in ts]
             full = [torch.zeros_like(t) if g is None else g for g, t in zip(grads, flat, strict=True)]
-            grads = [g + cfg.train.mu * (t.detach() - a) for g, t, a in zip(full, flat, anchor, strict=True)]
+            grads = [g + train.mu * (t.detach() - a) for g, t, a in zip(full, flat, anchor, strict=True)]
         it = iter(grads)
         for lp, r in zip(lives, ran, strict=True):
             lp.update([next(it) for _ in lp.train], r)
         total += loss  # NaN when a transport sends no server loss: then "loss" is NaN, not made up
         steps += 1
         samples += len(idx)
-    params = [a for lp in lives for a in lp.params(copy=False)]
-    if cfg.scheme in _ROLES and not np.isfinite(total):
-        raise FloatingPointError("split training diverged (loss is NaN or Inf); lower the lr")
-    return params, {"loss": total / max(steps, 1), "steps": float(steps), "samples": float(samples)}
+    return total, steps, samples

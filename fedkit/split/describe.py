@@ -37,7 +37,7 @@ from torch import nn
 
 from fedkit.split.partition import cut_names, split
 
-__all__ = ["CutRow", "cut_table", "format_cut_table"]
+__all__ = ["CutRow", "cut_table", "format_cut_table", "ushape_flops"]
 
 Basis = Literal["flops", "time"]
 
@@ -168,6 +168,25 @@ def cut_table(
                 )
             )
     return rows
+
+
+def ushape_flops(module: nn.Module, cuts: Sequence[str], input_shape: Sequence[int]) -> dict[str, float]:
+    """Forward FLOPs per sample of a U-shape's head, body and tail and of the whole model
+    (``FlopCounterMode``: matmuls and convolutions): the client's share is (head + tail) / whole.
+
+    >>> from fedkit.models import build_model
+    >>> f = ushape_flops(build_model({"name": "cnn"}, (1, 8, 8), 10), ["1", "4"], (1, 8, 8))
+    >>> f["head"] + f["body"] + f["tail"] == f["whole"]
+    True
+    """
+    probe = copy.deepcopy(module).eval()
+    sm = split(probe, cuts)
+    x = torch.zeros((1, *input_shape))
+    with torch.no_grad():
+        h = sm.head(x)
+        b = sm.body(h)
+        return {"head": _flops(lambda: sm.head(x)), "body": _flops(lambda: sm.body(h)),
+                "tail": _flops(lambda: sm.tail(b)), "whole": _flops(lambda: probe(x))}
 
 
 def _human(n: float) -> str:

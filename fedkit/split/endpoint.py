@@ -7,7 +7,8 @@ The round engine drives it from one side, a transport from the other::
     transport                 open(client, task) -> exchange(client, task, frame)* -> close(...)
 
 Per frame the endpoint checks that the task is open and was sent to this client, that the step
-comes in order, decodes the tensors bounded by the cut's shape and the batch size
+comes in order (sfprompt: a step's activations may follow the previous step's activations, a
+forward-only step of its EL2N scoring), decodes the tensors bounded by the cut's shape and the batch size
 (:meth:`Endpoint.max_frame_bytes` bounds the whole frame), validates and steps the server part
 (:class:`fedkit.split.server.LocalServer`, which trains the parts in place between values),
 and encodes the reply with the gradients codec (memory per task and kind, one Generator per
@@ -186,7 +187,7 @@ class Endpoint:
             limits = self._limits.get(frame.kind)
             if limits is None:
                 raise SplitRefused(f"scheme {self.scheme.name} does not accept {shorten(frame.kind)} from the client")
-            if (frame.step, frame.kind) != t.next:
+            if (frame.step, frame.kind) != t.next and not self._forward_only(t, frame):
                 raise SplitRefused(
                     f"step out of order: expected {t.next[1]} of step {t.next[0]}, "
                     f"got {shorten(frame.kind)} of step {shorten(frame.step)}"
@@ -202,7 +203,7 @@ class Endpoint:
             t.steps += box.value.steps - steps
             if self.leakage and reply is not None and msg.labels is not None:
                 self._leak.add(reply.tensors[0], msg.labels)
-            ushape_first = self.scheme.name == "ushape" and frame.kind == "activations"
+            ushape_first = self.scheme.cuts == 2 and frame.kind == "activations"
             t.next = (frame.step, "gradients") if ushape_first else (frame.step + 1, "activations")
             return None if reply is None else t.half.encode(reply)
 
@@ -220,6 +221,12 @@ class Endpoint:
         return max(lim.max_bytes for lim in self._limits.values()) + labels + _FRAME_SLACK
 
     # ------------------------------------------------------------------------------ helpers
+
+    def _forward_only(self, t: _Open, frame: SplitFrame) -> bool:
+        """sfprompt: the next step's activations may come instead of this step's gradients (the
+        client scored a batch through the body and needs no backward; the graph is dropped)."""
+        return (self.scheme.forward_only and t.next[1] == "gradients"
+                and (frame.step, frame.kind) == (t.next[0] + 1, "activations"))
 
     @property
     def _state(self) -> ServerState | None:

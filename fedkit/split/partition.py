@@ -29,6 +29,7 @@ A part's ``state_dict`` order is its ``Params`` order (:func:`fedkit.models.get_
 from __future__ import annotations
 
 import copy
+import threading
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -221,19 +222,31 @@ def _ordered(ends: dict[str, int]) -> list[str]:
     return sorted(ends, key=lambda q: (ends[q], q.count("."), q))
 
 
+_TRACING = threading.RLock()
+"""torch.fx tracing patches module-level state (its ``CURRENT_PATCHER``): one trace at a time per
+process, or two client threads of one device process cutting at once break each other."""
+
+
 def cut_names(model: nn.Module) -> list[str]:
     """Every name :func:`split` accepts for ``model``, in forward order.
 
     For a traced model, names whose cut a skip connection crosses are left out.
     """
-    found, ends = _positions(model)
+    with _TRACING:
+        found, ends = _positions(model)
     if isinstance(found, _Graph):
         ends = {q: i for q, i in ends.items() if len(_crossing(found, i)) == 1}
     return _ordered(ends)
 
 
 def split(model: nn.Module, cuts: str | Sequence[str]) -> SplitModel:
-    """Cut ``model`` right after each named module: one cut -> (client, server), two -> U-shape."""
+    """Cut ``model`` right after each named module: one cut -> (client, server), two -> U-shape.
+    Thread-safe (tracing is serialised)."""
+    with _TRACING:
+        return _split(model, cuts)
+
+
+def _split(model: nn.Module, cuts: str | Sequence[str]) -> SplitModel:
     names = (cuts,) if isinstance(cuts, str) else tuple(cuts)
     if len(names) not in (1, 2):
         raise ValueError(f"split takes one cut (client/server) or two (U-shape), got {len(names)}")

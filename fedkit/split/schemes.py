@@ -23,6 +23,10 @@ Losses"). Notes: REFERENCES.md A1, A2, A4.
   sends activations (and labels) only; the server trains its part on them; no gradient comes down.
   Client part + auxiliary head are FedAvg'd. In-process the server consumes the activations as
   they come (a seeded client order); the result does not depend on the client side waiting.
+* **sfprompt** -- SFPrompt (Cao, Zhu & Gong 2024, arXiv 2407.17533; REFERENCES.md A3): ushape's
+  split of a pre-trained model with prompt tokens, the body frozen on the server, clients in
+  parallel; per task EL2N pruning, ushape steps on the kept samples, then a local-loss step with
+  the body skipped; prompts + tail are FedAvg'd (:mod:`fedkit.split.sfprompt`).
 
 Where the engine plugs in (:mod:`fedkit.runtime.split`): :func:`make_setup` builds the modules
 once; per round the engine hands the server state to the :class:`~fedkit.split.endpoint.Endpoint`,
@@ -39,6 +43,7 @@ import copy
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -65,6 +70,9 @@ from fedkit.split.server import (
 )
 from fedkit.types import ClientId, Params, Update
 
+if TYPE_CHECKING:
+    from fedkit.split.sfprompt import SFPrompt
+
 __all__ = ["SCHEMES", "Scheme", "SplitSetup", "initial", "make_setup", "run_round", "whole"]
 
 
@@ -76,6 +84,7 @@ class Scheme:
     labels_up: bool
     gradients_down: bool
     parallel: bool = False  # splitfed_v1: clients at once (one server copy each); else in turn
+    forward_only: bool = False  # the client may ask for a body forward alone (sfprompt's scoring)
 
 
 SCHEMES: dict[str, Scheme] = {
@@ -86,6 +95,8 @@ SCHEMES: dict[str, Scheme] = {
         Scheme("splitfed_v2", 1, relay=False, labels_up=True, gradients_down=True),
         Scheme("ushape", 2, relay=False, labels_up=False, gradients_down=True),
         Scheme("local_loss", 1, relay=False, labels_up=True, gradients_down=False),
+        # the body is frozen, so clients in parallel share it (no copies) and need no order
+        Scheme("sfprompt", 2, relay=False, labels_up=False, gradients_down=True, parallel=True, forward_only=True),
     )
 }
 
@@ -98,7 +109,7 @@ class SplitSetup:
     client_modules: tuple[nn.Module, ...]
     server_module: nn.Module
     activation_shape: tuple[int, ...]  # per sample, at the (first) cut
-    body_shape: tuple[int, ...] | None = None  # ushape: per-sample body output (sent down)
+    body_shape: tuple[int, ...] | None = None  # ushape, sfprompt: per-sample body output (sent down)
 
 
 def _aux_head(shape: tuple[int, ...], num_classes: int, seed: int) -> nn.Module:
@@ -126,6 +137,13 @@ def make_setup(
     names = (cuts,) if isinstance(cuts, str) else tuple(cuts)
     if len(names) != sch.cuts:
         raise ValueError(f"scheme {scheme} takes {sch.cuts} cut(s), got {list(names)}")
+    if scheme == "sfprompt":
+        if bottleneck is not None:
+            raise ValueError("scheme sfprompt cuts a pre-trained model; a bottleneck does not apply")
+        from fedkit.split.sfprompt import sfprompt_parts
+
+        head, body, tail, shape, body_shape = sfprompt_parts(model, names, input_shape)
+        return SplitSetup(sch, (head, tail), body, shape, body_shape)
     sm = split(model, names)
     if bottleneck is not None:
         sm = with_bottleneck(sm, input_shape, bottleneck, seed)
@@ -164,6 +182,7 @@ def run_round(
     up: str = "identity",
     down: str = "identity",
     defence: Defence | None = None,
+    sfprompt: SFPrompt | None = None,
 ) -> tuple[Params, ServerState, dict[str, float]]:
     """One in-process round over every client in ``data``: (client params, server state, metrics).
 
@@ -172,7 +191,7 @@ def run_round(
     """
     name = setup.scheme.name
     scfg = ServerConfig(name, setup.server_module, server_opt, seed, setup.activation_shape)
-    ccfg = ClientConfig(name, setup.client_modules, train, seed, defence or Defence())
+    ccfg = ClientConfig(name, setup.client_modules, train, seed, defence or Defence(), sfprompt)
     box = LocalServer(scfg, server_begin_round(server, round))
     clients = sorted(data)
     order = [clients[i] for i in keyed_rng(seed, "split-order", round).permutation(len(clients))]
@@ -202,7 +221,7 @@ def whole(setup: SplitSetup) -> tuple[nn.Module, Callable[[Params, Params], Para
     """The model the parts compose for inference (client part, server part, and ushape's tail;
     local_loss's auxiliary head is left out) and how to lay (client, server) params into it."""
     first = setup.client_modules[0]
-    tail = setup.client_modules[1:] if setup.scheme.name == "ushape" else ()
+    tail = setup.client_modules[1:] if setup.scheme.cuts == 2 else ()
     model = copy.deepcopy(nn.Sequential(first, setup.server_module, *tail))
     n_first = len(first.state_dict())
     n_client = n_first + sum(len(m.state_dict()) for m in tail)

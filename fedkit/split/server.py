@@ -257,6 +257,8 @@ HANDLERS = {
     ("local_loss", "activations"): _loss_step,
     ("ushape", "activations"): _body_forward,
     ("ushape", "gradients"): _body_backward,
+    ("sfprompt", "activations"): _body_forward,  # the body is frozen: backward only passes dL/dH down
+    ("sfprompt", "gradients"): _body_backward,
 }
 
 
