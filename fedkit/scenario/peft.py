@@ -226,8 +226,6 @@ def check_peft(s: Scenario) -> None:
     if s.peft is not None and s.peft.aggregation != "fedit" and s.strategy["name"] != "fedavg":
         raise ValueError(f"peft.aggregation {s.peft.aggregation!r} brings its own aggregation; "
                          f"drop strategy {s.strategy['name']!r} (or use aggregation: fedit)")
-    if "checkpoint" in s.model and not Path(s.model["checkpoint"]).exists():
-        return  # a missing checkpoint is a data problem (check_data), as a missing data file is
     shaped = _dataset_shape(s)
     if shaped is None or not Path(s.model.get("checkpoint", ".")).exists():
         return  # unreadable data, a checkpoint not written yet: data problems (check_data) of a run
