@@ -36,6 +36,7 @@ from fedkit.compression import make
 from fedkit.models import LocalData, build_model, evaluate, get_params, keyed_torch, set_params
 from fedkit.models.params import named_by
 from fedkit.models.train import TrainConfig, TrainFn, sgd_train
+from fedkit.peft.model import fold_base
 from fedkit.registry import resolve_import
 from fedkit.runtime import secagg
 from fedkit.runtime import task as tasks
@@ -176,6 +177,7 @@ def handle_train(state: ClientState, task: Task, ctx: Context) -> tuple[ClientSt
     state, params = _receive(state, task, ctx)
     cfg: tasks.TrainTask = ctx.config
     module = ctx.models.get(cfg.model)
+    params = fold_base(module, params)  # FedEx / FLoRA: the base change after the adapter
     keep = _personal(module, cfg.model.spec)
     set_params(module, _with_personal(params, state, keep))
     with keyed_torch(ctx.seed_int("torch-train")):
@@ -198,6 +200,7 @@ def handle_evaluate(state: ClientState, task: Task, ctx: Context) -> tuple[Clien
     if state.test is None or len(state.test) == 0:
         return state, reply
     module = ctx.models.get(ctx.config.model)
+    params = fold_base(module, params)
     set_params(module, _with_personal(params, state, _personal(module, ctx.config.model.spec)))  # personalised
     with keyed_torch(ctx.seed_int("torch-eval")):
         metrics = evaluate(module, state.test)

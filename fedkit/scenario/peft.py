@@ -145,6 +145,8 @@ def model_spec(s: Scenario, shape: tuple[int, ...] | None = None, classes: int |
             spec["peft"]["frozen"] = [f"lora_{f}" for f in frozen]
         if variant.personal:  # fedsa: each client keeps its own B (fedkit/runtime/client.py)
             spec["peft"]["personal"] = [f"lora_{f}" for f in sorted(variant.personal)]
+        if variant.base:  # fedex, flora: the downlink's base change (fedkit.peft.model.fold_base)
+            spec["peft"]["base"] = "factors" if variant.name == "flora" else "dense"
     if "hf" in s.model:
         from fedkit.peft.hf import folder_sha256
 
@@ -171,15 +173,6 @@ def _dataset_shape(s: Scenario) -> tuple[tuple[int, ...], int] | None:
     return ds.input_shape, ds.num_classes
 
 
-def _engine_lacks(aggregation: str) -> str:
-    """What a LoRA variant needs of clients that the engine does not do yet ('' for none)."""
-    from fedkit.aggregation.lora import LORA_AGGREGATIONS
-
-    v = LORA_AGGREGATIONS[aggregation]
-    return " and ".join(w for flag, w in ((v.base, "the residual folded into each client's frozen base"),
-                                            (v.ranks, "per-client ranks and downlinks")) if flag)
-
-
 def check_peft(s: Scenario) -> None:
     """What the PEFT section needs from the rest of the scenario, and targets that exist
     (the model is built to list its modules; skipped where the data cannot be read here)."""
@@ -193,10 +186,8 @@ def check_peft(s: Scenario) -> None:
         raise ValueError("peft: split learning of a PEFT model is not supported yet; remove split: or peft:")
     if s.execution.kind == "stacked":
         raise ValueError("peft: execution kind stacked is not supported for fine-tuning yet; use sequential or pool")
-    if s.peft is not None and (needs := _engine_lacks(s.peft.aggregation)):
-        raise ValueError(f"peft.aggregation {s.peft.aggregation!r} is not run by the round engine yet "
-                         f"(it needs {needs}); use one of fedit, ffa, fedsa, fedsvd, or call "
-                         "fedkit.aggregation.lora directly")
+    if s.peft is not None and s.peft.method == "lora":
+        _check_lora_engine(s)
     if s.peft is not None and s.peft.aggregation != "fedit" and s.privacy.dp is not None:
         raise ValueError(f"peft.aggregation {s.peft.aggregation!r} with privacy.dp is not wired yet; "
                          "use aggregation: fedit (DP-FedAvg of the adapters)")
@@ -213,3 +204,22 @@ def check_peft(s: Scenario) -> None:
     from fedkit.peft.model import build
 
     build(shape, classes, dict(s.model), None if s.peft is None else s.peft.model_dump(exclude={"aggregation"}), s.seed)
+
+
+def _check_lora_engine(s: Scenario) -> None:
+    """What a LoRA variant's per-client downlink (fedkit/scenario/lora.py) needs of the rest."""
+    from fedkit.aggregation.lora import LORA_AGGREGATIONS
+
+    assert s.peft is not None and s.peft.lora is not None
+    v = LORA_AGGREGATIONS[s.peft.aggregation]
+    if (v.base or v.ranks) and s.compression.downlink_mode != "full":
+        raise ValueError(f"peft.aggregation {v.name!r} sends each client its own downlink (rank, base change); "
+                         "use compression.downlink_mode full")
+    ranks = {n: p.lora_rank for n, p in (s.devices.profiles if s.devices else {}).items() if p.lora_rank}
+    if ranks and not v.ranks:
+        raise ValueError(f"devices: profiles give LoRA ranks ({', '.join(ranks)}), but peft.aggregation {v.name!r} "
+                         "needs one rank for all clients; use flexlora or flora, or drop lora_rank")
+    over = {n: r for n, r in ranks.items() if r > s.peft.lora.r}
+    if over:
+        raise ValueError(f"devices: lora_rank {over} above peft.lora.r={s.peft.lora.r} "
+                         "(the global adapter's rank must be the largest)")
