@@ -512,7 +512,8 @@ class LoraDP:
 
     clip_norm: float
     noise_multiplier: float
-    expected_clients: int
+    expected_clients: float
+    poisson: bool = False  # Poisson sampling: expected_clients is q x population (dp_mean)
 
 
 def dp_lora_delta(layout: LoraLayout, variant: LoraVariant, deltas: Sequence[Params], dp: LoraDP,
@@ -523,7 +524,7 @@ def dp_lora_delta(layout: LoraLayout, variant: LoraVariant, deltas: Sequence[Par
     up = [k for k, n in enumerate(layout.names) if n in set(variant.uplink(layout.names))]
     mean = dp_mean([[d[k] for k in up] for d in deltas], clip_norm=dp.clip_norm,
                    noise_multiplier=dp.noise_multiplier, expected_clients=dp.expected_clients,
-                   seed=seed, round=round)
+                   seed=seed, round=round, poisson=dp.poisson)
     out = [np.zeros(np.shape(a), dtype=np.asarray(a).dtype) for a in deltas[0]]
     for k, m in zip(up, mean, strict=True):
         out[k] = m
@@ -634,6 +635,24 @@ class LoraAggregator:
             if name in frozen and np.any(np.asarray(d) != 0):
                 raise ValueError(f"{who}: {name} changed, but {self.variant.name} keeps it frozen "
                                  f"(clients train only {', '.join(sorted(self.variant.train))})")
+
+    @property
+    def adaptive(self) -> None:
+        """DP-LoRA clips at a fixed norm (what fedkit.runtime.privacy.DpPlan asks)."""
+        return None
+
+    def clip_for_next(self, state: State) -> float:
+        """DP-LoRA: the clip norm the next round's clients use (fixed)."""
+        assert self.dp is not None
+        return float(self.dp.clip_norm)
+
+    def released(self, state: State) -> dict[str, float]:
+        """DP-LoRA: what each release used (clip norm, noise std on the mean of the uplink tensors)."""
+        from fedkit.secure.dp import central_std
+
+        assert self.dp is not None
+        return {"dp_clip_norm": float(self.dp.clip_norm),
+                "dp_noise_std": central_std(self.dp.noise_multiplier, self.dp.clip_norm, self.dp.expected_clients)}
 
     def base_offsets(self, state: State) -> dict[str, np.ndarray]:
         """prefix -> dense offset to add to that module's frozen W0 (``{}``: base unchanged)."""

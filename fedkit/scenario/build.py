@@ -8,6 +8,7 @@ in-process simulation both (:func:`build`).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -239,14 +240,15 @@ def build_server(s: Scenario) -> tuple[Plan, Params]:
     per = s.clients.per_round
     secagg = _secagg_plan(s, init_params)
     policy, aggregator = _policy_and_aggregator(s, secagg)
+    dp = dp_plan(s, aggregator)
     lora = None
-    if s.peft is not None and s.peft.method == "lora" and s.privacy.dp is None:  # fedkit/scenario/lora.py
-        from fedkit.scenario.lora import lora_engine
+    if s.peft is not None and s.peft.method == "lora" and (dp is None or s.peft.aggregation != "fedit"):
+        from fedkit.scenario.lora import lora_engine  # with DP: DP-LoRA (fedkit/scenario/lora.py)
 
         lora = lora_engine(s, list(module.state_dict()), init_params, model, aggregator.server_opt,
-                           client_names(s.clients.count))
+                           client_names(s.clients.count), dp=None if dp is None else dp.aggregator)
         aggregator = lora.aggregator
-    dp = dp_plan(s, aggregator)
+        dp = None if dp is None else dataclasses.replace(dp, aggregator=aggregator)
     if dp is not None and dp.aggregator is not None:  # central DP: the noised mean replaces the reduce
         aggregator = dp.aggregator
     if name == "fltrust":

@@ -57,9 +57,14 @@ def client_ranks(s: Scenario, clients: list[ClientId]) -> dict[ClientId, int]:
 
 
 def lora_engine(s: Scenario, names: list[str], init_params: Params, model: ModelRef, server_opt: ServerOpt,
-                clients: list[ClientId], dp: LoraDP | None = None) -> LoraEngine:
+                clients: list[ClientId], dp: Any = None) -> LoraEngine:
+    """``dp``: central DP-FedAvg's step (fedkit.secure.dp_aggregator.DpFedAvg) whose clip norm,
+    noise and denominator DP-LoRA applies to the tensors clients send (A stays exactly shared
+    under ffa and fedsvd: the server step after the noised mean is post-processing)."""
     assert s.peft is not None and s.peft.lora is not None
     ranks = client_ranks(s, clients)
+    if dp is not None:
+        dp = LoraDP(dp.clip_norm, dp.noise_multiplier, dp.expected_clients, dp.poisson)
     agg = make_lora_aggregator(s.peft.aggregation, names, [a.shape for a in init_params], alpha=s.peft.lora.alpha,
                                server_opt=server_opt, seed=s.seed, ranks=ranks, dp=dp)
     if not (agg.variant.base or agg.variant.ranks):

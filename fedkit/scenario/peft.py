@@ -189,8 +189,7 @@ def check_peft(s: Scenario) -> None:
     if s.peft is not None and s.peft.method == "lora":
         _check_lora_engine(s)
     if s.peft is not None and s.peft.aggregation != "fedit" and s.privacy.dp is not None:
-        raise ValueError(f"peft.aggregation {s.peft.aggregation!r} with privacy.dp is not wired yet; "
-                         "use aggregation: fedit (DP-FedAvg of the adapters)")
+        _check_lora_dp(s)
     if s.peft is not None and s.peft.aggregation != "fedit" and s.strategy["name"] != "fedavg":
         raise ValueError(f"peft.aggregation {s.peft.aggregation!r} brings its own aggregation; "
                          f"drop strategy {s.strategy['name']!r} (or use aggregation: fedit)")
@@ -223,3 +222,23 @@ def _check_lora_engine(s: Scenario) -> None:
     if over:
         raise ValueError(f"devices: lora_rank {over} above peft.lora.r={s.peft.lora.r} "
                          "(the global adapter's rank must be the largest)")
+
+
+def _check_lora_dp(s: Scenario) -> None:
+    """DP-LoRA (central DP-FedAvg on the tensors clients send) holds where the server step is
+    post-processing of the noised mean: ffa (A frozen and public), fedsvd (re-factorised after
+    the mean), fedsa (A averaged; B never leaves the client)."""
+    from fedkit.aggregation.lora import LORA_AGGREGATIONS
+
+    assert s.peft is not None and s.privacy.dp is not None
+    v, dp = LORA_AGGREGATIONS[s.peft.aggregation], s.privacy.dp
+    if v.opt == "exact":
+        raise ValueError(f"peft.aggregation {v.name!r} with privacy.dp: its server step is not a mean of clipped "
+                         "updates (it combines each client's own factors: products, stacks), so DP-FedAvg's "
+                         "sensitivity does not bound what it releases; use fedit, ffa, fedsa or fedsvd")
+    if dp.mode != "central":
+        raise ValueError(f"peft.aggregation {v.name!r} with privacy.dp mode {dp.mode}: local noise reaches the "
+                         "factors the variant keeps frozen; use mode central (or aggregation fedit)")
+    if dp.adaptive is not None:
+        raise ValueError(f"peft.aggregation {v.name!r} with privacy.dp.adaptive: DP-LoRA clips at a fixed norm; "
+                         "drop adaptive (or use aggregation fedit)")

@@ -165,3 +165,33 @@ def test_inprocess_and_processes_give_identical_params(agg: str, tmp_path: Path)
     assert a["params_sha256"] == b["params_sha256"]
     assert [r["bytes_down"] for r in read_metrics(tmp_path / "inproc")] == \
         [r["bytes_down"] for r in read_metrics(tmp_path / "procs")]
+
+
+@pytest.mark.parametrize("agg", ["ffa", "fedsvd"])
+def test_dp_lora_runs_for_one_factor_variants_and_reports_epsilon(agg: str, tmp_path: Path) -> None:
+    dp = {"dp": {"clip_norm": 0.5, "noise_multiplier": 1.0}}
+    s = scenario(agg, privacy=dp)
+    exp = build(s)
+    run_scenario(s, tmp_path / "run")
+    rows = read_metrics(tmp_path / "run")
+    eps = [r["dp_epsilon"] for r in rows]
+    assert 0 < eps[0] < eps[1] and all(np.isfinite(eps))
+    assert rows[0]["dp_noise_std"] == pytest.approx(1.0 * 0.5 / 3)
+    from fedkit.report.run_dir import RunDir
+
+    final = RunDir(tmp_path / "run", resume=True).read_checkpoint()
+    assert final is not None
+    a = final.params[0].astype(np.float64)
+    if agg == "ffa":  # the noise lands on what clients send (B, head): A stays exactly shared
+        assert np.array_equal(final.params[0], exp.init_params[0])
+    else:  # re-factorised after the noised mean: post-processing, A A^T = I
+        np.testing.assert_allclose(a @ a.T, np.eye(a.shape[0]), atol=1e-5)
+    assert not np.array_equal(final.params[1], exp.init_params[1])
+
+
+@pytest.mark.parametrize("agg", ["fedex", "flora", "flexlora"])
+def test_dp_is_refused_where_the_sensitivity_does_not_hold(agg: str) -> None:
+    with pytest.raises(ScenarioError, match="sensitivity does not bound"):
+        scenario(agg, privacy={"dp": {"clip_norm": 0.5, "noise_multiplier": 1.0}})
+    with pytest.raises(ScenarioError, match="use mode central"):
+        scenario("ffa", privacy={"dp": {"mode": "local", "clip_norm": 0.5, "noise_multiplier": 1.0}})
