@@ -362,6 +362,25 @@ def hosts(
     return {cid: ClientHost(st, models, chains.get(cid, DEFAULT_MODS), connect=connect) for cid, st in states.items()}
 
 
+def personal_to_arrays(states: Mapping[ClientId, ClientState]) -> dict[str, np.ndarray]:
+    """The tensors simulated clients keep for themselves (FedSA's B), ``{"<client>/<index>": a}``:
+    a checkpoint section standing in for each device's own storage, so a resumed simulation
+    continues with what its clients held."""
+    return {f"{c}/{i}": a for c, st in states.items() for i, a in st.personal.items()}
+
+
+def personal_from_arrays(states: Mapping[ClientId, ClientState], arrays: Mapping[str, np.ndarray]
+                         ) -> dict[ClientId, ClientState]:
+    """``states`` with the personal tensors of :func:`personal_to_arrays` put back."""
+    kept: dict[ClientId, dict[int, np.ndarray]] = {}
+    for key, a in arrays.items():
+        client, _, index = key.rpartition("/")
+        if client not in states or not index.isdigit():
+            raise ValueError(f"checkpoint holds personal tensor {key!r} of no client of this scenario")
+        kept.setdefault(client, {})[int(index)] = np.array(a)
+    return {c: dataclasses.replace(st, personal=kept[c]) if c in kept else st for c, st in states.items()}
+
+
 def save_client_data(path: str | Path, state: ClientState) -> None:
     arrays = {"x_train": state.train.x.numpy(), "y_train": state.train.y.numpy()}
     if state.test is not None:

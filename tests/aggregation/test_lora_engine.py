@@ -195,3 +195,28 @@ def test_dp_is_refused_where_the_sensitivity_does_not_hold(agg: str) -> None:
         scenario(agg, privacy={"dp": {"clip_norm": 0.5, "noise_multiplier": 1.0}})
     with pytest.raises(ScenarioError, match="use mode central"):
         scenario("ffa", privacy={"dp": {"mode": "local", "clip_norm": 0.5, "noise_multiplier": 1.0}})
+
+
+def test_fedsa_resumed_run_equals_a_straight_one(tmp_path: Path) -> None:
+    """The clients' personal B survive a crash: the simulation checkpoints them with the round."""
+    def s(rounds: int) -> Any:
+        return scenario("fedsa", rounds=rounds, evaluation={"centralized": False, "federated": True},
+                        data={"dataset": {"name": "digits"}, "partition": {"name": "dirichlet", "alpha": 0.3}})
+
+    straight = run_scenario(s(3), tmp_path / "straight")
+    run_scenario(s(2), tmp_path / "resumed")
+    resumed = run_scenario(s(3), tmp_path / "resumed", resume=True, force=True)  # rounds: 2 -> 3
+    assert resumed["params_sha256"] == straight["params_sha256"]
+    fed = [[r["fed_acc"] for r in read_metrics(tmp_path / p)] for p in ("straight", "resumed")]
+    assert fed[0] == fed[1]
+
+
+def test_rank_change_on_resume_is_refused_and_with_force_names_the_tensors(tmp_path: Path) -> None:
+    from fedkit.report.run_dir import RunDirExists
+
+    run_scenario(scenario("fedit", rounds=1), tmp_path / "run")
+    wider = validate(raw(rounds=2, peft={**raw()["peft"], "lora": {"r": 8, "alpha": 8, "targets": ["1"]}}))
+    with pytest.raises(RunDirExists, match="peft"):
+        run_scenario(wider, tmp_path / "run", resume=True)
+    with pytest.raises(ValueError, match=r"lora_A.weight: checkpoint \(4, 64\), scenario \(8, 64\).*start a new run"):
+        run_scenario(wider, tmp_path / "run", resume=True, force=True)
