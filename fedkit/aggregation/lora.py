@@ -545,7 +545,14 @@ class LoraAggregator:
     holds the optimizer's state, ``lora.round`` (rounds aggregated) and, for fedex and flora,
     ``lora.base.<i>``: the accumulated dense offset of pair i's frozen W0 (:meth:`base_offsets`).
     ``ranks``: client -> rank (flexlora, flora); :meth:`for_client` is what to send that client.
-    Tensors a client does not upload (``variant.uplink``) are taken from what it was sent."""
+    Tensors a client does not upload (``variant.uplink``) are taken from what it was sent.
+
+    Through the round engine (fedkit/scenario/lora.py) :meth:`downlink` is each client's whole
+    downlink: its adapter, then :meth:`base_extras`, the base change it folds into its frozen
+    weights (fedex: the accumulated dense residual; flora: every round's stack so far, kept in
+    ``lora.stack.<i>``, so a client that sat rounds out or restarted still rebuilds the base
+    exactly; its rank, and the downlink, grow by the participants' ranks each round).
+    :meth:`check_delta` is the acceptance stage's refusal of an update that does not fit."""
 
     variant: LoraVariant
     layout: LoraLayout
