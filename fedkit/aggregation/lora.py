@@ -790,7 +790,9 @@ def wire_bytes(agg: LoraAggregator, clients: Sequence[str], itemsize: int = 4
     both factors (A changes when it re-factorises), fedex the factors plus each pair's dense
     residual for the base, flora the stack of every participant's factors (rank sum r_k: grows
     with the number of clients; the fresh adapter is seeded, not sent), flexlora the factors at
-    the client's rank."""
+    the client's rank. These are the papers' per-round costs; the round engine's flora downlink
+    (:meth:`LoraAggregator.downlink`) also carries the fresh adapter and every earlier round's
+    stack, so clients hold no base state, and its bytes_down grow round after round."""
     lay, v = agg.layout, agg.variant
     heads = sum(int(np.prod(lay.shapes[k])) for k in lay.others)
 
