@@ -27,7 +27,14 @@ from fedkit.report.run_dir import (
     save_params,
     summarize,
 )
-from fedkit.runtime.client import ClientHost, ClientState, Mod, hosts
+from fedkit.runtime.client import (
+    ClientHost,
+    ClientState,
+    Mod,
+    hosts,
+    personal_from_arrays,
+    personal_to_arrays,
+)
 from fedkit.runtime.downlink import DownlinkState
 from fedkit.runtime.link import Link
 from fedkit.runtime.server import Plan, RoundRecord, ServerState, run
@@ -101,6 +108,7 @@ def resume_state(plan: Plan, init_params: Params, rd: RunDir, resume: bool) -> S
     ck = rd.read_checkpoint()
     if ck is None:
         return initial_state(plan, init_params)
+    _check_fits(plan, ck.params, init_params, rd.path)
     sec = ck.sections
     split = None
     if plan.split is not None:
@@ -115,6 +123,24 @@ def resume_state(plan: Plan, init_params: Params, rd: RunDir, resume: bool) -> S
         int(sec.get("engine", {}).get("version", ck.round)),
         split,
     )
+
+
+def _check_fits(plan: Plan, params: Params, init_params: Params, path: Path) -> None:
+    """A checkpoint whose params do not fit the scenario's model (a changed ``peft.lora.r`` or
+    ``targets``, resumed with ``--force``) is refused here, naming the tensors, rather than
+    failing on a shape deep in a round. Re-factorising to another rank is not done: truncating
+    changes the model and zero-padding adds factors that never train, so start a new run."""
+    bad = [i for i, (a, b) in enumerate(zip(params, init_params, strict=False)) if np.shape(a) != np.shape(b)]
+    if not bad and len(params) == len(init_params):
+        return
+    names = list(build_model(plan.model.spec, plan.model.input_shape, plan.model.num_classes).state_dict())
+    name = (lambda i: names[i] if i < len(names) else f"tensor {i}")  # noqa: E731
+    what = [f"{name(i)}: checkpoint {tuple(np.shape(params[i]))}, scenario {tuple(np.shape(init_params[i]))}"
+            for i in bad[:4]]
+    if len(params) != len(init_params):
+        what.append(f"checkpoint has {len(params)} tensors, the scenario's model {len(init_params)}")
+    raise ValueError(f"{path}: the checkpoint does not fit the scenario's model ({'; '.join(what)}); a changed "
+                     "model (e.g. peft.lora r or targets) cannot resume, even with --force: start a new run")
 
 
 def run_with_link(
@@ -154,6 +180,9 @@ def run_with_link(
             }
             if st.split is not None:
                 sections["split"] = plan.split.to_arrays(st.split)
+            kept = personal_to_arrays(link.client_states()) if isinstance(link, InProcessLink) else {}
+            if kept:  # simulated clients' own tensors (FedSA's B), as a device keeps them
+                sections["clients"] = kept
             rd.write_checkpoint(st.round, st.params, sections, {"metrics": row, "clients": rec.clients})
         if adapters:  # fine-tuning: every round's adapters are kept (they are small)
             save_round(rd.path, st.round, st.params)
@@ -216,6 +245,10 @@ def run_scenario(
     check_can_start(out, resume, overwrite, dump(scenario), force)
     torch.set_num_threads(1)  # the kernels every mode uses: bit-identical params across modes
     exp = build(scenario)
+    if resume and (Path(out) / "checkpoint.npz").exists():  # what the simulated clients kept
+        ck = RunDir(out, resume=True).read_checkpoint()
+        if ck is not None and "clients" in ck.sections:
+            exp.clients = personal_from_arrays(exp.clients, ck.sections["clients"])
     link = scenario_link(exp, resumed_clock(out, resume))
     try:
         return run_with_link(scenario, exp.plan, exp.init_params, link, out, on_round, resume, overwrite)

@@ -185,6 +185,7 @@ class LoraOut:
     base: Mapping[str, np.ndarray] = field(default_factory=dict)
     clients: Mapping[str, Params] = field(default_factory=dict)
     downlink_rank: Mapping[str, int] = field(default_factory=dict)
+    stacks: Mapping[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)  # flora: (B, A)
 
 
 def _weights(weights: Sequence[float], n: int) -> np.ndarray:
@@ -342,7 +343,8 @@ def flora(layout: LoraLayout, clients: Sequence[Params], weights: Sequence[float
     fresh = init_adapter(layout, global_params, seed, "flora", round)
     fresh = _averaged(layout, clients, p, layout.others, fresh)
     base = {k: b @ a for k, (b, a) in stacked.items()}
-    return LoraOut(fresh, base=base, downlink_rank={k: a.shape[0] for k, (_, a) in stacked.items()})
+    return LoraOut(fresh, base=base, downlink_rank={k: a.shape[0] for k, (_, a) in stacked.items()},
+                   stacks=stacked)
 
 
 def _svd_factors(delta: np.ndarray, rank: int, scaling: float) -> tuple[np.ndarray, np.ndarray]:
@@ -510,7 +512,8 @@ class LoraDP:
 
     clip_norm: float
     noise_multiplier: float
-    expected_clients: int
+    expected_clients: float
+    poisson: bool = False  # Poisson sampling: expected_clients is q x population (dp_mean)
 
 
 def dp_lora_delta(layout: LoraLayout, variant: LoraVariant, deltas: Sequence[Params], dp: LoraDP,
@@ -521,7 +524,7 @@ def dp_lora_delta(layout: LoraLayout, variant: LoraVariant, deltas: Sequence[Par
     up = [k for k, n in enumerate(layout.names) if n in set(variant.uplink(layout.names))]
     mean = dp_mean([[d[k] for k in up] for d in deltas], clip_norm=dp.clip_norm,
                    noise_multiplier=dp.noise_multiplier, expected_clients=dp.expected_clients,
-                   seed=seed, round=round)
+                   seed=seed, round=round, poisson=dp.poisson)
     out = [np.zeros(np.shape(a), dtype=np.asarray(a).dtype) for a in deltas[0]]
     for k, m in zip(up, mean, strict=True):
         out[k] = m
@@ -530,7 +533,7 @@ def dp_lora_delta(layout: LoraLayout, variant: LoraVariant, deltas: Sequence[Par
 
 # --- the engine seam -----------------------------------------------------------------------------
 
-_BASE, _ROUND = "lora.base.", "lora.round"
+_BASE, _ROUND, _STACK = "lora.base.", "lora.round", "lora.stack."
 
 
 @dataclass(frozen=True)
@@ -542,7 +545,14 @@ class LoraAggregator:
     holds the optimizer's state, ``lora.round`` (rounds aggregated) and, for fedex and flora,
     ``lora.base.<i>``: the accumulated dense offset of pair i's frozen W0 (:meth:`base_offsets`).
     ``ranks``: client -> rank (flexlora, flora); :meth:`for_client` is what to send that client.
-    Tensors a client does not upload (``variant.uplink``) are taken from what it was sent."""
+    Tensors a client does not upload (``variant.uplink``) are taken from what it was sent.
+
+    Through the round engine (fedkit/scenario/lora.py) :meth:`downlink` is each client's whole
+    downlink: its adapter, then :meth:`base_extras`, the base change it folds into its frozen
+    weights (fedex: the accumulated dense residual; flora: every round's stack so far, kept in
+    ``lora.stack.<i>``, so a client that sat rounds out or restarted still rebuilds the base
+    exactly; its rank, and the downlink, grow by the participants' ranks each round).
+    :meth:`check_delta` is the acceptance stage's refusal of an update that does not fit."""
 
     variant: LoraVariant
     layout: LoraLayout
@@ -573,7 +583,83 @@ class LoraAggregator:
         if self.variant.base:
             for i, pair in enumerate(self.layout.pairs):
                 state[f"{_BASE}{i}"] = [np.zeros((pair.d_out, pair.d_in), dtype=_F64)]
+        if self.base_kind == "factors":  # flora: every round's stack, so far (rank 0 at first)
+            for i, pair in enumerate(self.layout.pairs):
+                state[f"{_STACK}{i}"] = [np.zeros((pair.d_out, 0), dtype=_F64),
+                                         np.zeros((0, pair.d_in), dtype=_F64)]
         return state
+
+    @property
+    def base_kind(self) -> str | None:
+        """How the base change travels down: ``dense`` (fedex: the accumulated residual, one
+        out x in tensor per pair), ``factors`` (flora: the stacks of every round so far, B then
+        A per pair, rank growing by the participants' ranks each round), None (base unchanged)."""
+        if not self.variant.base:
+            return None
+        return "factors" if self.variant.name == "flora" else "dense"
+
+    def base_extras(self, state: State, dtype: Any = np.float32) -> Params:
+        """The tensors after the adapter in every downlink (:meth:`downlink`): what a client
+        folds into its frozen base (:func:`fedkit.peft.model.fold_base`); [] when it is unchanged."""
+        dt = np.dtype(dtype)
+        if self.base_kind == "dense":
+            return [state[f"{_BASE}{i}"][0].astype(dt) for i in range(len(self.layout.pairs))]
+        if self.base_kind == "factors":
+            return [a.astype(dt) for i in range(len(self.layout.pairs)) for a in state[f"{_STACK}{i}"]]
+        return []
+
+    def downlink(self, params: Params, state: State, clients: Sequence[str]) -> dict[str, Params]:
+        """What each client is sent: its adapter (:meth:`for_client`) and the base extras.
+        Clients of one rank get the same list object (the engine encodes it once)."""
+        extras = self.base_extras(state, np.asarray(params[self.layout.pairs[0].a]).dtype)
+        by_rank: dict[int, Params] = {}
+        out = {}
+        for c in clients:
+            r = self.rank_of(c)
+            if r not in by_rank:
+                by_rank[r] = list(self.for_client(params, c)) + extras
+            out[c] = by_rank[r]
+        return out
+
+    def shapes_for(self, client: str) -> list[tuple[int, ...]]:
+        """The shapes of the adapter tensors ``client`` trains and sends (its rank's)."""
+        return list(self.layout.with_rank(self.rank_of(client)).shapes)
+
+    def check_delta(self, client: str, delta: Params) -> None:
+        """Refuse an update this variant cannot take, naming the client and tensor (a
+        ValueError; the acceptance stage turns it into a refusal): a count or shape that is not
+        the adapter's at the client's rank, or a change to a factor clients must not train
+        (ffa / fedsvd: any lora_A)."""
+        who = f"update from client {client!r}"
+        shapes = self.shapes_for(client)
+        if len(delta) != len(shapes):
+            raise ValueError(f"{who} has {len(delta)} arrays, the adapter layout {len(shapes)}")
+        frozen = set(self.layout.names) - set(self.variant.trainable(self.layout.names))
+        for name, s, d in zip(self.layout.names, shapes, delta, strict=True):
+            if tuple(np.shape(d)) != s:
+                raise ValueError(f"{who}: {name} has shape {tuple(np.shape(d))}, expected {s} "
+                                 f"(rank {self.rank_of(client)})")
+            if name in frozen and np.any(np.asarray(d) != 0):
+                raise ValueError(f"{who}: {name} changed, but {self.variant.name} keeps it frozen "
+                                 f"(clients train only {', '.join(sorted(self.variant.train))})")
+
+    @property
+    def adaptive(self) -> None:
+        """DP-LoRA clips at a fixed norm (what fedkit.runtime.privacy.DpPlan asks)."""
+        return None
+
+    def clip_for_next(self, state: State) -> float:
+        """DP-LoRA: the clip norm the next round's clients use (fixed)."""
+        assert self.dp is not None
+        return float(self.dp.clip_norm)
+
+    def released(self, state: State) -> dict[str, float]:
+        """DP-LoRA: what each release used (clip norm, noise std on the mean of the uplink tensors)."""
+        from fedkit.secure.dp import central_std
+
+        assert self.dp is not None
+        return {"dp_clip_norm": float(self.dp.clip_norm),
+                "dp_noise_std": central_std(self.dp.noise_multiplier, self.dp.clip_norm, self.dp.expected_clients)}
 
     def base_offsets(self, state: State) -> dict[str, np.ndarray]:
         """prefix -> dense offset to add to that module's frozen W0 (``{}``: base unchanged)."""
@@ -601,20 +687,8 @@ class LoraAggregator:
         return out
 
     def check_update(self, update: Update, params: Params) -> None:
-        """Refuse an update the variant cannot take (for the acceptance stage: a ValueError that
-        names the client and tensor): wrong count or shapes for the client's rank, or a change to
-        a tensor clients must not train (ffa / fedsvd: any lora_A)."""
-        sent = self.for_client(params, update.client)
-        who = f"update from client {update.client!r}"
-        if len(update.delta) != len(sent):
-            raise ValueError(f"{who} has {len(update.delta)} arrays, the adapter layout {len(sent)}")
-        frozen = set(self.layout.names) - set(self.variant.trainable(self.layout.names))
-        for name, s, d in zip(self.layout.names, sent, update.delta, strict=True):
-            if np.shape(d) != np.shape(s):
-                raise ValueError(f"{who}: {name} has shape {np.shape(d)}, it was sent {np.shape(s)}")
-            if name in frozen and np.any(np.asarray(d) != 0):
-                raise ValueError(f"{who}: {name} changed, but {self.variant.name} keeps it frozen "
-                                 f"(clients train only {', '.join(sorted(self.variant.train))})")
+        """:meth:`check_delta` of ``update`` (``params``: the global model it was sent)."""
+        self.check_delta(update.client, update.delta)
 
     def clients_of(self, params: Params, updates: Sequence[Update]) -> list[Params]:
         """Each client's local adapter: what it was sent plus its delta; tensors it does not
@@ -654,6 +728,9 @@ class LoraAggregator:
         for i, pair in enumerate(self.layout.pairs):
             if pair.prefix in out.base:
                 new[f"{_BASE}{i}"] = [state[f"{_BASE}{i}"][0] + out.base[pair.prefix]]
+            if pair.prefix in out.stacks and f"{_STACK}{i}" in state:
+                (b, a), (hb, ha) = out.stacks[pair.prefix], state[f"{_STACK}{i}"]
+                new[f"{_STACK}{i}"] = [np.concatenate([hb, b], axis=1), np.concatenate([ha, a], axis=0)]
         opt_state = {k: v for k, v in state.items() if not k.startswith("lora.")}
         delta = [_f64(n) - _f64(o) for n, o in zip(out.params, params, strict=True)]
         check_like(delta, params, what="reduced LoRA delta")
@@ -664,7 +741,7 @@ class LoraAggregator:
             if self.variant.name == "fedsvd" and svd_due(rnd, **self.options):
                 moved = refactor(self.layout, moved)  # after the server step: A A^T = I again
         new.update(opt_state)
-        return new, LoraOut(moved, out.base, out.clients, out.downlink_rank)
+        return new, LoraOut(moved, out.base, out.clients, out.downlink_rank, out.stacks)
 
     def step(self, state: State, params: Params, updates: Sequence[Update]) -> tuple[State, Params]:
         if not updates:
@@ -713,7 +790,9 @@ def wire_bytes(agg: LoraAggregator, clients: Sequence[str], itemsize: int = 4
     both factors (A changes when it re-factorises), fedex the factors plus each pair's dense
     residual for the base, flora the stack of every participant's factors (rank sum r_k: grows
     with the number of clients; the fresh adapter is seeded, not sent), flexlora the factors at
-    the client's rank."""
+    the client's rank. These are the papers' per-round costs; the round engine's flora downlink
+    (:meth:`LoraAggregator.downlink`) also carries the fresh adapter and every earlier round's
+    stack, so clients hold no base state, and its bytes_down grow round after round."""
     lay, v = agg.layout, agg.variant
     heads = sum(int(np.prod(lay.shapes[k])) for k in lay.others)
 

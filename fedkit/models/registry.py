@@ -13,6 +13,7 @@ folder must be readable wherever the model is built.
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -115,11 +116,17 @@ def build_model(spec: Mapping[str, Any], input_shape: Sequence[int], num_classes
     return module
 
 
+SEEDED = threading.RLock()
+"""Held while torch's global generator is seeded for a build: clients served by one process build
+their models in their own threads, and an unguarded seed is another thread's draw (a device's
+base then differs from the server's)."""
+
+
 def init_model(
     spec: Mapping[str, Any], input_shape: Sequence[int], num_classes: int, seed: int
 ) -> nn.Module:
     """Build with a seeded initialisation that leaves torch's global RNG untouched (tensors a
     checkpoint holds are then overwritten by it; the rest, e.g. new prompts, keep the draw)."""
-    with torch.random.fork_rng(devices=[]):
+    with SEEDED, torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return build_model(spec, input_shape, num_classes)

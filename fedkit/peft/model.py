@@ -30,10 +30,12 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
 from fedkit.models.params import named_by
+from fedkit.types import Params
 
 FACTORY = "fedkit.peft.model:build"
 """The model spec name a PEFT / pre-trained scenario's clients build (fedkit.models.build_model)."""
@@ -62,6 +64,8 @@ class Trainable(nn.Module):
         self._call = call
         self.base_sha256 = base_sha256
         self.total_params = total_params
+        self.base_kind: str | None = None  # how the downlink changes the frozen base (fold_base)
+        self._w0: dict[str, torch.Tensor] = {}  # the frozen weights as built, of modules folded into
 
     @property
     def trainable_params(self) -> int:
@@ -258,8 +262,10 @@ def wrap(model: nn.Module, peft: Mapping[str, Any] | None, seed: int) -> tuple[n
         target_modules=targets, modules_to_save=train_also or None,
         fan_in_fan_out=conv1d,  # GPT-2's Conv1D stores its weight transposed
     )
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)  # LoRA A's random init: the same in every process
+    from fedkit.models.registry import SEEDED
+
+    with SEEDED, torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)  # LoRA A's random init: the same in every process (and thread)
         pm = hf_peft.get_peft_model(model, cfg)
     tensors = [(adapter_name(n), p) for n, p in pm.named_parameters() if p.requires_grad]
     for i in named_by([n for n, _ in tensors], peft.get("frozen") or ()):
@@ -298,6 +304,8 @@ def build(input_shape: Sequence[int], num_classes: int, base: Mapping[str, Any],
         with torch.no_grad():
             for (_, p), v in zip(module._tensors, initial, strict=True):
                 p.copy_(v)
+            for prefix, w0 in module._w0.items():  # and the base as built (fold_base may have moved it)
+                _base_weight(module, prefix).copy_(w0)
         return module
     model, call, digest = _base(input_shape, num_classes, base, seed)
     if base_sha256 is not None and digest != base_sha256:
@@ -307,10 +315,50 @@ def build(input_shape: Sequence[int], num_classes: int, base: Mapping[str, Any],
         p.requires_grad_(False)
     inner, tensors = wrap(model, peft, seed)
     module = Trainable(inner, tensors, call, digest, total)
+    module.base_kind = (peft or {}).get("base")
     module.train(False)
     if cache:
         _cache()[key] = (module, [p.detach().clone() for _, p in tensors])
     return module
+
+
+def _base_weight(module: Trainable, prefix: str) -> torch.Tensor:
+    layer = module.inner.get_submodule(prefix)
+    weight = getattr(layer, "base_layer", layer).weight
+    assert isinstance(weight, torch.Tensor)
+    return weight
+
+
+def fold_base(module: nn.Module, params: Params) -> Params:
+    """Split a downlink into the adapter Params and the base change, folding the change into
+    the frozen weights: ``W = W0 + D`` (``base: dense``, FedEx-LoRA's accumulated residual, one
+    tensor per LoRA pair after the adapter's) or ``W = W0 + B A`` (``base: factors``, FLoRA's
+    stacks so far, B then A per pair). W0 is the base as built, so a shared module never
+    accumulates what earlier tasks folded. Other models: ``params`` unchanged."""
+    kind = getattr(module, "base_kind", None)
+    if not kind:
+        return params
+    assert isinstance(module, Trainable)
+    names = [n for n, _ in module._tensors]
+    n = len(names)
+    pairs = lora_pairs(names)
+    per = {"dense": 1, "factors": 2}[kind]
+    extras = params[n:]
+    if len(extras) != per * len(pairs):
+        raise ValueError(f"downlink has {len(params)} arrays; a {kind} base change needs {n} adapter "
+                         f"tensors and {per * len(pairs)} for the base ({per} per LoRA pair)")
+    with torch.no_grad():
+        for j, (ia, _) in enumerate(pairs):
+            prefix = names[ia].split(".lora_A", 1)[0]
+            w = _base_weight(module, prefix)
+            w0 = module._w0.setdefault(prefix, w.detach().clone())
+            chunk = extras[per * j: per * (j + 1)]
+            d = np.asarray(chunk[0], np.float64) if per == 1 else (
+                np.asarray(chunk[0], np.float64) @ np.asarray(chunk[1], np.float64))
+            if d.shape != tuple(w0.shape):
+                raise ValueError(f"base change of {prefix} has shape {d.shape}, the weight {tuple(w0.shape)}")
+            w.copy_(torch.from_numpy(w0.double().numpy() + d).to(w0.dtype))
+    return params[:n]
 
 
 def base_mismatch(server: str, local: str) -> str:

@@ -38,6 +38,9 @@ class Acceptance:
     a reply may claim, and ``examples`` (registered at enrolment) caps it per client.
     ``codecs``: the codec families (:func:`fedkit.compression.family`) an update may be
     encoded with, from the scenario's uplink (None: any codec the registry knows).
+    ``layouts``: clients whose update has another layout than ``layout`` (a LoRA client of
+    another rank); ``check(client, delta)``: the aggregator's own refusals (a ValueError: a
+    frozen LoRA factor that changed), after the layout's.
     """
 
     layout: tuple[tuple[tuple[int, ...], np.dtype], ...]
@@ -47,6 +50,8 @@ class Acceptance:
     max_num_examples: int | None = None
     examples: Mapping[str, int] | None = None
     codecs: frozenset[tuple[str, ...]] | None = None
+    layouts: Mapping[str, tuple[tuple[tuple[int, ...], np.dtype], ...]] | None = None
+    check: Callable[[str, Params], None] | None = None
 
     @classmethod
     def for_params(cls, params: Params, **kw: Any) -> Acceptance:
@@ -108,13 +113,14 @@ def _train(rule: Acceptance, task: Task, reply: Reply) -> Update:
         raise Rejected(f"num_examples must be positive, got {reply.num_examples}")
     _examples(rule, reply)
     _codec(rule, reply.update.codec)
+    layout = rule.layout if rule.layouts is None else rule.layouts.get(reply.client, rule.layout)
     try:
-        delta = decode(reply.update, like=list(rule.layout))  # allocation bounded by the model
+        delta = decode(reply.update, like=list(layout))  # allocation bounded by the model
     except DecodeError as e:
         raise Rejected(f"malformed update: {e}") from None
-    if len(delta) != len(rule.layout):
-        raise Rejected(f"update has {len(delta)} tensors, the model has {len(rule.layout)}")
-    for i, (d, (shape, dtype)) in enumerate(zip(delta, rule.layout, strict=True)):
+    if len(delta) != len(layout):
+        raise Rejected(f"update has {len(delta)} tensors, the model has {len(layout)}")
+    for i, (d, (shape, dtype)) in enumerate(zip(delta, layout, strict=True)):
         if d.shape != shape:
             raise Rejected(f"tensor {i}: shape {d.shape}, expected {shape}")
         if d.dtype != dtype:
@@ -128,6 +134,11 @@ def _train(rule: Acceptance, task: Task, reply: Reply) -> Update:
                 f"update norm {norm:.3g} exceeds {rule.max_norm_ratio:g} x the model's norm "
                 f"({limit:.3g}; server.max_norm_ratio)"
             )
+    if rule.check is not None:
+        try:
+            rule.check(reply.client, delta)
+        except ValueError as e:
+            raise Rejected(str(e)) from None
     return Update(reply.client, delta, reply.num_examples, dict(reply.metrics), task.version)
 
 

@@ -37,6 +37,7 @@ from fedkit.compression import make
 from fedkit.models import LocalData, build_model, evaluate, get_params, keyed_torch, set_params
 from fedkit.models.params import named_by
 from fedkit.models.train import TrainConfig, TrainFn, sgd_train
+from fedkit.peft.model import fold_base
 from fedkit.registry import resolve_import
 from fedkit.runtime import secagg
 from fedkit.runtime import task as tasks
@@ -189,6 +190,7 @@ def handle_train(state: ClientState, task: Task, ctx: Context) -> tuple[ClientSt
     state, params = _receive(state, task, ctx)
     cfg: tasks.TrainTask = ctx.config
     module = ctx.models.get(cfg.model)
+    params = fold_base(module, params)  # FedEx / FLoRA: the base change after the adapter
     keep = _personal(module, cfg.model.spec)
     set_params(module, _with_personal(params, state, keep))
     with keyed_torch(ctx.seed_int("torch-train")):
@@ -211,6 +213,7 @@ def handle_evaluate(state: ClientState, task: Task, ctx: Context) -> tuple[Clien
     if state.test is None or len(state.test) == 0:
         return state, reply
     module = ctx.models.get(ctx.config.model)
+    params = fold_base(module, params)
     set_params(module, _with_personal(params, state, _personal(module, ctx.config.model.spec)))  # personalised
     with keyed_torch(ctx.seed_int("torch-eval")):
         metrics = evaluate(module, state.test, device=ctx.config.device)
@@ -372,6 +375,25 @@ def hosts(
     ``mods``: clients whose chain is not :data:`DEFAULT_MODS` (simulated attackers)."""
     models, chains = ModelCache(), mods or {}
     return {cid: ClientHost(st, models, chains.get(cid, DEFAULT_MODS), connect=connect) for cid, st in states.items()}
+
+
+def personal_to_arrays(states: Mapping[ClientId, ClientState]) -> dict[str, np.ndarray]:
+    """The tensors simulated clients keep for themselves (FedSA's B), ``{"<client>/<index>": a}``:
+    a checkpoint section standing in for each device's own storage, so a resumed simulation
+    continues with what its clients held."""
+    return {f"{c}/{i}": a for c, st in states.items() for i, a in st.personal.items()}
+
+
+def personal_from_arrays(states: Mapping[ClientId, ClientState], arrays: Mapping[str, np.ndarray]
+                         ) -> dict[ClientId, ClientState]:
+    """``states`` with the personal tensors of :func:`personal_to_arrays` put back."""
+    kept: dict[ClientId, dict[int, np.ndarray]] = {}
+    for key, a in arrays.items():
+        client, _, index = key.rpartition("/")
+        if client not in states or not index.isdigit():
+            raise ValueError(f"checkpoint holds personal tensor {key!r} of no client of this scenario")
+        kept.setdefault(client, {})[int(index)] = np.array(a)
+    return {c: dataclasses.replace(st, personal=kept[c]) if c in kept else st for c, st in states.items()}
 
 
 def save_client_data(path: str | Path, state: ClientState) -> None:

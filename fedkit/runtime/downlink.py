@@ -12,8 +12,9 @@ pays off when the same clients take part round after round (cross-silo, full par
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -93,6 +94,33 @@ def prepare(
             configs[c] = DownlinkRef(mode="full", version=rnd)
     holders = dict(state.holders) | {c: rnd for c in clients}
     return Outgoing(DownlinkState(rnd, ref, holders), payloads, configs)
+
+
+PerClient = Callable[[Params, Any, Sequence[ClientId]], Mapping[ClientId, Params]]
+"""``fn(params, agg_state, clients) -> {client: what it is sent}`` where that is not the global
+model itself (LoRA variants: an adapter at the client's rank, the base change after it). Clients
+sent the same list object share one encoded payload."""
+
+SERVER: ClientId = "(server)"
+"""The name a :data:`PerClient` is asked for the server's own view (central evaluation)."""
+
+
+def prepare_each(mode: str, codec_spec: str, state: DownlinkState, each: Mapping[ClientId, Params],
+                 rnd: int, seed: int) -> Outgoing:
+    """As :func:`prepare` in ``full`` mode, for clients sent different params (each distinct
+    list encoded once, in client order); a delta against one reference does not apply."""
+    if mode != "full":
+        raise ValueError(f"downlink mode {mode!r} needs one model for every client; per-client "
+                         "downlinks (LoRA ranks, base changes) use mode full")
+    gen = frng.lazy(seed, "downlink", rnd)
+    codec = _codec(codec_spec)
+    done: dict[int, Encoded] = {}
+    payloads = {}
+    for c, params in each.items():
+        if id(params) not in done:
+            done[id(params)] = codec.encode(codec.init(params), params, gen)[1]
+        payloads[c] = done[id(params)]
+    return Outgoing(state, payloads, {c: DownlinkRef() for c in each})
 
 
 def forget(state: DownlinkState, client: ClientId) -> DownlinkState:

@@ -69,7 +69,7 @@ class DpPlan:
     population: int
     method: str
     rounds: int
-    aggregator: DpFedAvg | None = None
+    aggregator: DpFedAvg | Any = None  # or a step with the same clip_for_next / released / adaptive (DP-LoRA)
 
     @property
     def _account(self) -> dict[str, Any]:

@@ -98,6 +98,8 @@ class Plan:
     work: Work | None = None  # caps each client's local steps (stragglers: partial)
     secagg: Any = None  # fedkit.runtime.secagg.SecAggPlan: secure aggregation's (None: plain)
     dp: Any = None  # fedkit.runtime.privacy.DpPlan: the clients' DP settings and ε per round
+    per_client: dl.PerClient | None = None  # downlinks that differ by client (LoRA ranks, base change)
+    models: Mapping[ClientId, ModelRef] = field(default_factory=dict)  # clients building another model
 
     @property
     def sampler(self) -> Sampling:
@@ -221,9 +223,13 @@ def make_tasks(
         stage = KINDS[kind].model_validate({"seed": plan.seed})
         configs: dict[ClientId, Any] = dict.fromkeys(clients, stage)
     elif kind in ("train", "split_train", "secagg_advertise"):
-        out = dl.prepare(
-            plan.downlink_mode, plan.downlink, state.downlink, state.params, clients, rnd, plan.seed
-        )
+        if plan.per_client is not None:
+            each = plan.per_client(state.params, state.agg_state, clients)
+            out = dl.prepare_each(plan.downlink_mode, plan.downlink, state.downlink, each, rnd, plan.seed)
+        else:
+            out = dl.prepare(
+                plan.downlink_mode, plan.downlink, state.downlink, state.params, clients, rnd, plan.seed
+            )
         base = plan.train(rnd)
         dp = None if plan.dp is None else plan.dp.task(state.agg_state)
         cap = plan.work.cap if plan.work is not None else None
@@ -233,7 +239,7 @@ def make_tasks(
             return t if cap is None else cap(rnd, c, t, out.payloads[c].nbytes)
 
         configs = {
-            c: TrainTask(seed=plan.seed, model=plan.model, train=config(c), uplink=plan.uplink,
+            c: TrainTask(seed=plan.seed, model=plan.models.get(c, plan.model), train=config(c), uplink=plan.uplink,
                          downlink=out.configs[c], repeat=repeat.get(c, 0), dp=dp)
             for c in clients
         }
@@ -242,9 +248,14 @@ def make_tasks(
         if kind == "secagg_advertise":  # the same, plus how to put the update into the field
             configs = {c: plan.secagg.config(t) for c, t in configs.items()}
     else:  # evaluation sees the server's model exactly, and leaves clients' references alone
-        _, enc = make("identity").encode(None, state.params)
-        out = dl.Outgoing(state.downlink, {c: enc for c in clients}, {})
-        configs = {c: EvaluateTask(seed=plan.seed, model=plan.model, device=plan.train(rnd).device) for c in clients}
+        if plan.per_client is not None:
+            each = plan.per_client(state.params, state.agg_state, clients)
+            out = dl.prepare_each("full", "identity", state.downlink, each, rnd, plan.seed)
+        else:
+            _, enc = make("identity").encode(None, state.params)
+            out = dl.Outgoing(state.downlink, {c: enc for c in clients}, {})
+        configs = {c: EvaluateTask(seed=plan.seed, model=plan.models.get(c, plan.model),
+                                     device=plan.train(rnd).device) for c in clients}
     tasks = [
         Task(rnd, c, kind, out.payloads[c], configs[c], version=state.version,
              task_id=f"r{rnd}.{attempt}.{kind}.{c}" + (f".{repeat[c]}" if repeat.get(c) else ""))
@@ -472,7 +483,9 @@ def _evaluate(plan: Plan, link: Link, state: ServerState, rec: RoundRecord) -> d
     out: dict[str, float] = {}
     evaluate = plan.evaluate if plan.split is None else plan.split.evaluator(state.split)
     if evaluate is not None:
-        m = evaluate(state.params)
+        own = state.params if plan.per_client is None else (
+            plan.per_client(state.params, state.agg_state, [dl.SERVER])[dl.SERVER])
+        m = evaluate(own if plan.split is None else state.params)
         out |= {"test_loss": float(m["loss"]), "test_acc": float(m["accuracy"])}
         out |= {f"test_{k}": float(v) for k, v in m.items() if k not in ("loss", "accuracy")}
     if plan.federated_eval:

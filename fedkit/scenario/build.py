@@ -8,6 +8,7 @@ in-process simulation both (:func:`build`).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -31,6 +32,7 @@ from fedkit.models import (
     set_params,
 )
 from fedkit.models.checkpoint import CheckpointError
+from fedkit.peft.model import fold_base
 from fedkit.registry import resolve_import
 from fedkit.runtime.accept import Acceptance
 from fedkit.runtime.async_policy import is_async, make_async_policy
@@ -144,7 +146,7 @@ def _server_eval(s: Scenario, module: torch.nn.Module, ds: Dataset) -> Callable[
     custom = resolve_import(s.evaluation.fn, "evaluation function") if s.evaluation.fn else None
 
     def central_eval(params: Params) -> dict[str, float]:
-        set_params(module, params)
+        set_params(module, fold_base(module, params))  # FedEx / FLoRA: the base change folded in
         with keyed_torch(frng.seed_int(s.seed, "torch-central-eval")):
             if custom is not None:
                 module.eval()
@@ -239,15 +241,15 @@ def build_server(s: Scenario) -> tuple[Plan, Params]:
     per = s.clients.per_round
     secagg = _secagg_plan(s, init_params)
     policy, aggregator = _policy_and_aggregator(s, secagg)
-    if s.peft is not None and s.peft.method == "lora" and s.privacy.dp is None:  # fedkit/aggregation/lora.py
-        from fedkit.aggregation.lora import make_lora_aggregator
-
-        aggregator = make_lora_aggregator(
-            s.peft.aggregation, list(module.state_dict()), [a.shape for a in init_params],
-            alpha=s.peft.lora.alpha if s.peft.lora else None, server_opt=aggregator.server_opt,
-            seed=s.seed,
-        )
     dp = dp_plan(s, aggregator)
+    lora = None
+    if s.peft is not None and s.peft.method == "lora" and (dp is None or s.peft.aggregation != "fedit"):
+        from fedkit.scenario.lora import lora_engine  # with DP: DP-LoRA (fedkit/scenario/lora.py)
+
+        lora = lora_engine(s, list(module.state_dict()), init_params, model, aggregator.server_opt,
+                           client_names(s.clients.count), dp=None if dp is None else dp.aggregator)
+        aggregator = lora.aggregator
+        dp = None if dp is None else dataclasses.replace(dp, aggregator=aggregator)
     if dp is not None and dp.aggregator is not None:  # central DP: the noised mean replaces the reduce
         aggregator = dp.aggregator
     if name == "fltrust":
@@ -265,6 +267,7 @@ def build_server(s: Scenario) -> tuple[Plan, Params]:
             examples=read_examples(s.server.registered_examples) if s.server.registered_examples else None,
             max_staleness=s.server.max_staleness,
             codecs=uplink_families(s.compression),
+            **(lora.acceptance(init_params) if lora is not None else {}),
         ),
         max_skipped_rounds=s.server.max_skipped_rounds,
         policy=policy,
@@ -281,6 +284,8 @@ def build_server(s: Scenario) -> tuple[Plan, Params]:
         work=_partial_work(s, init_params),
         secagg=secagg,
         dp=dp,
+        per_client=None if lora is None else lora.per_client,
+        models={} if lora is None else lora.models,
     )
     return plan, init_params
 

@@ -5,7 +5,8 @@ devices:
   profiles:
     phone: {compute: {samples_per_s: 400, spread: 0.5}, up_mbps: 5, down_mbps: 20, latency_ms: 60,
             availability: {kind: markov, mean_on_s: 600, mean_off_s: 1800}, dropout: 0.05}
-    rpi4:  {compute: {samples_per_s: 150}, up_mbps: 20, down_mbps: 50, latency_ms: 10}
+    rpi4:  {compute: {samples_per_s: 150}, up_mbps: 20, down_mbps: 50, latency_ms: 10,
+            lora_rank: 4}           # peft.aggregation flexlora / flora: this class's LoRA rank
   assign: {phone: 0.7, rpi4: 0.3}     # fractions, or {file: devices.csv} (client,profile rows)
   trace: traces/availability.csv      # optional: client,start,end online windows
 ```
@@ -66,6 +67,7 @@ class Profile(Strict):
     latency_ms: float = Field(default=0.0, ge=0, description="one way, paid by every message")
     availability: Annotated[AlwaysOn | MarkovOnOff, Field(discriminator="kind")] = AlwaysOn()
     dropout: float = Field(default=0.0, ge=0, lt=1, description="extra per-task drop probability")
+    lora_rank: int | None = Field(default=None, ge=1, description="LoRA rank of this class (flexlora, flora)")
 
 
 class FromFile(Strict):

@@ -162,6 +162,8 @@ def model_spec(s: Scenario, shape: tuple[int, ...] | None = None, classes: int |
             spec["peft"]["frozen"] = [f"lora_{f}" for f in frozen]
         if variant.personal:  # fedsa: each client keeps its own B (fedkit/runtime/client.py)
             spec["peft"]["personal"] = [f"lora_{f}" for f in sorted(variant.personal)]
+        if variant.base:  # fedex, flora: the downlink's base change (fedkit.peft.model.fold_base)
+            spec["peft"]["base"] = "factors" if variant.name == "flora" else "dense"
     if "hf" in s.model:
         from fedkit.peft.hf import folder_sha256
 
@@ -193,15 +195,6 @@ def _dataset_shape(s: Scenario) -> tuple[tuple[int, ...], int] | None:
     return ds.input_shape, ds.num_classes
 
 
-def _engine_lacks(aggregation: str) -> str:
-    """What a LoRA variant needs of clients that the engine does not do yet ('' for none)."""
-    from fedkit.aggregation.lora import LORA_AGGREGATIONS
-
-    v = LORA_AGGREGATIONS[aggregation]
-    return " and ".join(w for flag, w in ((v.base, "the residual folded into each client's frozen base"),
-                                            (v.ranks, "per-client ranks and downlinks")) if flag)
-
-
 def check_peft(s: Scenario) -> None:
     """What the PEFT section needs from the rest of the scenario, and targets that exist
     (the model is built to list its modules; skipped where the data cannot be read here)."""
@@ -216,13 +209,10 @@ def check_peft(s: Scenario) -> None:
                          f"frozen body on the server), not {s.split.scheme}; use split.scheme: sfprompt or remove split:")
     if s.execution.kind == "stacked":
         raise ValueError("peft: execution kind stacked is not supported for fine-tuning yet; use sequential or pool")
-    if s.peft is not None and (needs := _engine_lacks(s.peft.aggregation)):
-        raise ValueError(f"peft.aggregation {s.peft.aggregation!r} is not run by the round engine yet "
-                         f"(it needs {needs}); use one of fedit, ffa, fedsa, fedsvd, or call "
-                         "fedkit.aggregation.lora directly")
+    if s.peft is not None and s.peft.method == "lora":
+        _check_lora_engine(s)
     if s.peft is not None and s.peft.aggregation != "fedit" and s.privacy.dp is not None:
-        raise ValueError(f"peft.aggregation {s.peft.aggregation!r} with privacy.dp is not wired yet; "
-                         "use aggregation: fedit (DP-FedAvg of the adapters)")
+        _check_lora_dp(s)
     if s.peft is not None and s.peft.aggregation != "fedit" and s.strategy["name"] != "fedavg":
         raise ValueError(f"peft.aggregation {s.peft.aggregation!r} brings its own aggregation; "
                          f"drop strategy {s.strategy['name']!r} (or use aggregation: fedit)")
@@ -236,3 +226,42 @@ def check_peft(s: Scenario) -> None:
     from fedkit.peft.model import build
 
     build(shape, classes, dict(s.model), None if s.peft is None else s.peft.model_dump(exclude={"aggregation"}), s.seed)
+
+
+def _check_lora_engine(s: Scenario) -> None:
+    """What a LoRA variant's per-client downlink (fedkit/scenario/lora.py) needs of the rest."""
+    from fedkit.aggregation.lora import LORA_AGGREGATIONS
+
+    assert s.peft is not None and s.peft.lora is not None
+    v = LORA_AGGREGATIONS[s.peft.aggregation]
+    if (v.base or v.ranks) and s.compression.downlink_mode != "full":
+        raise ValueError(f"peft.aggregation {v.name!r} sends each client its own downlink (rank, base change); "
+                         "use compression.downlink_mode full")
+    ranks = {n: p.lora_rank for n, p in (s.devices.profiles if s.devices else {}).items() if p.lora_rank}
+    if ranks and not v.ranks:
+        raise ValueError(f"devices: profiles give LoRA ranks ({', '.join(ranks)}), but peft.aggregation {v.name!r} "
+                         "needs one rank for all clients; use flexlora or flora, or drop lora_rank")
+    over = {n: r for n, r in ranks.items() if r > s.peft.lora.r}
+    if over:
+        raise ValueError(f"devices: lora_rank {over} above peft.lora.r={s.peft.lora.r} "
+                         "(the global adapter's rank must be the largest)")
+
+
+def _check_lora_dp(s: Scenario) -> None:
+    """DP-LoRA (central DP-FedAvg on the tensors clients send) holds where the server step is
+    post-processing of the noised mean: ffa (A frozen and public), fedsvd (re-factorised after
+    the mean), fedsa (A averaged; B never leaves the client)."""
+    from fedkit.aggregation.lora import LORA_AGGREGATIONS
+
+    assert s.peft is not None and s.privacy.dp is not None
+    v, dp = LORA_AGGREGATIONS[s.peft.aggregation], s.privacy.dp
+    if v.opt == "exact":
+        raise ValueError(f"peft.aggregation {v.name!r} with privacy.dp: its server step is not a mean of clipped "
+                         "updates (it combines each client's own factors: products, stacks), so DP-FedAvg's "
+                         "sensitivity does not bound what it releases; use fedit, ffa, fedsa or fedsvd")
+    if dp.mode != "central":
+        raise ValueError(f"peft.aggregation {v.name!r} with privacy.dp mode {dp.mode}: local noise reaches the "
+                         "factors the variant keeps frozen; use mode central (or aggregation fedit)")
+    if dp.adaptive is not None:
+        raise ValueError(f"peft.aggregation {v.name!r} with privacy.dp.adaptive: DP-LoRA clips at a fixed norm; "
+                         "drop adaptive (or use aggregation fedit)")

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 from fedkit.runtime.link import ClientFn
 from fedkit.sim.clock import EventQueue
@@ -105,6 +105,10 @@ class InProcessLink:
         self._clock: EventQueue[str] = EventQueue(start_s)  # a resumed run continues its clock
         self._present = present
         self._open: dict[str, tuple[Task, Reply | None]] = {}
+
+    def client_states(self) -> dict[ClientId, Any]:
+        """The simulated clients' current states (their hosts'), for checkpointing what they keep."""
+        return {c: fn.state for c, fn in self._fns.items() if hasattr(fn, "state")}
 
     def clients(self) -> Sequence[ClientId]:
         if self._online is None:

@@ -164,9 +164,3 @@ def test_fedsa_keeps_b_on_each_client_and_evaluates_personalised(tmp_path: Any) 
     # clients evaluate the global A with their own B (under fedit both figures are the same model's)
     assert any(r["fed_acc"] != r["test_acc"] for r in rows)
     assert rows[-1]["fed_acc"] > rows[0]["fed_acc"] + 0.1  # and their B keeps training round to round
-
-
-@pytest.mark.parametrize("name", ["fedex", "flora", "flexlora"])
-def test_variants_the_engine_cannot_run_yet_are_refused(name: str) -> None:
-    with pytest.raises(ScenarioError, match=f"{name}.*not run by the round engine yet"):
-        validate(raw(peft={**raw()["peft"], "aggregation": name}))
