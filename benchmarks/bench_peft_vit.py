@@ -230,9 +230,8 @@ def findings(done: dict[str, dict[str, Any]]) -> list[str]:
     same = [k.removeprefix("LoRA, ") for k in ("LoRA, ffa", "LoRA, fedsvd", "LoRA, fedsa")
             if fedit is not None and k in done and abs(done[k]["wire"] - fedit["wire"]) < 0.01 * fedit["wire"]]
     if same:
-        out.append(f"{', '.join(same)} put as many bytes on the wire as fedit: the engine sends the factor a client "
-                   "neither trains nor shares (ffa/fedsvd: A; fedsa: B) both ways, as a zero delta up, so the "
-                   "papers' uplink saving is not realised yet.")
+        out.append(f"{', '.join(same)} put as many bytes on the wire as fedit: the factor a client neither "
+                   "trains nor shares (ffa/fedsvd: A; fedsa: B) travels as much as the others.")
     if (fedsa := done.get("LoRA, fedsa")) is not None and fedsa["personal"] is not None:
         out.append(f"FedSA-LoRA's global model (shared A, the initial B = 0, averaged head) scores "
                    f"{fedsa['acc']:.3f}; with each client's own B, {fedsa['personal']:.3f} on the clients' test slices "

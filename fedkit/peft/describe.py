@@ -26,8 +26,8 @@ def summary(module: Trainable, aggregation: str | None = None) -> dict[str, Any]
     """Trainable vs total parameters and dense float32 bytes per client per round (the payload
     under the identity codec, uplink and downlink alike; a codec shrinks both the same way),
     against full fine-tuning of the same model. ``aggregation``: a LoRA variant; where it needs
-    less uplink (a frozen or personal factor travels as a zero delta) or sends a downlink of
-    another size, its own lines say so."""
+    less uplink (a frozen or personal factor is never uploaded: fedkit.peft.model.unsent) or
+    sends a downlink of another size, its own lines say so."""
     trainable = module.trainable_params
     per_round = sum(p.numel() * p.element_size() for p in module.parameters())
     full = 4 * module.total_params

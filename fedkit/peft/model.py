@@ -361,6 +361,17 @@ def fold_base(module: nn.Module, params: Params) -> Params:
     return params[:n]
 
 
+def unsent(names: Sequence[str], spec: Mapping[str, Any]) -> list[int]:
+    """Positions of the Params a client never uploads: factors frozen on every client (ffa,
+    fedsvd: lora_A; the server knows their delta is zero) and factors each client keeps
+    (fedsa: lora_B). The client leaves them out of its update and the server's acceptance
+    puts zeros back (fedkit/runtime/accept.py), so the uplink carries only what trains and is
+    shared, as in the papers. ``names``: the model's state-dict names; ``spec``: its model spec."""
+    peft = spec.get("peft") or {}
+    parts = [*(peft.get("frozen") or ()), *(peft.get("personal") or ())]
+    return named_by(names, parts) if parts else []
+
+
 def base_mismatch(server: str, local: str) -> str:
     return (f"base model differs from the server's: server base sha256 {server}, this device's {local} "
             "(fine-tuning needs the same pre-trained weights on every device)")

@@ -40,7 +40,9 @@ class Acceptance:
     encoded with, from the scenario's uplink (None: any codec the registry knows).
     ``layouts``: clients whose update has another layout than ``layout`` (a LoRA client of
     another rank); ``check(client, delta)``: the aggregator's own refusals (a ValueError: a
-    frozen LoRA factor that changed), after the layout's.
+    frozen LoRA factor that changed), after the layout's. ``unsent``: positions of the layout an
+    update leaves out (:func:`fedkit.peft.model.unsent`: factors no client uploads); the update
+    is decoded against the rest and gets zero deltas there.
     """
 
     layout: tuple[tuple[tuple[int, ...], np.dtype], ...]
@@ -52,6 +54,7 @@ class Acceptance:
     codecs: frozenset[tuple[str, ...]] | None = None
     layouts: Mapping[str, tuple[tuple[tuple[int, ...], np.dtype], ...]] | None = None
     check: Callable[[str, Params], None] | None = None
+    unsent: tuple[int, ...] = ()
 
     @classmethod
     def for_params(cls, params: Params, **kw: Any) -> Acceptance:
@@ -113,7 +116,8 @@ def _train(rule: Acceptance, task: Task, reply: Reply) -> Update:
         raise Rejected(f"num_examples must be positive, got {reply.num_examples}")
     _examples(rule, reply)
     _codec(rule, reply.update.codec)
-    layout = rule.layout if rule.layouts is None else rule.layouts.get(reply.client, rule.layout)
+    full = rule.layout if rule.layouts is None else rule.layouts.get(reply.client, rule.layout)
+    layout = tuple(x for i, x in enumerate(full) if i not in rule.unsent)
     try:
         delta = decode(reply.update, like=list(layout))  # allocation bounded by the model
     except DecodeError as e:
@@ -127,6 +131,9 @@ def _train(rule: Acceptance, task: Task, reply: Reply) -> Update:
             raise Rejected(f"tensor {i}: dtype {d.dtype}, expected {dtype}")
         if not np.isfinite(d).all():
             raise Rejected(f"tensor {i}: contains NaN or Inf")
+    if rule.unsent:
+        sent = iter(delta)
+        delta = [np.zeros(shape, dtype) if i in rule.unsent else next(sent) for i, (shape, dtype) in enumerate(full)]
     if rule.max_norm_ratio is not None:
         norm, limit = l2_norm(delta), rule.max_norm_ratio * rule.ref_norm
         if norm > limit:

@@ -37,7 +37,7 @@ from fedkit.compression import make
 from fedkit.models import LocalData, build_model, evaluate, get_params, keyed_torch, set_params
 from fedkit.models.params import named_by
 from fedkit.models.train import TrainConfig, TrainFn, sgd_train
-from fedkit.peft.model import fold_base
+from fedkit.peft.model import fold_base, unsent
 from fedkit.registry import resolve_import
 from fedkit.runtime import secagg
 from fedkit.runtime import task as tasks
@@ -185,7 +185,8 @@ def _with_personal(params: Params, state: ClientState, keep: Sequence[int]) -> P
 
 def handle_train(state: ClientState, task: Task, ctx: Context) -> tuple[ClientState, Reply]:
     """Local training from the sent model; the reply carries the raw delta (local - global).
-    Tensors the client keeps (FedSA's B) train from its own copy and travel as a zero delta."""
+    Tensors the client keeps (FedSA's B) train from its own copy; they and the factors frozen
+    on every client (FFA's A) are left out of the update (fedkit.peft.model.unsent)."""
     t0 = time.perf_counter()
     state, params = _receive(state, task, ctx)
     cfg: tasks.TrainTask = ctx.config
@@ -197,7 +198,8 @@ def handle_train(state: ClientState, task: Task, ctx: Context) -> tuple[ClientSt
         fn = ctx.train or train_fn(cfg.train)
         metrics = dict(fn(module, state.train, cfg.train, ctx.rng("train")))
     local = get_params(module)
-    delta = [np.zeros_like(p) if i in keep else n - p for i, (n, p) in enumerate(zip(local, params, strict=True))]
+    skip = unsent(list(module.state_dict()), cfg.model.spec)  # frozen / kept factors: no upload
+    delta = [n - p for i, (n, p) in enumerate(zip(local, params, strict=True)) if i not in skip]
     if keep:
         state = dataclasses.replace(state, personal={i: local[i] for i in keep})
     metrics["compute_s"] = time.perf_counter() - t0

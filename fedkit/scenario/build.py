@@ -32,7 +32,7 @@ from fedkit.models import (
     set_params,
 )
 from fedkit.models.checkpoint import CheckpointError
-from fedkit.peft.model import fold_base
+from fedkit.peft.model import fold_base, unsent
 from fedkit.registry import resolve_import
 from fedkit.runtime.accept import Acceptance
 from fedkit.runtime.async_policy import is_async, make_async_policy
@@ -268,6 +268,7 @@ def build_server(s: Scenario) -> tuple[Plan, Params]:
             max_staleness=s.server.max_staleness,
             codecs=uplink_families(s.compression),
             **(lora.acceptance(init_params) if lora is not None else {}),
+            unsent=tuple(unsent(list(module.state_dict()), model.spec)),
         ),
         max_skipped_rounds=s.server.max_skipped_rounds,
         policy=policy,

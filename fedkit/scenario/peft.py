@@ -213,6 +213,9 @@ def check_peft(s: Scenario) -> None:
         _check_lora_engine(s)
     if s.peft is not None and s.peft.aggregation != "fedit" and s.privacy.dp is not None:
         _check_lora_dp(s)
+    if s.peft is not None and s.peft.aggregation != "fedit" and s.privacy.secagg is not None:
+        raise ValueError(f"peft.aggregation {s.peft.aggregation!r} with privacy.secagg is not supported: secure "
+                         "aggregation releases only the sum of full updates; use aggregation: fedit")
     if s.peft is not None and s.peft.aggregation != "fedit" and s.strategy["name"] != "fedavg":
         raise ValueError(f"peft.aggregation {s.peft.aggregation!r} brings its own aggregation; "
                          f"drop strategy {s.strategy['name']!r} (or use aggregation: fedit)")

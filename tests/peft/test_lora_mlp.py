@@ -130,6 +130,19 @@ def test_evaluation_forward_in_chunks_gives_the_same_outputs() -> None:
     torch.testing.assert_close(chunked, whole)
 
 
+@pytest.mark.parametrize(("aggregation", "sent"), [("ffa", [1, 2, 3]), ("fedsvd", [1, 2, 3]), ("fedsa", [0, 2, 3])])
+def test_uplink_carries_only_the_factors_a_variant_shares(tmp_path: Any, aggregation: str, sent: list[int]) -> None:
+    """FFA/FedSVD's frozen A and FedSA's personal B never travel up (their delta is known to
+    be zero): the uplink is the papers' one factor + head, not a zero-padded copy of fedit's."""
+    s = validate(raw(peft={**raw()["peft"], "aggregation": aggregation}))
+    exp = build(s)
+    up = [exp.init_params[i] for i in sent]
+    frame = 4 + 2 + len("identity") + packed_nbytes(up)
+    run_scenario(s, tmp_path / "run")
+    for row in read_metrics(tmp_path / "run"):
+        assert row["bytes_up"] == 3 * frame < 3 * (4 + 2 + len("identity") + packed_nbytes(exp.init_params))
+
+
 def test_ffa_keeps_a_at_its_shared_initialisation_through_the_engine(tmp_path: Any) -> None:
     s = validate(raw(peft={**raw()["peft"], "aggregation": "ffa"}))
     exp = build(s)
