@@ -77,9 +77,17 @@ NOT_SPLIT = ("bytes_down", "bytes_up", "bytes_model_down", "bytes_model_up")  # 
 
 def _lora(aggregation: str) -> Callable[[Raw], Raw]:
     def make(raw: Raw) -> Raw:
-        return raw | {"peft": {"method": "lora", "lora": {"r": RANK, "alpha": ALPHA, "targets": TARGETS},
-                               "train_also": HEAD, "aggregation": aggregation}}
+        out = raw | {"peft": {"method": "lora", "lora": {"r": RANK, "alpha": ALPHA, "targets": TARGETS},
+                              "train_also": HEAD, "aggregation": aggregation}}
+        if aggregation == "flexlora":  # heterogeneous ranks: half the clients get half the rank
+            out["devices"] = FLEX_DEVICES
+        return out
     return make
+
+
+_SAME = {"compute": {"samples_per_s": 200}, "up_mbps": 10, "down_mbps": 10}
+FLEX_DEVICES = {"profiles": {"small": _SAME | {"lora_rank": RANK // 2}, "big": _SAME | {"lora_rank": RANK}},
+                "assign": {"small": 0.5, "big": 0.5}}
 
 
 def _prompt(raw: Raw) -> Raw:
@@ -284,8 +292,10 @@ def main() -> int:
         f"Pre-trained centrally on digits 0-4 (`scenarios/pretrain_vit_digits.yaml`): source test accuracy "
         f"{pm['before']['accuracy']:.3f} -> {pm['after']['accuracy']:.3f}. Fine-tuned on digits 5-9 "
         f"(`scenarios/finetune_vit_digits.yaml`): 10 clients, Dirichlet 0.5, {args.rounds} rounds, every client "
-        "every round, 1 local epoch of batch 16, Adam. LoRA: peft, r=4, alpha=8 on "
-        f"`{', '.join(TARGETS)}` of both blocks; every partial method also trains `head` in full.",
+        f"every round, 1 local epoch of batch 16, Adam. LoRA: peft, r={RANK}, alpha={ALPHA} on "
+        f"`{', '.join(TARGETS)}` of both blocks (FlexLoRA: half the clients at rank {RANK // 2} by a `devices:` "
+        "profile's `lora_rank`); every partial method also trains `head` in full. SFPrompt: "
+        f"`{sfprompt({'model': {}})['split']}`; its bytes include the split channel.",
         "",
         f"Accuracy: global model on the digits 5-9 test set after the last round, seeds {' / '.join(map(str, seeds))}; "
         "personalised (FedSA-LoRA: each client's own B with the global A and head, on its slice of the test set, "
