@@ -12,7 +12,7 @@ epochs for all:
 * LoRA (peft, r=4, alpha=8) on every Linear of both blocks (``attn.{query,key,value,out}``,
   ``mlp.{fc1,fc2}``) plus the classifier ``head`` in full, with each ``peft.aggregation``
   (fedit, ffa, fedsa, fedex, flora, flexlora, fedsvd); FedSA-LoRA also reports personalised
-  accuracy (each client's own B, federated evaluation on its slice of the test set);
+  accuracy (each client's own B, federated evaluation on its slice of the test set, matched to its label mix);
 * prompt tuning (VPT shallow: 8 tokens at the input) + head; bias tuning (BitFit) + head;
 * SFPrompt (split + prompts; :func:`sfprompt`, the one place its scenario form lives).
 
@@ -146,7 +146,7 @@ def scenario(m: Method, ckpt: Path, rounds: int, seed: int, lr: float) -> Scenar
     raw = load(FT, [f"model.checkpoint={ckpt}", f"rounds={rounds}", f"seed={seed}", f"train.lr={lr}"]).model_dump(mode="json")
     raw = m.make(raw)
     if m.personal:  # FedSA-LoRA: each client's own B on its slice of the test set, after the last round
-        raw["evaluation"] = raw.get("evaluation", {}) | {"federated": True, "every": rounds}
+        raw["evaluation"] = raw.get("evaluation", {}) | {"federated": True, "federated_test": "matched", "every": rounds}
     try:
         return validate(raw)
     except ScenarioError as e:
@@ -243,7 +243,7 @@ def findings(done: dict[str, dict[str, Any]]) -> list[str]:
     if (fedsa := done.get("LoRA, fedsa")) is not None and fedsa["personal"] is not None:
         out.append(f"FedSA-LoRA's global model (shared A, the initial B = 0, averaged head) scores "
                    f"{fedsa['acc']:.3f}; with each client's own B, {fedsa['personal']:.3f} on the clients' test slices "
-                   "(drawn from the global test set, not from each client's skewed labels).")
+                   "(the test set dealt out by each client's label mix: `evaluation.federated_test: matched`).")
     return out
 
 
@@ -298,7 +298,7 @@ def main() -> int:
         f"`{sfprompt({'model': {}})['split']}`; its bytes include the split channel.",
         "",
         f"Accuracy: global model on the digits 5-9 test set after the last round, seeds {' / '.join(map(str, seeds))}; "
-        "personalised (FedSA-LoRA: each client's own B with the global A and head, on its slice of the test set, "
+        "personalised (FedSA-LoRA: each client's own B with the global A and head, on its slice of the test set dealt out by its own label mix, "
         "weighted by examples). Bytes: training traffic of seed 0 over the run, up + down, all clients "
         "(wire: the framed messages; payload: the tensors' encoded bytes). Client forward FLOPs per sample: "
         "`torch.utils.flop_counter` on the module a client runs (LoRA's adapters included; SFPrompt: its head + "

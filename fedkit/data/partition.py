@@ -98,6 +98,26 @@ def _split_sizes(order: np.ndarray, sizes: np.ndarray) -> list[np.ndarray]:
     return [np.sort(p) for p in np.split(order, np.cumsum(sizes)[:-1])]
 
 
+def matched_test(y_train: np.ndarray, parts: list[np.ndarray], y_test: np.ndarray,
+                 rng: np.random.Generator) -> list[np.ndarray]:
+    """Each client's slice of the test set with its own label mix, for personalised evaluation
+    (FedSA-LoRA's personal B is judged on data like the client's, not on a uniform slice): each
+    class's test samples are dealt out in proportion to the clients' counts of that class in
+    training (a class no client trains on: evenly). The slices still cover the test set once,
+    so the example-weighted federated accuracy of one global model is its test accuracy."""
+    y_train, y_test = np.asarray(y_train), np.asarray(y_test)
+    if y_train.ndim != 1 or y_test.ndim != 1 or not np.issubdtype(y_test.dtype, np.integer):
+        raise ValueError("evaluation.federated_test: matched needs class labels (one integer per sample)")
+    classes = int(max(y_train.max(initial=0), y_test.max(initial=0))) + 1
+    counts = np.stack([np.bincount(y_train[p], minlength=classes) for p in parts])
+    out: list[list[np.ndarray]] = [[] for _ in parts]
+    for k in range(classes):
+        idx = rng.permutation(np.flatnonzero(y_test == k))
+        for c, piece in enumerate(np.split(idx, np.cumsum(_largest_remainder(counts[:, k], len(idx)))[:-1])):
+            out[c].append(piece)
+    return [np.sort(np.concatenate(o)) for o in out]
+
+
 # ----------------------------------------------------------------------------- partitioners
 
 

@@ -22,6 +22,7 @@ from fedkit.aggregation import client_config, make_aggregator
 from fedkit.attacks import flip_labels
 from fedkit.compression import family
 from fedkit.data import Dataset, load_dataset, partition
+from fedkit.data.partition import matched_test
 from fedkit.models import (
     LocalData,
     TrainConfig,
@@ -84,12 +85,18 @@ def _dataset(s: Scenario) -> Dataset:
 
 
 def build_clients(s: Scenario) -> dict[ClientId, ClientState]:
-    """Each client's training samples; with federated evaluation also a seeded random slice of
-    the held-out test set, so federated and centralized accuracy estimate the same quantity."""
+    """Each client's training samples; with federated evaluation also a seeded slice of the
+    held-out test set: random (federated and centralized accuracy estimate the same quantity) or,
+    ``federated_test: matched``, with the client's own label mix (personalised accuracy)."""
     ds, parts = load_data(s)
     names = client_names(len(parts))
     test_parts: list[np.ndarray | None] = [None] * len(parts)
-    if s.evaluation.federated:
+    if s.evaluation.federated and s.evaluation.federated_test == "matched":
+        try:
+            test_parts = list(matched_test(ds.y_train, parts, ds.y_test, frng.rng(s.seed, "fed-test")))
+        except ValueError as e:
+            raise DataError(str(e)) from None
+    elif s.evaluation.federated:
         order = frng.rng(s.seed, "fed-test").permutation(len(ds.y_test))
         test_parts = list(np.array_split(order, len(parts)))
     flipped = label_flipped(s)  # data poisoning (attacks: label_flip)

@@ -228,6 +228,9 @@ class Evaluation(Strict):
 
     centralized: bool = True
     federated: bool = False
+    federated_test: Literal["uniform", "matched"] = Field(
+        default="uniform", description="clients' test slices: uniform random, or matched to each one's label mix"
+    )
     every: int = Field(default=1, ge=1)
     fn: str | None = None
     metrics_fn: str | None = None

@@ -141,3 +141,17 @@ def test_cover_check_catches_a_broken_partitioner(monkeypatch: pytest.MonkeyPatc
         partition("short", _labels(10), 1, 0)
     with pytest.raises(RuntimeError, match="twice"):
         partition("double", _labels(5), 2, 0)
+
+
+def test_matched_test_slices_follow_each_clients_label_mix_and_cover_the_test_set() -> None:
+    from fedkit.data.partition import matched_test
+
+    y_train = np.array([0] * 30 + [1] * 10 + [2] * 0)
+    parts = [np.arange(0, 30), np.arange(30, 40)]  # client 0 holds only 0s, client 1 only 1s
+    y_test = np.array([0] * 6 + [1] * 4 + [2] * 2)
+    out = matched_test(y_train, parts, y_test, np.random.default_rng(0))
+    assert sorted(y_test[out[0]].tolist()) == [0] * 6 + [2]  # its own class, and half of the class nobody has
+    assert sorted(y_test[out[1]].tolist()) == [1] * 4 + [2]
+    assert np.array_equal(np.sort(np.concatenate(out)), np.arange(len(y_test)))  # each test sample once
+    with pytest.raises(ValueError, match="matched needs class labels"):
+        matched_test(y_train, parts, np.zeros((12, 3), np.int64), np.random.default_rng(0))

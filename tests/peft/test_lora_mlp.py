@@ -177,3 +177,24 @@ def test_fedsa_keeps_b_on_each_client_and_evaluates_personalised(tmp_path: Any) 
     # clients evaluate the global A with their own B (under fedit both figures are the same model's)
     assert any(r["fed_acc"] != r["test_acc"] for r in rows)
     assert rows[-1]["fed_acc"] > rows[0]["fed_acc"] + 0.1  # and their B keeps training round to round
+
+
+def _fed(tmp_path: Any, aggregation: str, test: str) -> list[dict[str, Any]]:
+    s = validate(raw(rounds=3, train={"steps": 30, "batch_size": 16, "lr": 0.1},
+                     peft={**raw()["peft"], "aggregation": aggregation},
+                     evaluation={"centralized": True, "federated": True, "federated_test": test},
+                     data={"dataset": {"name": "digits"}, "partition": {"name": "dirichlet", "alpha": 0.3}}))
+    run_scenario(s, tmp_path / f"{aggregation}-{test}")
+    return read_metrics(tmp_path / f"{aggregation}-{test}")
+
+
+def test_fedsa_personalised_accuracy_on_test_slices_matched_to_each_client(tmp_path: Any) -> None:
+    """A client's own B is judged on data like its own (federated_test: matched): far above the
+    uniform slices, where a B fitted to a skewed label mix meets every class."""
+    uniform, matched = (_fed(tmp_path, "fedsa", t)[-1]["fed_acc"] for t in ("uniform", "matched"))
+    assert matched > uniform + 0.15
+
+
+def test_matched_slices_cover_the_test_set_so_one_global_model_scores_its_test_accuracy(tmp_path: Any) -> None:
+    for row in _fed(tmp_path, "fedit", "matched"):
+        assert row["fed_acc"] == pytest.approx(row["test_acc"], abs=1e-9)
