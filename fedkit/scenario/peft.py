@@ -217,8 +217,7 @@ def check_peft(s: Scenario) -> None:
         raise ValueError(f"peft.aggregation {s.peft.aggregation!r} with privacy.secagg is not supported: secure "
                          "aggregation releases only the sum of full updates; use aggregation: fedit")
     if s.peft is not None and s.peft.aggregation != "fedit" and s.strategy["name"] != "fedavg":
-        raise ValueError(f"peft.aggregation {s.peft.aggregation!r} brings its own aggregation; "
-                         f"drop strategy {s.strategy['name']!r} (or use aggregation: fedit)")
+        _check_lora_strategy(s)
     shaped = _dataset_shape(s)
     if shaped is None or not Path(s.model.get("checkpoint", ".")).exists():
         return  # unreadable data, a checkpoint not written yet: data problems (check_data) of a run
@@ -268,3 +267,24 @@ def _check_lora_dp(s: Scenario) -> None:
     if dp.adaptive is not None:
         raise ValueError(f"peft.aggregation {v.name!r} with privacy.dp.adaptive: DP-LoRA clips at a fixed norm; "
                          "drop adaptive (or use aggregation fedit)")
+
+
+def _check_lora_strategy(s: Scenario) -> None:
+    """A LoRA variant replaces the strategy's reduce (its own combination of the factors) and
+    keeps the strategy's server step where its maths allows (FedProx: the client's proximal term
+    and server SGD; FedOpt: fedit, ffa, fedsa; server SGD at lr 1 for the exact averages)."""
+    from fedkit.aggregation import ASYNC_STRATEGIES, make_aggregator
+    from fedkit.aggregation.base import Aggregator
+    from fedkit.aggregation.lora import check_server_opt, lora_variant
+    from fedkit.aggregation.reduce import weighted_mean
+
+    assert s.peft is not None
+    agg, name = s.peft.aggregation, str(s.strategy["name"])
+    strategy = None
+    if ":" not in name and name not in ASYNC_STRATEGIES:  # the schema has checked the name and its parameters
+        strategy = make_aggregator(name, **{k: v for k, v in s.strategy.items() if k != "name"})
+    if not isinstance(strategy, Aggregator) or strategy.reduce is not weighted_mean:
+        raise ValueError(f"peft.aggregation {agg!r} combines the factors itself, so it composes with a strategy "
+                         f"whose reduce is the weighted mean (fedavg, fedprox, fedavgm, fedadam, fedyogi, fedadagrad), "
+                         f"not {s.strategy['name']!r}; use aggregation: fedit for a robust strategy")
+    check_server_opt(lora_variant(agg), strategy.server_opt)

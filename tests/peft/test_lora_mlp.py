@@ -198,3 +198,31 @@ def test_fedsa_personalised_accuracy_on_test_slices_matched_to_each_client(tmp_p
 def test_matched_slices_cover_the_test_set_so_one_global_model_scores_its_test_accuracy(tmp_path: Any) -> None:
     for row in _fed(tmp_path, "fedit", "matched"):
         assert row["fed_acc"] == pytest.approx(row["test_acc"], abs=1e-9)
+
+
+@pytest.mark.parametrize(("aggregation", "strategy"), [("ffa", {"name": "fedadam", "lr": 0.01}),
+                                                        ("fedsa", {"name": "fedprox", "mu": 0.1}),
+                                                        ("fedex", {"name": "fedprox", "mu": 0.1})])
+def test_lora_variants_compose_with_fedprox_and_fedopt_server_steps(tmp_path: Any, aggregation: str,
+                                                                    strategy: dict[str, Any]) -> None:
+    s = validate(raw(peft={**raw()["peft"], "aggregation": aggregation}, strategy=strategy))
+    exp = build(s)
+    summary = run_scenario(s, tmp_path / "run")
+    plain = run_scenario(validate(raw(peft={**raw()["peft"], "aggregation": aggregation})), tmp_path / "plain")
+    assert summary["params_sha256"] != plain["params_sha256"]  # the server step / proximal term acted
+    final = RunDir(tmp_path / "run", resume=True).read_checkpoint()
+    assert final is not None and all(np.isfinite(a).all() for a in final.params)
+    if aggregation == "ffa":  # FedAdam moves B (and the head); A's delta is zero, so A never moves
+        assert np.array_equal(final.params[0], exp.init_params[0])
+        assert not np.array_equal(final.params[1], exp.init_params[1])
+
+
+@pytest.mark.parametrize(("aggregation", "strategy", "text"), [
+    ("fedex", {"name": "fedadam"}, "composes with server SGD only"),
+    ("ffa", {"name": "krum"}, "reduce is the weighted mean"),
+    ("fedsvd", {"name": "fedbuff"}, "reduce is the weighted mean"),
+])
+def test_lora_variants_refuse_strategies_their_maths_does_not_allow(aggregation: str, strategy: dict[str, Any],
+                                                                   text: str) -> None:
+    with pytest.raises(ScenarioError, match=text):
+        validate(raw(peft={**raw()["peft"], "aggregation": aggregation}, strategy=strategy))
