@@ -168,8 +168,8 @@ def summary(rows: dict[str, dict[str, Any]], rounds: int, per_round: int, steps:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--rounds", type=int, default=8)
-    p.add_argument("--per-round", type=int, default=3, help="clients sampled per round (of 10)")
+    p.add_argument("--rounds", type=int, default=16)
+    p.add_argument("--per-round", type=int, default=5, help="clients sampled per round (of 10)")
     p.add_argument("--steps", type=int, default=5, help="local Adam steps per client per round")
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--workers", type=int, default=2, help="runs at a time (each on 1 torch thread)")
