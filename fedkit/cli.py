@@ -87,10 +87,21 @@ def cmd_run(args: argparse.Namespace) -> int:
         f"{scenario.name}: final accuracy {acc if acc is None else f'{acc:.4f}'}, "
         f"best {summary['best_accuracy'] and round(summary['best_accuracy'], 4)}, "
         f"{_fmt_bytes(summary['total_bytes_up'])} up, {_fmt_bytes(summary['total_bytes_down'])} down"
-        f"{_on_the_wire(summary)}, {summary['total_wall_s']:.2f} s  -> {run_dir}",
+        f"{_on_the_wire(summary)}{_split_channel(summary)}, {summary['total_wall_s']:.2f} s  -> {run_dir}",
         soft_wrap=True,
     )
     return 0
+
+
+def _split_channel(summary: dict[str, Any]) -> str:
+    """ ", split channel U up, D down": split learning's activations, gradients and labels, which
+    the model bytes before it leave out (an SL run's largest traffic)."""
+    kinds = ("activations", "gradients", "labels")
+    up = sum(summary.get(f"total_bytes_{k}_up", 0) for k in kinds)
+    down = sum(summary.get(f"total_bytes_{k}_down", 0) for k in kinds)
+    if not up and not down:
+        return ""
+    return f", split channel {_fmt_bytes(up)} up, {_fmt_bytes(down)} down"
 
 
 def _on_the_wire(summary: dict[str, Any]) -> str:

@@ -165,3 +165,15 @@ def test_describe_and_compare_show_the_devices_and_simulated_time(
     summary = json.loads((tmp_path / "a" / "summary.json").read_text())
     assert summary["sim_time_s"] > 0 and summary["rounds_to_target"] == 1
     assert "sim s" in out and f"{summary['sim_time_s']:.1f}" in out
+
+
+def test_run_line_of_a_split_scenario_reports_its_split_channel(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """The smashed data and gradients are a split run's largest traffic: the final line says so
+    beside the model bytes (summary.json has them as total_bytes_activations_* / gradients_*)."""
+    split = {"scheme": "vanilla", "cut": "2"}
+    s = _write(tmp_path, tiny_raw(model={"name": "cnn"}, split=split, rounds=1))
+    assert main(["run", s, "--out", str(tmp_path / "run")]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if "final accuracy" in x)
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["total_bytes_activations_up"] > summary["total_bytes_up"]
+    assert ", split channel " in line and line.index("on the wire") < line.index("split channel")
