@@ -183,6 +183,17 @@ def _with_personal(params: Params, state: ClientState, keep: Sequence[int]) -> P
     return [state.personal[i] if i in keep and i in state.personal else a for i, a in enumerate(params)]
 
 
+def _load(module: torch.nn.Module, params: Params, state: ClientState, spec: Mapping[str, Any]
+          ) -> tuple[Params, list[int]]:
+    """The sent params into ``module``: the base change folded into the frozen weights (FedEx,
+    FLoRA), this client's own tensors (FedSA's B) in place. Returns the params as sent (without
+    the base change) and the positions the client keeps."""
+    params = fold_base(module, params)
+    keep = _personal(module, spec)
+    set_params(module, _with_personal(params, state, keep))
+    return params, keep
+
+
 def handle_train(state: ClientState, task: Task, ctx: Context) -> tuple[ClientState, Reply]:
     """Local training from the sent model; the reply carries the raw delta (local - global).
     Tensors the client keeps (FedSA's B) train from its own copy; they and the factors frozen
@@ -191,14 +202,12 @@ def handle_train(state: ClientState, task: Task, ctx: Context) -> tuple[ClientSt
     state, params = _receive(state, task, ctx)
     cfg: tasks.TrainTask = ctx.config
     module = ctx.models.get(cfg.model)
-    params = fold_base(module, params)  # FedEx / FLoRA: the base change after the adapter
-    keep = _personal(module, cfg.model.spec)
-    set_params(module, _with_personal(params, state, keep))
+    params, keep = _load(module, params, state, cfg.model.spec)
     with keyed_torch(ctx.seed_int("torch-train")):
         fn = ctx.train or train_fn(cfg.train)
         metrics = dict(fn(module, state.train, cfg.train, ctx.rng("train")))
     local = get_params(module)
-    skip = unsent(list(module.state_dict()), cfg.model.spec)  # frozen / kept factors: no upload
+    skip = set(unsent(list(module.state_dict()), cfg.model.spec))  # frozen / kept factors: no upload
     delta = [n - p for i, (n, p) in enumerate(zip(local, params, strict=True)) if i not in skip]
     if keep:
         state = dataclasses.replace(state, personal={i: local[i] for i in keep})
@@ -215,8 +224,7 @@ def handle_evaluate(state: ClientState, task: Task, ctx: Context) -> tuple[Clien
     if state.test is None or len(state.test) == 0:
         return state, reply
     module = ctx.models.get(ctx.config.model)
-    params = fold_base(module, params)
-    set_params(module, _with_personal(params, state, _personal(module, ctx.config.model.spec)))  # personalised
+    _load(module, params, state, ctx.config.model.spec)  # personalised: the client's own B
     with keyed_torch(ctx.seed_int("torch-eval")):
         metrics = evaluate(module, state.test, device=ctx.config.device)
     return state, dataclasses.replace(reply, num_examples=len(state.test), metrics=metrics)
